@@ -1,0 +1,52 @@
+//! A signed, verifiable, append-only log on redb: the foundation of multibee.
+//!
+//! A [`Store`] is a folder holding any number of feeds in one redb database. A [`Feed`] is a
+//! log of byte entries identified by an ed25519 public key ([`FeedKey`]); only the holder of
+//! the secret key appends. Entries are the leaves of a blake3 merkle tree (flat-tree layout),
+//! and every append batch is covered by one signature over the tree's roots, so any range can be
+//! proven to a reader that knows only the public key ([`Feed::proof`], [`proof::verify`]) and
+//! ingested into a replica elsewhere ([`Feed::ingest`]), directly from the writer or through any
+//! relay. A writer caught signing two different histories is recorded as forked, with both
+//! signed statements kept as evidence.
+//!
+//! Concurrent appends are group-committed: one fsync serves every append waiting at that
+//! moment. Layers above (bee, multibee) write their own tables in the same transaction through
+//! [`Store::write`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), multibee_feed::Error> {
+//! use multibee_feed::Store;
+//!
+//! let writer_dir = tempfile::tempdir().unwrap();
+//! let reader_dir = tempfile::tempdir().unwrap();
+//! let writer = Store::open(writer_dir.path())?;
+//! let feed = writer.create_feed().await?;
+//! feed.append_batch(vec![b"hello".to_vec(), b"world".to_vec()]).await?;
+//!
+//! // A reader that knows only the public key verifies and stores a proven range.
+//! let reader = Store::open(reader_dir.path())?;
+//! let replica = reader.replica(feed.key()).await?;
+//! replica.ingest(feed.proof(0..2)?).await?;
+//! assert_eq!(replica.get(1)?, Some(b"world".to_vec()));
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+pub mod crypto;
+mod error;
+mod keys;
+pub mod proof;
+mod store;
+mod tables;
+pub mod tree;
+mod writer;
+
+pub use error::{Error, ParseKeyError, Result, StorageError, VerifyError};
+pub use keys::{DiscoveryKey, FeedKey, Hash, Signature};
+pub use proof::{Batch, Proof, SignedHead};
+pub use store::{
+    DB_FILE, Feed, FeedStatus, ForkEvidence, Ingested, Limits, Options, Store, SyncMode,
+};
+pub use writer::WriteTxn;

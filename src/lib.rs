@@ -1,0 +1,1 @@
+//! multibee examples and end-to-end tests.
