@@ -107,12 +107,9 @@ mod tests {
         assert_eq!(hex(&discovery_key(&key).0), KAT_DISCOVERY);
     }
 
-    const KAT_LEAF_HELLO: &str =
-        "d0416d535eed961023fa692b60977a04a89bd5f37d7c03ef08f58fa72e402361";
-    const KAT_LEAF_EMPTY: &str =
-        "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213";
-    const KAT_PARENT: &str =
-        "26571f76a464a7872b54750938ca9018433237899fd240c5933518a0e4b043fc";
+    const KAT_LEAF_HELLO: &str = "d0416d535eed961023fa692b60977a04a89bd5f37d7c03ef08f58fa72e402361";
+    const KAT_LEAF_EMPTY: &str = "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213";
+    const KAT_PARENT: &str = "26571f76a464a7872b54750938ca9018433237899fd240c5933518a0e4b043fc";
     const KAT_SIGNABLE: &str = concat!(
         "6d756c74696265652f666565642f747265650001ea4a6c63e29c520abef5507b132ec5f9954776ae",
         "bebe7b92421eea691446d22c0300000000000000d0416d535eed961023fa692b60977a04a89bd5f3",
@@ -123,6 +120,5 @@ mod tests {
         "f939a8a30f1690dd5637a6a594e5fbc8e7bc887323b0dad414547e58e13fdc91e3451dd2378e0eca",
         "b9d01c05160d7d6446d14ce32be68bb6d63fe3bd3f96eb0f"
     );
-    const KAT_DISCOVERY: &str =
-        "ec732c2c7f45451ebb2189bd8d1eb50b1192e727ff6555a1b42cd18ce2d5f8c4";
+    const KAT_DISCOVERY: &str = "ec732c2c7f45451ebb2189bd8d1eb50b1192e727ff6555a1b42cd18ce2d5f8c4";
 }

@@ -37,6 +37,7 @@
 pub mod crypto;
 mod error;
 mod keys;
+mod nodes;
 pub mod proof;
 mod store;
 mod tables;
@@ -47,6 +48,6 @@ pub use error::{Error, ParseKeyError, Result, StorageError, VerifyError};
 pub use keys::{DiscoveryKey, FeedKey, Hash, Signature};
 pub use proof::{Batch, Proof, SignedHead};
 pub use store::{
-    DB_FILE, Feed, FeedStatus, ForkEvidence, Ingested, Limits, Options, Store, SyncMode,
+    DB_FILE, Feed, FeedStatus, ForkEvidence, Ingested, LOCK_FILE, Limits, Options, Store, SyncMode,
 };
 pub use writer::WriteTxn;

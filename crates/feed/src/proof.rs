@@ -36,7 +36,9 @@ impl SignedHead {
             return Err(VerifyError::TooLarge(format!("length {}", self.length)));
         }
         if self.roots.len() != self.length.count_ones() as usize {
-            return Err(VerifyError::BadProof("root count does not match the length"));
+            return Err(VerifyError::BadProof(
+                "root count does not match the length",
+            ));
         }
         if !crypto::verify_tree(key, self.length, &self.roots, &self.signature) {
             return Err(VerifyError::BadSignature);
@@ -112,7 +114,9 @@ pub fn verify(
         return Err(VerifyError::TooLarge(format!("length {}", proof.length)));
     }
     if end > proof.length {
-        return Err(VerifyError::BadProof("the range ends after the signed length"));
+        return Err(VerifyError::BadProof(
+            "the range ends after the signed length",
+        ));
     }
     let mut walk = VerifyWalk {
         start,
@@ -157,7 +161,10 @@ impl VerifyWalk<'_> {
     fn node(&mut self, n: u64) -> Result<Hash, VerifyError> {
         let (s, e) = tree::span(n);
         if e <= self.start || s >= self.end {
-            let hash = *self.nodes.next().ok_or(VerifyError::BadProof("too few hashes"))?;
+            let hash = *self
+                .nodes
+                .next()
+                .ok_or(VerifyError::BadProof("too few hashes"))?;
             if e <= self.start {
                 self.out.left.push(hash);
             } else {

@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::crypto;
 use crate::error::{Error, Result, VerifyError};
 use crate::keys::{DiscoveryKey, FeedKey, Hash};
+use crate::nodes;
 use crate::proof::{self, Batch, Proof, SignedHead};
 use crate::tables::{self, ENTRIES, FEEDS, FeedRecord, META, SECRETS};
-use crate::tree;
 use crate::writer::{self, ClosureJob, Job, WriteTxn, Writer};
 
 /// The database file inside a store's folder.
@@ -148,6 +148,8 @@ struct Inner {
     jobs: Option<mpsc::Sender<Box<dyn Job>>>,
     registry: Arc<Mutex<Registry>>,
     writer: Option<JoinHandle<()>>,
+    /// Held (exclusively locked) for as long as the store is open; dropped last.
+    _lock: std::fs::File,
 }
 
 impl Drop for Inner {
@@ -173,7 +175,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.inner.dir).finish()
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .finish()
     }
 }
 
@@ -190,15 +194,19 @@ impl Store {
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
         create_private_dir(&dir)?;
+        let lock = lock_folder(&dir)?;
         let path = dir.join(DB_FILE);
-        let db = match Database::builder().create(&path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(Error::Locked(dir)),
-            Err(e) => return Err(Error::Corrupt(format!("{}: {e}", path.display()))),
-        };
-        restrict_to_owner(&path)?;
-        init_schema(&db)?;
-        let registry = load_registry(&db)?;
+        // redb panics on some damaged files instead of returning an error; a damaged file is
+        // input we do not control, so it becomes an error here.
+        let opened = std::panic::catch_unwind(|| open_database(&path));
+        let (db, registry) = opened.unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Error::Corrupt(format!("{}: {what}", path.display())))
+        })?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(JOB_QUEUE);
         let registry = Arc::new(Mutex::new(registry));
@@ -222,6 +230,7 @@ impl Store {
                 jobs: Some(tx),
                 registry,
                 writer: Some(writer),
+                _lock: lock,
             }),
         })
     }
@@ -272,7 +281,10 @@ impl Store {
     /// The feed whose discovery key this is, if held.
     pub fn feed_by_discovery_key(&self, discovery: &DiscoveryKey) -> Option<Feed> {
         let registry = lock(&self.inner.registry);
-        let shared = registry.values().find(|s| &s.discovery == discovery)?.clone();
+        let shared = registry
+            .values()
+            .find(|s| &s.discovery == discovery)?
+            .clone();
         Some(Feed {
             store: self.clone(),
             shared,
@@ -436,7 +448,9 @@ impl Feed {
         let txn = self.store.begin_read()?;
         let record = self.store.record(&txn, &self.shared.key)?;
         let Some(head) = &record.head else {
-            return Err(Error::InvalidArgument("the feed has no signed head yet".into()));
+            return Err(Error::InvalidArgument(
+                "the feed has no signed head yet".into(),
+            ));
         };
         if range.start > range.end || range.end > record.length {
             return Err(Error::InvalidArgument(format!(
@@ -505,32 +519,21 @@ impl Feed {
     }
 }
 
-/// The hash of any node of the tree at the feed's signed head, from the entries held and the
-/// head's frontier.
+/// The hash of any node a proof against the feed's signed head needs.
 fn node_hash(
     table: &impl ReadableTable<(u64, u64), &'static [u8]>,
     record: &FeedRecord,
     n: u64,
 ) -> Result<Hash> {
-    let (start, end) = tree::span(n);
-    if end <= record.length {
-        return writer::stored_node(table, record, n);
-    }
-    if let Some((_, hash)) = record.frontier.iter().find(|(m, _)| *m == n) {
-        return Ok(*hash);
-    }
-    match tree::children(n) {
-        Some((l, r)) if start < record.length => Ok(crypto::parent_hash(
-            &node_hash(table, record, l)?,
-            &node_hash(table, record, r)?,
-        )),
-        _ => Err(Error::Corrupt(format!("tree node {n} is not held"))),
-    }
+    nodes::known_node(table, record, n)?
+        .ok_or_else(|| Error::Corrupt(format!("tree node {n} is not held")))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The registry is a plain map: a panic while it was held cannot leave it half-updated.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {
@@ -543,6 +546,38 @@ fn create_private_dir(dir: &Path) -> Result<()> {
             .map_err(|e| Error::io(format!("restricting {}", dir.display()), e))?;
     }
     Ok(())
+}
+
+/// The lock file inside a store's folder.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Takes the folder's exclusive lock: one store per folder, across processes.
+fn lock_folder(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::io(format!("locking {}", path.display()), e))
+        }
+    }
+}
+
+/// Opens (or creates) the database, checks its format and reads every feed's record.
+fn open_database(path: &Path) -> Result<(Database, Registry)> {
+    let db = Database::builder()
+        .create(path)
+        .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+    restrict_to_owner(path)?;
+    init_schema(&db)?;
+    let registry = load_registry(&db)?;
+    Ok((db, registry))
 }
 
 /// The database holds secret keys: only the owner may read it.

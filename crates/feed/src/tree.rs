@@ -44,11 +44,14 @@ pub fn children(n: u64) -> Option<(u64, u64)> {
 /// The roots of a tree of `length` leaves, left to right: one perfect subtree per set bit.
 pub fn roots(length: u64) -> impl Iterator<Item = u64> {
     let mut start = 0u64;
-    (0..64u32).rev().filter(move |d| length & (1u64 << d) != 0).map(move |d| {
-        let n = node(d, start >> d);
-        start += 1u64 << d;
-        n
-    })
+    (0..64u32)
+        .rev()
+        .filter(move |d| length & (1u64 << d) != 0)
+        .map(move |d| {
+            let n = node(d, start >> d);
+            start += 1u64 << d;
+            n
+        })
 }
 
 /// How many parent nodes become complete when leaf `i` is appended (their last leaf is `i`).

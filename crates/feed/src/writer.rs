@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::crypto;
 use crate::error::{Error, Result, VerifyError};
 use crate::keys::{FeedKey, Hash};
+use crate::nodes::{known_node, stored_node};
 use crate::proof::{Batch, SignedHead, Verified};
 use crate::store::{FeedShared, FeedStatus, ForkEvidence, Ingested, Registry, SyncMode};
 use crate::tables::{self, ENTRIES, FEEDS, FeedRecord, META, SECRETS};
@@ -149,7 +150,9 @@ impl WriteTxn<'_> {
         }
         let length = state.record.length;
         if length.saturating_add(entries.len() as u64) > tree::MAX_LENGTH {
-            return Err(Error::InvalidArgument("the feed would exceed its maximum length".into()));
+            return Err(Error::InvalidArgument(
+                "the feed would exceed its maximum length".into(),
+            ));
         }
         let (id, mut roots) = (state.record.id, state.record.roots.clone());
         self.dirty = true;
@@ -168,7 +171,12 @@ impl WriteTxn<'_> {
     /// Stores a batch that [`crate::proof::verify`] accepted, after the checks that need the
     /// feed's state: contiguity, and agreement with everything already held (a disagreement
     /// under a valid signature marks the feed forked, durably, and is reported).
-    pub(crate) fn ingest_verified(&mut self, batch: &Batch, leaves: &[Hash], verified: &Verified) -> Result<Ingested> {
+    pub(crate) fn ingest_verified(
+        &mut self,
+        batch: &Batch,
+        leaves: &[Hash],
+        verified: &Verified,
+    ) -> Result<Ingested> {
         let key = batch.feed;
         let state = self.state(&key)?;
         if state.secret.is_some() {
@@ -180,20 +188,37 @@ impl WriteTxn<'_> {
         let record = state.record.clone();
         let (start, end) = (batch.start, batch.end());
         if start > record.length {
-            return Err(Error::rejected(key, VerifyError::Gap { length: record.length, start }));
+            return Err(Error::rejected(
+                key,
+                VerifyError::Gap {
+                    length: record.length,
+                    start,
+                },
+            ));
         }
         if let Some(detail) = self.disagreement(&record, batch, leaves, verified)? {
             return self.mark_forked(&key, &record, verified, detail);
         }
         if end <= record.length && !(end == record.length && upgrades(&record, verified)) {
-            return Ok(Ingested { added: 0, length: record.length, signed_length: signed_length(&record) });
+            return Ok(Ingested {
+                added: 0,
+                length: record.length,
+                signed_length: signed_length(&record),
+            });
         }
         let skip = (record.length - start) as usize;
         let mut roots = record.roots.clone();
         self.dirty = true;
         if end > record.length {
             let mut table = self.txn.open_table(ENTRIES)?;
-            push_leaves(&mut table, record.id, record.length, &mut roots, &batch.entries[skip..], &leaves[skip..])?;
+            push_leaves(
+                &mut table,
+                record.id,
+                record.length,
+                &mut roots,
+                &batch.entries[skip..],
+                &leaves[skip..],
+            )?;
         }
         let state = self.state(&key)?;
         let added = end.saturating_sub(record.length);
@@ -201,7 +226,11 @@ impl WriteTxn<'_> {
         state.record.roots = roots;
         state.record.head = Some(verified.head.clone());
         state.record.frontier = verified.right.clone();
-        Ok(Ingested { added, length: state.record.length, signed_length: verified.head.length })
+        Ok(Ingested {
+            added,
+            length: state.record.length,
+            signed_length: verified.head.length,
+        })
     }
 
     /// Where the verified batch contradicts what is stored, if anywhere.
@@ -216,7 +245,10 @@ impl WriteTxn<'_> {
             return Ok(None); // nothing held, nothing to contradict
         };
         if ours.length == verified.head.length && ours.roots != verified.head.roots {
-            return Ok(Some(format!("two different trees signed for length {}", ours.length)));
+            return Ok(Some(format!(
+                "two different trees signed for length {}",
+                ours.length
+            )));
         }
         let start = batch.start;
         let our_left = if start == record.length {
@@ -257,6 +289,18 @@ impl WriteTxn<'_> {
                 return Ok(Some(format!("tree node {n} differs")));
             }
         }
+        // A shorter signed tree must be a prefix of ours wherever what we hold determines it.
+        if verified.head.length < ours.length {
+            let table = self.txn.open_table(ENTRIES)?;
+            for (n, theirs) in tree::roots(verified.head.length).zip(&verified.head.roots) {
+                if known_node(&table, record, n)?.is_some_and(|mine| mine != *theirs) {
+                    return Ok(Some(format!(
+                        "the tree signed at {} is not a prefix of the one at {}",
+                        verified.head.length, ours.length
+                    )));
+                }
+            }
+        }
         Ok(None)
     }
 
@@ -268,13 +312,23 @@ impl WriteTxn<'_> {
         detail: String,
     ) -> Result<Ingested> {
         let Some(ours) = record.head.clone() else {
-            return Err(Error::Corrupt("fork detected on a feed without a head".into()));
+            return Err(Error::Corrupt(
+                "fork detected on a feed without a head".into(),
+            ));
         };
         tracing::warn!(feed = %key, %detail, "writer equivocated; feed frozen");
         self.dirty = true;
         let state = self.state(key)?;
-        state.record.fork = Some(ForkEvidence { ours, theirs: verified.head.clone(), detail });
-        Ok(Ingested { added: 0, length: record.length, signed_length: signed_length(record) })
+        state.record.fork = Some(ForkEvidence {
+            ours,
+            theirs: verified.head.clone(),
+            detail,
+        });
+        Ok(Ingested {
+            added: 0,
+            length: record.length,
+            signed_length: signed_length(record),
+        })
     }
 
     /// Creates a feed record (and stores its secret, for an own feed).
@@ -289,11 +343,16 @@ impl WriteTxn<'_> {
                 Some(v) => decode_u64(v.value())?,
                 None => 0,
             };
-            meta.insert(tables::NEXT_FEED_ID_KEY, next.saturating_add(1).to_le_bytes().as_slice())?;
+            meta.insert(
+                tables::NEXT_FEED_ID_KEY,
+                next.saturating_add(1).to_le_bytes().as_slice(),
+            )?;
             next
         };
         if let Some(secret) = &secret {
-            self.txn.open_table(SECRETS)?.insert(key.0, secret.to_bytes())?;
+            self.txn
+                .open_table(SECRETS)?
+                .insert(key.0, secret.to_bytes())?;
         }
         let record = FeedRecord {
             id,
@@ -318,13 +377,19 @@ impl WriteTxn<'_> {
             self.overlay.feeds.insert(*key, state);
         }
         // Inserted just above if it was missing.
-        self.overlay.feeds.get_mut(key).ok_or(Error::UnknownFeed(*key))
+        self.overlay
+            .feeds
+            .get_mut(key)
+            .ok_or(Error::UnknownFeed(*key))
     }
 }
 
 /// Whether a batch that brings no new entries carries a longer signed head worth keeping.
 fn upgrades(record: &FeedRecord, verified: &Verified) -> bool {
-    record.head.as_ref().is_none_or(|h| verified.head.length > h.length)
+    record
+        .head
+        .as_ref()
+        .is_none_or(|h| verified.head.length > h.length)
 }
 
 fn signed_length(record: &FeedRecord) -> u64 {
@@ -346,12 +411,14 @@ fn load_state(txn: &WriteTransaction, key: &FeedKey) -> Result<FeedState> {
     check_record(key, &record)?;
     let secret = if record.writable {
         let secrets = txn.open_table(SECRETS)?;
-        let bytes = secrets
-            .get(key.0)?
-            .ok_or_else(|| Error::Corrupt(format!("the secret key of own feed {key} is missing")))?;
+        let bytes = secrets.get(key.0)?.ok_or_else(|| {
+            Error::Corrupt(format!("the secret key of own feed {key} is missing"))
+        })?;
         let secret = SigningKey::from_bytes(&bytes.value());
         if secret.verifying_key().to_bytes() != key.0 {
-            return Err(Error::Corrupt(format!("the secret key stored for {key} does not match it")));
+            return Err(Error::Corrupt(format!(
+                "the secret key stored for {key} does not match it"
+            )));
         }
         Some(secret)
     } else {
@@ -362,31 +429,13 @@ fn load_state(txn: &WriteTransaction, key: &FeedKey) -> Result<FeedState> {
 
 /// The invariants a record read from disk must meet before it is used.
 pub(crate) fn check_record(key: &FeedKey, record: &FeedRecord) -> Result<()> {
-    if record.length > tree::MAX_LENGTH || record.roots.len() != record.length.count_ones() as usize {
-        return Err(Error::Corrupt(format!("the record of feed {key} has inconsistent roots")));
+    if record.length > tree::MAX_LENGTH || record.roots.len() != record.length.count_ones() as usize
+    {
+        return Err(Error::Corrupt(format!(
+            "the record of feed {key} has inconsistent roots"
+        )));
     }
     Ok(())
-}
-
-/// The hash of node `n` within a feed's stored length, from its entries row.
-pub(crate) fn stored_node(
-    table: &impl ReadableTable<(u64, u64), &'static [u8]>,
-    record: &FeedRecord,
-    n: u64,
-) -> Result<Hash> {
-    let (_, end) = tree::span(n);
-    let last = end - 1;
-    let row = table
-        .get((record.id, last))?
-        .ok_or_else(|| Error::Corrupt(format!("entry {last} is missing")))?;
-    let (hashes, entry) = tables::split_row(last, row.value())?;
-    let d = tree::depth(n) as usize;
-    if d == 0 {
-        return Ok(crypto::leaf_hash(entry));
-    }
-    let mut hash = [0u8; 32];
-    hash.copy_from_slice(&hashes[(d - 1) * 32..d * 32]);
-    Ok(Hash(hash))
 }
 
 /// Appends leaves `length..` to the entries table, extending `roots` (the roots at `length`)
@@ -450,10 +499,10 @@ impl Writer {
             }
             self.commit_group(std::mem::take(&mut group), durable);
         }
-        if self.sync == SyncMode::Relaxed {
-            if let Err(e) = self.flush() {
-                tracing::error!(error = %e, "final flush failed");
-            }
+        if self.sync == SyncMode::Relaxed
+            && let Err(e) = self.flush()
+        {
+            tracing::error!(error = %e, "final flush failed");
         }
     }
 
@@ -529,7 +578,8 @@ impl Writer {
                     shared.status.send_replace(status);
                 }
                 None => {
-                    let shared = FeedShared::new(key, state.record.id, state.record.writable, status);
+                    let shared =
+                        FeedShared::new(key, state.record.id, state.record.writable, status);
                     registry.insert(key, Arc::new(shared));
                 }
             }

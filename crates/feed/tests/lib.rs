@@ -1,0 +1,9 @@
+//! The feed crate's integration tests: one binary, public API only.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod bad_input;
+mod basic;
+mod common;
+mod crash;
+mod ingest;
+mod proofs;
