@@ -83,6 +83,28 @@ impl Batch {
     }
 }
 
+/// A batch whose proof verified against the feed key, ready for [`crate::WriteTxn::ingest`].
+///
+/// Only [`crate::Feed::verify`] makes one, so holding it means the stateless checks passed.
+#[derive(Debug, Clone)]
+pub struct VerifiedBatch {
+    pub(crate) batch: Batch,
+    pub(crate) leaves: Vec<Hash>,
+    pub(crate) verified: Verified,
+}
+
+impl VerifiedBatch {
+    /// The batch that verified.
+    pub fn batch(&self) -> &Batch {
+        &self.batch
+    }
+
+    /// The signed head it was verified against.
+    pub fn head(&self) -> &SignedHead {
+        &self.verified.head
+    }
+}
+
 /// What verifying a batch established, for the receiver to store.
 #[derive(Debug, Clone)]
 pub struct Verified {

@@ -392,7 +392,7 @@ impl Feed {
     pub fn range(
         &self,
         range: Range<u64>,
-    ) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>)>> + use<>> {
+    ) -> Result<impl DoubleEndedIterator<Item = Result<(u64, Vec<u8>)>> + Send + use<>> {
         let txn = self.store.begin_read()?;
         let record = self.store.record(&txn, &self.shared.key)?;
         if range.start > range.end || range.end > record.length {
@@ -484,6 +484,16 @@ impl Feed {
     /// entry verifies against the writer's signature and agrees with what is held; a batch that
     /// proves the writer equivocated marks the feed forked (durably) and is rejected.
     pub async fn ingest(&self, batch: Batch) -> Result<Ingested> {
+        let verified = self.verify(batch)?;
+        let ingested = self.store.write(move |txn| txn.ingest(&verified)).await?;
+        self.check_not_forked()?;
+        Ok(ingested)
+    }
+
+    /// The checks of [`Feed::ingest`] that need no lock: the feed, the size limits and the proof.
+    /// Run it off the writer (it hashes and verifies a signature), then store the result with
+    /// [`WriteTxn::ingest`], possibly with other writes in the same transaction.
+    pub fn verify(&self, batch: Batch) -> Result<proof::VerifiedBatch> {
         let key = self.shared.key;
         let reject = |reason| Error::rejected(key, reason);
         if batch.feed != key {
@@ -502,20 +512,23 @@ impl Feed {
                 batch.entry_bytes()
             ))));
         }
-        if self.status().forked {
-            return Err(reject(VerifyError::Forked));
-        }
+        self.check_not_forked()?;
         let leaves: Vec<Hash> = batch.entries.iter().map(|e| crypto::leaf_hash(e)).collect();
         let verified = proof::verify(&key, batch.start, &batch.entries, &leaves, &batch.proof)
             .map_err(reject)?;
-        let ingested = self
-            .store
-            .write(move |txn| txn.ingest_verified(&batch, &leaves, &verified))
-            .await?;
-        if self.status().forked {
-            return Err(reject(VerifyError::Forked));
+        Ok(proof::VerifiedBatch {
+            batch,
+            leaves,
+            verified,
+        })
+    }
+
+    /// Fails with [`VerifyError::Forked`] once the writer was caught equivocating.
+    pub fn check_not_forked(&self) -> Result<()> {
+        match self.status().forked {
+            true => Err(Error::rejected(self.shared.key, VerifyError::Forked)),
+            false => Ok(()),
         }
-        Ok(ingested)
     }
 }
 
@@ -592,6 +605,15 @@ fn restrict_to_owner(path: &Path) -> Result<()> {
 }
 
 fn init_schema(db: &Database) -> Result<()> {
+    // The common case, an existing store of this format, needs no write (and no fsync).
+    let read = db.begin_read()?;
+    if let Ok(meta) = read.open_table(META)
+        && let Some(format) = meta.get(tables::FORMAT_KEY)?
+        && format.value() == tables::FORMAT_VERSION.to_le_bytes()
+    {
+        return Ok(());
+    }
+    drop(read);
     let txn = db.begin_write()?;
     {
         let mut meta = txn.open_table(META)?;

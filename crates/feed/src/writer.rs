@@ -21,7 +21,7 @@ use crate::crypto;
 use crate::error::{Error, Result, VerifyError};
 use crate::keys::{FeedKey, Hash};
 use crate::nodes::{known_node, stored_node};
-use crate::proof::{Batch, SignedHead, Verified};
+use crate::proof::{Batch, SignedHead, Verified, VerifiedBatch};
 use crate::store::{FeedShared, FeedStatus, ForkEvidence, Ingested, Registry, SyncMode};
 use crate::tables::{self, ENTRIES, FEEDS, FeedRecord, META, SECRETS};
 use crate::tree;
@@ -121,6 +121,25 @@ impl WriteTxn<'_> {
         Ok(self.state(key)?.record.length)
     }
 
+    /// The entries `range` of a feed as this transaction sees them (including its own appends).
+    pub fn entries(&mut self, key: &FeedKey, range: std::ops::Range<u64>) -> Result<Vec<Vec<u8>>> {
+        let record = &self.state(key)?.record;
+        if range.start > range.end || range.end > record.length {
+            return Err(Error::InvalidArgument(format!(
+                "range {range:?} is not within the {} entries held",
+                record.length
+            )));
+        }
+        let id = record.id;
+        let table = self.txn.open_table(ENTRIES)?;
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        for row in table.range((id, range.start)..(id, range.end))? {
+            let (key, value) = row?;
+            out.push(tables::split_row(key.value().1, value.value())?.1.to_vec());
+        }
+        Ok(out)
+    }
+
     /// Appends entries to an own feed; returns the new length.
     pub fn append<E: AsRef<[u8]>>(&mut self, key: &FeedKey, entries: &[E]) -> Result<u64> {
         let leaves: Vec<Hash> = entries
@@ -168,15 +187,12 @@ impl WriteTxn<'_> {
         Ok(length + entries.len() as u64)
     }
 
-    /// Stores a batch that [`crate::proof::verify`] accepted, after the checks that need the
-    /// feed's state: contiguity, and agreement with everything already held (a disagreement
-    /// under a valid signature marks the feed forked, durably, and is reported).
-    pub(crate) fn ingest_verified(
-        &mut self,
-        batch: &Batch,
-        leaves: &[Hash],
-        verified: &Verified,
-    ) -> Result<Ingested> {
+    /// Stores a batch that [`crate::Feed::verify`] accepted, after the checks that need the
+    /// feed's state: contiguity, and agreement with everything already held. A disagreement
+    /// under a valid signature marks the feed forked (durably, in this transaction) and stores
+    /// nothing else; the feed's status says so once the transaction commits.
+    pub fn ingest(&mut self, verified: &VerifiedBatch) -> Result<Ingested> {
+        let (batch, leaves, verified) = (&verified.batch, &verified.leaves, &verified.verified);
         let key = batch.feed;
         let state = self.state(&key)?;
         if state.secret.is_some() {
@@ -272,21 +288,23 @@ impl WriteTxn<'_> {
                 }
             }
         }
-        let known: HashMap<u64, Hash> = verified
-            .computed
-            .iter()
-            .chain(&verified.right)
-            .copied()
-            .chain(
-                leaves
-                    .iter()
-                    .enumerate()
-                    .map(|(i, h)| (tree::leaf(start + i as u64), *h)),
-            )
-            .collect();
-        for (n, hash) in &record.frontier {
-            if known.get(n).is_some_and(|theirs| theirs != hash) {
-                return Ok(Some(format!("tree node {n} differs")));
+        if !record.frontier.is_empty() {
+            let known: HashMap<u64, Hash> = verified
+                .computed
+                .iter()
+                .chain(&verified.right)
+                .copied()
+                .chain(
+                    leaves
+                        .iter()
+                        .enumerate()
+                        .map(|(i, h)| (tree::leaf(start + i as u64), *h)),
+                )
+                .collect();
+            for (n, hash) in &record.frontier {
+                if known.get(n).is_some_and(|theirs| theirs != hash) {
+                    return Ok(Some(format!("tree node {n} differs")));
+                }
             }
         }
         // A shorter signed tree must be a prefix of ours wherever what we hold determines it.
