@@ -148,16 +148,21 @@ struct Inner {
     jobs: Option<mpsc::Sender<Box<dyn Job>>>,
     registry: Arc<Mutex<Registry>>,
     writer: Option<JoinHandle<()>>,
-    /// Held (exclusively locked) for as long as the store is open; dropped last.
-    _lock: std::fs::File,
+    /// The folder's exclusive lock, shared with the writer; declared last so that it is
+    /// released only after the database is closed.
+    _lock: Arc<std::fs::File>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // Closing the queue stops the writer once it has committed what it holds; joining it
         // releases the database lock before the store is gone.
+        // The last handle may be dropped by a job on the writer thread itself: then the writer
+        // stops on its own once this returns, and it holds the lock until it has closed the
+        // database.
         self.jobs = None;
         if let Some(writer) = self.writer.take()
+            && writer.thread().id() != std::thread::current().id()
             && writer.join().is_err()
         {
             tracing::error!("the writer thread panicked");
@@ -194,7 +199,7 @@ impl Store {
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
         create_private_dir(&dir)?;
-        let lock = lock_folder(&dir)?;
+        let lock = Arc::new(lock_folder(&dir)?);
         let path = dir.join(DB_FILE);
         // redb panics on some damaged files instead of returning an error; a damaged file is
         // input we do not control, so it becomes an error here.
@@ -217,6 +222,7 @@ impl Store {
             sync: options.sync,
             limits: options.limits.clone(),
             cache: HashMap::new(),
+            _lock: lock.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("multibee-feed-writer".into())

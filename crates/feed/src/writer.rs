@@ -70,14 +70,18 @@ where
     }
 
     fn finish(self: Box<Self>, committed: Result<()>) {
-        let result = match (self.result, committed) {
+        let ClosureJob { f, result, reply } = *self;
+        // Drop what the job captured (perhaps handles to this store) before the caller wakes,
+        // so that the caller, not this thread, is the one that drops the last handle.
+        drop(f);
+        let result = match (result, committed) {
             (Some(Err(e)), _) => Err(e),
             (Some(Ok(value)), Ok(())) => Ok(value),
             (_, Err(e)) => Err(e),
             (None, Ok(())) => Err(Error::Closed),
         };
         // The caller may have stopped waiting; that is not an error here.
-        let _ = self.reply.send(result);
+        let _ = reply.send(result);
     }
 }
 
@@ -493,6 +497,8 @@ pub(crate) struct Writer {
     pub sync: SyncMode,
     pub limits: crate::store::Limits,
     pub cache: HashMap<FeedKey, FeedState>,
+    /// The folder's lock: declared last, so it outlives this thread's handle on the database.
+    pub _lock: Arc<std::fs::File>,
 }
 
 impl Writer {

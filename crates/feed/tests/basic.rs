@@ -176,3 +176,19 @@ fn appending_to_a_replica_or_an_oversized_entry_is_refused() {
         ));
     });
 }
+
+#[test]
+fn a_job_holding_the_last_handle_neither_deadlocks_nor_keeps_the_folder_open() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let store = Store::open(dir.path()).unwrap();
+        let captured = store.clone();
+        let length = store
+            .write(move |_txn| Ok(captured.feeds().len()))
+            .await
+            .unwrap();
+        assert_eq!(length, 0);
+    });
+    // Every handle is gone once the caller's are: the folder reopens at once.
+    Store::open(dir.path()).unwrap();
+}

@@ -6,7 +6,7 @@
 //! `MULTIBEE_CRASH_DIR`. Rounds: `MULTIBEE_CRASH_ROUNDS` (default 20); seed:
 //! `MULTIBEE_CRASH_SEED` (printed on failure).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 
 use multibee_feed::{Error, Store, proof};
@@ -70,7 +70,11 @@ fn crash_child() {
                         let size = 1 + (seq * 7 + task) % 5;
                         let batch = (0..size).map(|j| content(task, seq, j)).collect();
                         let length = feed.append_batch(batch).await.unwrap();
-                        println!("ack {length} {size} {task} {seq}");
+                        // The parent stops reading just before it kills us: stop quietly.
+                        let mut out = std::io::stdout().lock();
+                        if writeln!(out, "ack {length} {size} {task} {seq}").is_err() {
+                            return;
+                        }
                     }
                 })
             })

@@ -1,0 +1,359 @@
+//! The [`Bee`] handle: reads, writes, subs and checkouts.
+
+use multibee_feed::{Batch, Feed, Ingested, WriteTxn};
+use redb::{ReadTransaction, ReadableTable};
+
+use crate::error::{Error, Result};
+use crate::index;
+use crate::keyspace::Keyspace;
+use crate::op::{self, Op};
+use crate::range::{self, Entry, Range, RangeOptions};
+use crate::tables::{self, BEES, LATEST, VERSIONS};
+
+/// One operation of an atomic [`Bee::batch`], with a user key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Set a key.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove a key.
+    Del(Vec<u8>),
+}
+
+/// What a compare-and-swap expects to find at a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The key is absent.
+    Absent,
+    /// The key holds exactly this value.
+    Value(Vec<u8>),
+    /// The key was last set by the put with this sequence number.
+    Seq(u64),
+}
+
+/// An ordered key/value store over one feed (own: read-write; replica: read-only).
+///
+/// The feed is the source of truth: every put or delete is one entry. The index lives in the
+/// same redb database and is written in the same transaction. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Bee {
+    feed: Feed,
+    id: u64,
+    space: Keyspace,
+    at: Option<u64>,
+}
+
+impl Bee {
+    /// Opens the bee over `feed`, indexing any entries the index does not reflect yet.
+    pub async fn open(feed: Feed) -> Result<Bee> {
+        let key = feed.key();
+        loop {
+            let level = feed
+                .store()
+                .write(move |txn| index::catch_up(txn, &key))
+                .await?;
+            if level {
+                break;
+            }
+        }
+        let txn = feed.store().begin_read()?;
+        let (id, _) = registration(&txn, &feed)?;
+        Ok(Bee {
+            feed,
+            id,
+            space: Keyspace::default(),
+            at: None,
+        })
+    }
+
+    /// The feed this bee lives on.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// The version: the feed length the index reflects (or the checkout's version).
+    pub fn version(&self) -> Result<u64> {
+        match self.at {
+            Some(v) => Ok(v),
+            None => Ok(registration(&self.feed.store().begin_read()?, &self.feed)?.1),
+        }
+    }
+
+    /// Whether this is a checkout (a fixed version) rather than the live head.
+    pub fn is_checkout(&self) -> bool {
+        self.at.is_some()
+    }
+
+    /// A sub-database: its keys live under a prefix no other sub or plain key can reach.
+    pub fn sub(&self, name: impl AsRef<[u8]>) -> Bee {
+        Bee {
+            space: self.space.sub(name.as_ref()),
+            ..self.clone()
+        }
+    }
+
+    /// A read-only snapshot at `version`: every read returns what it returned then.
+    pub fn checkout(&self, version: u64) -> Result<Bee> {
+        let current = self.version()?;
+        if version > current {
+            return Err(Error::FutureVersion {
+                asked: version,
+                version: current,
+            });
+        }
+        Ok(Bee {
+            at: Some(version),
+            ..self.clone()
+        })
+    }
+
+    /// The value of `key`, if set.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_entry(key)?.map(|e| e.value))
+    }
+
+    /// The entry of `key` (with the sequence number that set it), if set.
+    pub fn get_entry(&self, key: impl AsRef<[u8]>) -> Result<Option<Entry>> {
+        let key = key.as_ref();
+        let stored = self.space.encode(key);
+        let txn = self.feed.store().begin_read()?;
+        let found = match self.at {
+            None => {
+                let table = txn.open_table(LATEST)?;
+                let row = table.get((self.id, stored.as_slice()))?;
+                match row {
+                    None => None,
+                    Some(row) => {
+                        let (seq, value) =
+                            tables::split_latest_row(row.value()).ok_or_else(corrupt)?;
+                        Some((seq, value.to_vec()))
+                    }
+                }
+            }
+            Some(version) => {
+                let table = txn.open_table(VERSIONS)?;
+                let lo: (u64, &[u8], u64) = (self.id, &stored, 0);
+                let mut rows = table.range(lo..(self.id, stored.as_slice(), version))?;
+                match rows.next_back() {
+                    None => None,
+                    Some(row) => {
+                        let (k, v) = row?;
+                        tables::split_version_row(v.value()).map(|v| (k.value().2, v.to_vec()))
+                    }
+                }
+            }
+        };
+        Ok(found.map(|(seq, value)| Entry {
+            seq,
+            key: key.to_vec(),
+            value,
+        }))
+    }
+
+    /// The entries of a range query, lazily, from one snapshot.
+    pub fn range(&self, opts: &RangeOptions) -> Result<Range> {
+        let txn = self.feed.store().begin_read()?;
+        match self.at {
+            None => range::head(&txn, self.id, &self.space, opts),
+            Some(version) => range::checkout(&txn, self.id, &self.space, opts, version),
+        }
+    }
+
+    /// The first entry of a range query, if any.
+    pub fn peek(&self, opts: &RangeOptions) -> Result<Option<Entry>> {
+        self.range(&RangeOptions {
+            limit: Some(1),
+            ..opts.clone()
+        })?
+        .next()
+        .transpose()
+    }
+
+    /// Sets `key` to `value`; returns the sequence number of the put once it is durable.
+    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64> {
+        let op = BatchOp::Put(key.as_ref().to_vec(), value.as_ref().to_vec());
+        self.write(vec![op], None).await
+    }
+
+    /// Removes `key`; returns the sequence number of the delete once it is durable.
+    pub async fn del(&self, key: impl AsRef<[u8]>) -> Result<u64> {
+        self.write(vec![BatchOp::Del(key.as_ref().to_vec())], None)
+            .await
+    }
+
+    /// Sets `key` only if it currently matches `expect` (checked atomically with the write).
+    pub async fn put_cas(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        expect: Expect,
+    ) -> Result<u64> {
+        let op = BatchOp::Put(key.as_ref().to_vec(), value.as_ref().to_vec());
+        self.write(vec![op], Some(expect)).await
+    }
+
+    /// Removes `key` only if it currently matches `expect`.
+    pub async fn del_cas(&self, key: impl AsRef<[u8]>, expect: Expect) -> Result<u64> {
+        self.write(vec![BatchOp::Del(key.as_ref().to_vec())], Some(expect))
+            .await
+    }
+
+    /// Applies every op, atomically, under one signature; returns the new version.
+    pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<u64> {
+        let n = ops.len() as u64;
+        Ok(self.write(ops, None).await? + n)
+    }
+
+    /// Writes `ops` inside a transaction the caller runs (for layers that write several bees
+    /// and their own tables atomically); returns the sequence number of the first op.
+    pub fn write_in(&self, txn: &mut WriteTxn<'_>, ops: &[BatchOp]) -> Result<u64> {
+        self.writable()?;
+        let key = self.feed.key();
+        index::catch_up_all(txn, &key)?;
+        let ops: Vec<Op> = ops.iter().map(|op| self.stored_op(op)).collect();
+        let entries: Vec<Vec<u8>> = ops.iter().map(op::encode).collect();
+        let start = txn.length(&key)?;
+        let end = txn.append(&key, &entries)?;
+        let raw = txn.raw();
+        index::index_ops(raw, self.id, start, ops.iter().map(Ok))?;
+        index::set_indexed(raw, &key, self.id, end)?;
+        Ok(start)
+    }
+
+    async fn write(&self, ops: Vec<BatchOp>, expect: Option<Expect>) -> Result<u64> {
+        self.writable()?;
+        if ops.is_empty() {
+            return self.version();
+        }
+        let this = self.clone();
+        self.feed
+            .store()
+            .write(move |txn| {
+                if let Some(expect) = &expect
+                    && !this.matches(txn, &ops[0], expect)?
+                {
+                    return Ok(Err(Error::CasFailed {
+                        key: op_key(&ops[0]).to_vec(),
+                    }));
+                }
+                match this.write_in(txn, &ops) {
+                    Err(Error::Feed(e)) => Err(e),
+                    other => Ok(other),
+                }
+            })
+            .await?
+    }
+
+    /// Whether the key of `op` currently matches `expect`, inside the write transaction.
+    fn matches(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        op: &BatchOp,
+        expect: &Expect,
+    ) -> multibee_feed::Result<bool> {
+        let stored = self.space.encode(op_key(op));
+        let table = txn.raw().open_table(LATEST).map_err(index::storage)?;
+        let row = table
+            .get((self.id, stored.as_slice()))
+            .map_err(index::storage)?;
+        let current = row
+            .as_ref()
+            .and_then(|r| tables::split_latest_row(r.value()));
+        Ok(match (expect, current) {
+            (Expect::Absent, None) => true,
+            (Expect::Value(want), Some((_, have))) => want.as_slice() == have,
+            (Expect::Seq(want), Some((seq, _))) => *want == seq,
+            _ => false,
+        })
+    }
+
+    /// Verifies a batch of the writer's entries and stores and indexes it in one transaction
+    /// (for a replica bee).
+    pub async fn ingest(&self, batch: Batch) -> Result<Ingested> {
+        let verified = self.feed.verify(batch)?;
+        let key = self.feed.key();
+        let id = self.id;
+        let ingested = self
+            .feed
+            .store()
+            .write(move |txn| {
+                index::catch_up_all(txn, &key)?;
+                let before = txn.length(&key)?;
+                let ingested = txn.ingest(&verified)?;
+                if ingested.length > before {
+                    let batch = verified.batch();
+                    let skip = (before - batch.start) as usize;
+                    let raw = txn.raw();
+                    index::index_entries(raw, id, before, &batch.entries[skip..])?;
+                    index::set_indexed(raw, &key, id, ingested.length)?;
+                }
+                Ok(ingested)
+            })
+            .await?;
+        self.feed.check_not_forked()?;
+        Ok(ingested)
+    }
+
+    /// Re-derives the whole index from the feed alone.
+    pub async fn rebuild(&self) -> Result<()> {
+        let key = self.feed.key();
+        self.feed
+            .store()
+            .write(move |txn| index::clear(txn, &key))
+            .await?;
+        while !self
+            .feed
+            .store()
+            .write(move |txn| index::catch_up(txn, &key))
+            .await?
+        {}
+        Ok(())
+    }
+
+    pub(crate) fn keyspace(&self) -> &Keyspace {
+        &self.space
+    }
+
+    fn stored_op(&self, op: &BatchOp) -> Op {
+        match op {
+            BatchOp::Put(k, v) => Op::Put {
+                key: self.space.encode(k),
+                value: v.clone(),
+            },
+            BatchOp::Del(k) => Op::Del {
+                key: self.space.encode(k),
+            },
+        }
+    }
+
+    fn writable(&self) -> Result<()> {
+        match (self.at, self.feed.is_writable()) {
+            (Some(_), _) => Err(Error::ReadOnly("a checkout")),
+            (None, false) => Err(Error::ReadOnly("a replica of someone else's feed")),
+            (None, true) => Ok(()),
+        }
+    }
+}
+
+fn op_key(op: &BatchOp) -> &[u8] {
+    match op {
+        BatchOp::Put(k, _) | BatchOp::Del(k) => k,
+    }
+}
+
+/// The bee id and indexed length of a feed's bee, in a read snapshot.
+fn registration(txn: &ReadTransaction, feed: &Feed) -> Result<(u64, u64)> {
+    let bees = txn.open_table(BEES)?;
+    let row = bees.get(feed.key().0)?.ok_or_else(|| {
+        Error::Feed(multibee_feed::Error::InvalidArgument(format!(
+            "feed {} has no bee; open it with Bee::open",
+            feed.key()
+        )))
+    })?;
+    Ok(tables::split_bee_row(row.value()))
+}
+
+fn corrupt() -> Error {
+    Error::Feed(multibee_feed::Error::Corrupt(
+        "an index row does not match its layout".into(),
+    ))
+}
