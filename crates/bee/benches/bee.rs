@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use multibee_bee::{BatchOp, Bee, RangeOptions};
 use multibee_feed::{DB_FILE, Options, Store, SyncMode};
-use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use tokio::runtime::Runtime;
 
 /// The raw baseline's table.
@@ -59,7 +61,10 @@ fn value(i: usize, round: u64) -> Value {
     v[..8].copy_from_slice(&(i as u64).to_le_bytes());
     v[8..16].copy_from_slice(&round.to_le_bytes());
     for (j, b) in v[16..].iter_mut().enumerate() {
-        *b = (i as u8).wrapping_mul(31).wrapping_add(round as u8).wrapping_add(j as u8);
+        *b = (i as u8)
+            .wrapping_mul(31)
+            .wrapping_add(round as u8)
+            .wrapping_add(j as u8);
     }
     v
 }
@@ -200,6 +205,7 @@ fn put_single_durable(c: &mut Criterion) {
             })
         });
     });
+    let bee_puts = next;
     drop(bee);
 
     let raw_dir = tempfile::tempdir().expect("tempdir");
@@ -219,6 +225,15 @@ fn put_single_durable(c: &mut Criterion) {
         });
     });
     group.finish();
+    // Not a timing: the file sizes after these single durable puts (warm-up included).
+    let bee_size = file_size(&dir.path().join(DB_FILE));
+    let raw_size = file_size(&raw_dir.path().join(RAW_FILE));
+    println!(
+        "put_single_durable: bee file {:.1} B/put after {bee_puts} single puts, raw redb file \
+         {:.1} B/put after {next} single commits (hyperbee: ~277 B per single put)",
+        bee_size as f64 / bee_puts as f64,
+        raw_size as f64 / next as f64,
+    );
 }
 
 fn put_batch(c: &mut Criterion) {
@@ -401,7 +416,10 @@ fn reads(c: &mut Criterion) {
                 let i = starts[next % starts.len()];
                 next += 1;
                 let mut n = 0usize;
-                for entry in bee.range(&RangeOptions::all().gte(keys[i]).limit(10)).unwrap() {
+                for entry in bee
+                    .range(&RangeOptions::all().gte(keys[i]).limit(10))
+                    .unwrap()
+                {
                     black_box(entry.unwrap());
                     n += 1;
                 }
@@ -460,7 +478,11 @@ fn checkout_get(c: &mut Criterion) {
     );
     // Every key reads its first value at v1 and its last one at the head.
     for (i, k) in keys.iter().enumerate() {
-        assert_eq!(old.get(k).unwrap(), Some(value(i, 0).to_vec()), "key {i} at v1");
+        assert_eq!(
+            old.get(k).unwrap(),
+            Some(value(i, 0).to_vec()),
+            "key {i} at v1"
+        );
         let last = Some(value(i, rounds[i]).to_vec());
         assert_eq!(bee.get(k).unwrap(), last, "key {i} at the head");
         assert_eq!(raw_get(&db, k), last, "key {i} in raw redb");

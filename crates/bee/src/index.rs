@@ -62,16 +62,21 @@ pub(crate) fn index_ops<'a>(
     start: u64,
     ops: impl IntoIterator<Item = Result<&'a Op, String>>,
 ) -> FeedResult<()> {
-    let mut latest = raw.open_table(LATEST).map_err(storage)?;
-    let mut versions = raw.open_table(VERSIONS).map_err(storage)?;
+    let mut valid: Vec<(u64, &Op)> = Vec::new();
     for (seq, op) in (start..).zip(ops) {
-        let op = match op {
-            Ok(op) => op,
+        match op {
+            Ok(op) => valid.push((seq, op)),
             Err(reason) => {
                 tracing::warn!(seq, %reason, "skipping a feed entry that is not a bee operation");
-                continue;
             }
-        };
+        }
+    }
+    // Key order makes neighbouring inserts land on pages this transaction already copied; the
+    // sort is stable, so each key's ops stay in seq order and the last one sets the head.
+    valid.sort_by(|a, b| a.1.key().cmp(b.1.key()));
+    let mut latest = raw.open_table(LATEST).map_err(storage)?;
+    let mut versions = raw.open_table(VERSIONS).map_err(storage)?;
+    for (seq, op) in valid {
         let key = op.key();
         versions
             .insert((id, key, seq), tables::version_row(op.value()).as_slice())
