@@ -149,6 +149,27 @@ impl Bee {
         }))
     }
 
+    /// The value of `key` as the write transaction `raw` sees it (including what it wrote
+    /// so far, through [`WriteTxn::raw`]), for layers that read and write in one transaction.
+    pub fn get_in(
+        &self,
+        raw: &redb::WriteTransaction,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<Vec<u8>>> {
+        let stored = self.space.encode(key.as_ref());
+        let table = raw.open_table(LATEST).map_err(index::storage)?;
+        let row = table
+            .get((self.id, stored.as_slice()))
+            .map_err(index::storage)?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let (_, value) = tables::split_latest_row(row.value()).ok_or_else(corrupt)?;
+                Ok(Some(value.to_vec()))
+            }
+        }
+    }
+
     /// The entries of a range query, lazily, from one snapshot.
     pub fn range(&self, opts: &RangeOptions) -> Result<Range> {
         let txn = self.feed.store().begin_read()?;

@@ -47,7 +47,10 @@ impl Bee {
     /// The operations in feed order (or reversed) with their sequence numbers. An entry that is
     /// not a bee operation is reported as [`Error::InvalidEntry`] and the stream goes on.
     /// Operations on keys outside this (sub-)database are left out.
-    pub fn history(&self, opts: &HistoryOptions) -> Result<impl Iterator<Item = Result<Change>>> {
+    pub fn history(
+        &self,
+        opts: &HistoryOptions,
+    ) -> Result<impl Iterator<Item = Result<Change>> + Send + use<>> {
         let version = self.version()?;
         let end = opts.lt.map_or(version, |lt| lt.min(version));
         let start = opts.gte.min(end);

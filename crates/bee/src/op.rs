@@ -55,7 +55,7 @@ pub(crate) fn encode(op: &Op) -> Vec<u8> {
 }
 
 /// Decodes a feed entry; the error says why it is not a bee op.
-pub(crate) fn decode(entry: &[u8]) -> Result<Op, String> {
+pub fn decode(entry: &[u8]) -> Result<Op, String> {
     match postcard::from_bytes::<Stored<Op>>(entry) {
         Ok(Stored::V1(op)) => Ok(op),
         Err(e) => Err(e.to_string()),

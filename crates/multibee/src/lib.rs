@@ -1,1 +1,68 @@
-//! placeholder
+//! A leaderless multi-writer document store: many peers write, each into its own signed feeds,
+//! and every peer merges what it receives into the same state, whatever order it arrives in.
+//!
+//! A [`MultiBee`] owns two bees in one folder: `store` (the merged documents) and `diff` (one
+//! entry per local change). Peers hand each other their [`MultiBee::diff_key`], add each
+//! other with [`MultiBee::add_peer`], replicate the diff feeds (with `multibee-net`, or any
+//! transport that moves verified feed batches: [`MultiBee::ingest`]) and merge them. The state
+//! of a key is the fold of all its diffs from all counted writers in `(Hlc, writer key)` order:
+//! by default per-field last-writer-wins over JSON objects, with tombstones, so concurrent edits
+//! of different fields both survive and an old write never resurrects a deleted key. A diff that
+//! arrives late rewinds its key to the newest checkpoint before it, never further.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), multibee_multibee::Error> {
+//! use multibee_multibee::{MultiBee, Value};
+//! use serde_json::json;
+//!
+//! let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+//! let a = MultiBee::open(a_dir.path()).await?;
+//! let b = MultiBee::open(b_dir.path()).await?;
+//! a.add_peer(b.diff_key()).await?;
+//! b.add_peer(a.diff_key()).await?;
+//!
+//! a.put("doc", json!({"title": "draft", "tags": []})).await?;
+//! b.ingest(a.feed_store().feed(&a.diff_key()).unwrap().proof(0..1)?).await?;
+//! // Concurrent edits of two fields of one document...
+//! a.put("doc", json!({"title": "final", "tags": []})).await?;
+//! b.put("doc", json!({"title": "draft", "tags": ["x"]})).await?;
+//! // ...exchanged in any order...
+//! b.ingest(a.feed_store().feed(&a.diff_key()).unwrap().proof(1..2)?).await?;
+//! a.ingest(b.feed_store().feed(&b.diff_key()).unwrap().proof(0..1)?).await?;
+//! // ...merge to the same document on both peers.
+//! let merged = Some(Value::Json(json!({"title": "final", "tags": ["x"]})));
+//! assert_eq!(a.get("doc")?, merged);
+//! assert_eq!(b.get("doc")?, merged);
+//! assert_eq!(a.state_hash()?, b.state_hash()?);
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod change;
+mod changes;
+mod diff;
+mod error;
+mod fold;
+mod hlc;
+mod merge;
+mod options;
+mod peer;
+mod tables;
+mod txn;
+mod value;
+
+pub use change::{Change, FieldOp};
+pub use changes::{Changes, ChangesOptions, Conflict, HistoryEntry, StoreChange};
+pub use diff::{DiffRecord, diff_key};
+pub use error::{Error, Result};
+pub use hlc::{Clock, Hlc, ManualClock, SystemClock};
+pub use merge::{Diff, LastWriterWins, Merge};
+pub use multibee_bee::RangeOptions;
+pub use multibee_feed::FeedKey;
+pub use options::{Event, Options};
+pub use peer::{MultiBee, WriterInfo};
+pub use tables::WriterState;
+pub use txn::BatchOp;
+pub use value::Value;

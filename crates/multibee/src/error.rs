@@ -1,0 +1,48 @@
+//! The errors of the multibee crate.
+
+use multibee_feed::FeedKey;
+
+/// A result with multibee's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a multibee peer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The feed or storage layer failed (including a verification failure on ingest).
+    #[error(transparent)]
+    Feed(#[from] multibee_feed::Error),
+    /// The bee layer failed.
+    #[error(transparent)]
+    Bee(multibee_bee::Error),
+    /// The feed is not the diff feed of a writer this peer counts.
+    #[error("{0} is not a writer of this peer (add it with add_peer)")]
+    UnknownWriter(FeedKey),
+    /// The writer was caught signing two histories and is frozen.
+    #[error("writer {0} is frozen: it signed two different histories")]
+    ForkedWriter(FeedKey),
+    /// A wrong argument.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl From<multibee_bee::Error> for Error {
+    fn from(e: multibee_bee::Error) -> Self {
+        match e {
+            multibee_bee::Error::Feed(e) => Error::Feed(e),
+            other => Error::Bee(other),
+        }
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Feed(multibee_feed::Error::from(redb::Error::from(e)))
+            }
+        }
+    )*};
+}
+
+from_redb!(redb::StorageError, redb::TableError);

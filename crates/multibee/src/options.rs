@@ -1,0 +1,116 @@
+//! How a peer is opened, and what it reports.
+
+use std::sync::Arc;
+
+use multibee_feed::{FeedKey, SyncMode};
+
+use crate::hlc::{Clock, Hlc, SystemClock};
+use crate::merge::{LastWriterWins, Merge};
+
+/// How a [`crate::MultiBee`] is opened.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// When writes reach the disk (default: durable, fsync per group commit).
+    pub sync: SyncMode,
+    /// The physical clock under the HLC (default: the system clock).
+    pub clock: Arc<dyn Clock>,
+    /// How far ahead of the local clock a remote timestamp may be and still advance the HLC
+    /// (default 60 s). A diff further ahead is merged like any other (in its timestamp's
+    /// place, the same on every peer) but leaves the local clock alone and is reported.
+    pub max_drift_ms: u64,
+    /// The merge function (default: per-field last-writer-wins).
+    pub merge: Arc<dyn Merge>,
+    /// A key's value is checkpointed every this many diffs, which bounds the cost of a late
+    /// diff (default 64).
+    pub checkpoint_interval: u32,
+    /// Merge replicated diffs as soon as they are stored (default). Off: only
+    /// [`crate::MultiBee::merge`] and [`crate::MultiBee::ingest`] merge.
+    pub auto_merge: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            sync: SyncMode::Durable,
+            clock: Arc::new(SystemClock),
+            max_drift_ms: 60_000,
+            merge: Arc::new(LastWriterWins),
+            checkpoint_interval: 64,
+            auto_merge: true,
+        }
+    }
+}
+
+impl Options {
+    /// Sets the sync mode.
+    pub fn sync(mut self, sync: SyncMode) -> Self {
+        self.sync = sync;
+        self
+    }
+
+    /// Sets the physical clock.
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Sets the largest remote clock lead that still advances the HLC.
+    pub fn max_drift_ms(mut self, ms: u64) -> Self {
+        self.max_drift_ms = ms;
+        self
+    }
+
+    /// Sets the merge function.
+    pub fn merge(mut self, merge: impl Merge + 'static) -> Self {
+        self.merge = Arc::new(merge);
+        self
+    }
+
+    /// Sets the checkpoint interval (at least 1).
+    pub fn checkpoint_interval(mut self, n: u32) -> Self {
+        self.checkpoint_interval = n.max(1);
+        self
+    }
+
+    /// Turns automatic merging of replicated diffs on or off.
+    pub fn auto_merge(mut self, on: bool) -> Self {
+        self.auto_merge = on;
+        self
+    }
+}
+
+/// Something a peer noticed while merging, reported through [`crate::MultiBee::events`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A diff's timestamp is further ahead of the local clock than `max_drift_ms`. It was
+    /// merged in its place; the local clock did not follow it.
+    FutureTimestamp {
+        /// The writer.
+        writer: FeedKey,
+        /// The diff's timestamp.
+        ts: Hlc,
+        /// The local physical clock when it was merged.
+        local_ms: u64,
+    },
+    /// A diff feed entry that is not a valid diff: skipped (on every peer alike).
+    InvalidDiff {
+        /// The writer.
+        writer: FeedKey,
+        /// The entry's sequence number in the writer's diff feed.
+        seq: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A writer was caught signing two histories: it is frozen and its diffs no longer count.
+    WriterFrozen {
+        /// The writer.
+        writer: FeedKey,
+    },
+    /// Diffs of a writer were merged.
+    Merged {
+        /// The writer.
+        writer: FeedKey,
+        /// Its diff feed length merged so far.
+        merged: u64,
+    },
+}

@@ -1,0 +1,519 @@
+//! The [`MultiBee`] handle: opening a peer, reads, local writes, writers, merging.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+
+use multibee_bee::{Bee, RangeOptions};
+use multibee_feed::{Batch, FeedKey, Store};
+use redb::ReadableTable;
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::fold::corrupt;
+use crate::hlc::Hlc;
+use crate::options::{Event, Options};
+use crate::tables::{self, META, WRITERS, WriterRow, WriterState};
+use crate::txn::{self, BatchOp, Ctx};
+use crate::value::Value;
+
+/// Replicated entries merged per transaction.
+const MERGE_CHUNK: u64 = 4096;
+
+/// One peer of a multi-writer database: its own `store` and `diff` bees, the writers whose
+/// diff feeds it merges, its HLC and its merge cursors, all in one folder. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct MultiBee {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    store_bee: Bee,
+    diff_bee: Bee,
+    hlc: Mutex<Hlc>,
+    options: Options,
+    events: broadcast::Sender<Event>,
+    wake: Arc<Notify>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in self.tasks.get_mut().map(std::mem::take).unwrap_or_default() {
+            task.abort();
+        }
+    }
+}
+
+/// What a peer knows of one writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriterInfo {
+    /// The writer's diff feed key.
+    pub key: FeedKey,
+    /// Whether its diffs count.
+    pub state: WriterState,
+    /// Entries of its diff feed merged.
+    pub merged: u64,
+    /// Entries of its diff feed held.
+    pub length: u64,
+}
+
+impl MultiBee {
+    /// Opens (or creates) the peer in `dir` with default options.
+    pub async fn open(dir: impl AsRef<Path>) -> Result<MultiBee> {
+        Self::open_with(dir, Options::default()).await
+    }
+
+    /// Opens (or creates) the peer in `dir`. Diffs that were stored but not merged before a
+    /// crash are merged before this returns.
+    pub async fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<MultiBee> {
+        let store = Store::open_with(dir, multibee_feed::Options::default().sync(options.sync))?;
+        let (store_feed, diff_feed) = match read_meta(&store)? {
+            Some((s, d)) => {
+                let missing = || corrupt("the peer's own feeds are missing from the folder");
+                (
+                    store.feed(&s).ok_or_else(missing)?,
+                    store.feed(&d).ok_or_else(missing)?,
+                )
+            }
+            None => {
+                let (s, d) = (store.create_feed().await?, store.create_feed().await?);
+                let (sk, dk) = (s.key(), d.key());
+                store
+                    .write(move |txn| {
+                        let mut meta = txn.raw().open_table(META).map_err(crate::fold::storage)?;
+                        meta.insert(tables::STORE_FEED, sk.0.as_slice())
+                            .map_err(crate::fold::storage)?;
+                        meta.insert(tables::DIFF_FEED, dk.0.as_slice())
+                            .map_err(crate::fold::storage)?;
+                        meta.insert(tables::HLC, 0u64.to_le_bytes().as_slice())
+                            .map_err(crate::fold::storage)?;
+                        Ok(())
+                    })
+                    .await?;
+                (s, d)
+            }
+        };
+        let hlc = read_hlc(&store)?;
+        let (events, _) = broadcast::channel(1024);
+        let mb = MultiBee {
+            inner: Arc::new(Inner {
+                store_bee: Bee::open(store_feed).await?,
+                diff_bee: Bee::open(diff_feed).await?,
+                store,
+                hlc: Mutex::new(hlc),
+                options,
+                events,
+                wake: Arc::new(Notify::new()),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        mb.merge().await?;
+        if mb.inner.options.auto_merge {
+            mb.start_merger();
+            for w in mb.writers()? {
+                if w.state == WriterState::Active {
+                    mb.watch_writer(w.key);
+                }
+            }
+        }
+        Ok(mb)
+    }
+
+    /// Stops this handle's background merging and releases it. The folder is closed once every
+    /// clone of the handle (and every feed or bee taken from it) is dropped.
+    pub async fn close(self) {
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// The key of this peer's diff feed: what other peers pass to [`MultiBee::add_peer`].
+    pub fn diff_key(&self) -> FeedKey {
+        self.inner.diff_bee.feed().key()
+    }
+
+    /// The key of this peer's store feed (local: never replicated).
+    pub fn store_key(&self) -> FeedKey {
+        self.inner.store_bee.feed().key()
+    }
+
+    /// The feed store underneath (for replication: it holds every diff feed this peer has).
+    pub fn feed_store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The merged store as a read-only bee (its version counts store changes).
+    pub fn store_bee(&self) -> &Bee {
+        &self.inner.store_bee
+    }
+
+    /// The current HLC.
+    pub fn clock(&self) -> Hlc {
+        *self.inner.hlc.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store version: the number of changes the merged store has seen.
+    pub fn version(&self) -> Result<u64> {
+        Ok(self.inner.store_bee.version()?)
+    }
+
+    /// A receiver of what merging reports (future timestamps, invalid diffs, frozen writers).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// The merged value of `key`.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Value>> {
+        match self.inner.store_bee.get(key)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(Value::from_stored(&bytes).map_err(corrupt)?)),
+        }
+    }
+
+    /// The merged entries of a range query, in key order (or reversed), lazily.
+    pub fn range(
+        &self,
+        opts: &RangeOptions,
+    ) -> Result<impl Iterator<Item = Result<(Vec<u8>, Value)>> + use<>> {
+        Ok(self.inner.store_bee.range(opts)?.map(|e| {
+            let e = e?;
+            let value = Value::from_stored(&e.value).map_err(corrupt)?;
+            Ok((e.key, value))
+        }))
+    }
+
+    /// Every merged entry whose key starts with `prefix`.
+    pub fn list(
+        &self,
+        prefix: &[u8],
+    ) -> Result<impl Iterator<Item = Result<(Vec<u8>, Value)>> + use<>> {
+        self.range(&prefix_range(prefix))
+    }
+
+    /// Sets `key` to `value`; returns the store version once it is durable.
+    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl Into<Value>) -> Result<u64> {
+        self.batch(vec![BatchOp::Put(key.as_ref().to_vec(), value.into())])
+            .await
+    }
+
+    /// Deletes `key` (a tombstone that replicates); returns the store version.
+    pub async fn del(&self, key: impl AsRef<[u8]>) -> Result<u64> {
+        self.batch(vec![BatchOp::Del(key.as_ref().to_vec())]).await
+    }
+
+    /// Applies every op atomically (one transaction, one signature per feed); returns the
+    /// store version once it is durable. A put of the value a key already has writes nothing.
+    pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<u64> {
+        let this = self.clone();
+        Ok(self
+            .inner
+            .store
+            .write(move |txn| this.ctx().write_local(txn, &ops))
+            .await?)
+    }
+
+    /// Starts counting the writer whose diff feed is `key` (persisted). Its diffs are merged
+    /// as they are stored in the replica feed. Adding a writer that was removed merges its
+    /// diffs again from the start.
+    pub async fn add_peer(&self, key: FeedKey) -> Result<()> {
+        if key == self.diff_key() || key == self.store_key() {
+            return Err(Error::InvalidArgument(
+                "a peer cannot add its own feeds".into(),
+            ));
+        }
+        let feed = match self.inner.store.feed(&key) {
+            Some(feed) => feed,
+            None => self.inner.store.replica(key).await?,
+        };
+        if feed.status().forked {
+            return Err(Error::ForkedWriter(key));
+        }
+        let forked = self
+            .inner
+            .store
+            .write(move |txn| {
+                let raw = txn.raw();
+                let row = txn::writer_row(raw, &key.0)?;
+                match row.map(|r| r.state) {
+                    Some(WriterState::Forked) => return Ok(true),
+                    Some(WriterState::Active) => {}
+                    None | Some(WriterState::Removed) => {
+                        let row = WriterRow {
+                            state: WriterState::Active,
+                            merged: 0,
+                        };
+                        txn::set_writer(raw, &key.0, row)?;
+                    }
+                }
+                Ok(false)
+            })
+            .await?;
+        if forked {
+            return Err(Error::ForkedWriter(key));
+        }
+        if self.inner.options.auto_merge {
+            self.watch_writer(key);
+            self.inner.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Stops counting the writer `key` (persisted): its diffs no longer count, and every key
+    /// they touched is recomputed from the other writers' diffs, the same way on every peer.
+    pub async fn remove_peer(&self, key: FeedKey) -> Result<()> {
+        let this = self.clone();
+        let known = self
+            .inner
+            .store
+            .write(move |txn| {
+                if txn::writer_row(txn.raw(), &key.0)?.is_none() {
+                    return Ok(false);
+                }
+                this.ctx().drop_writer(txn, key, WriterState::Removed)?;
+                Ok(true)
+            })
+            .await?;
+        match known {
+            true => Ok(()),
+            false => Err(Error::UnknownWriter(key)),
+        }
+    }
+
+    /// The writers this peer knows, in key order.
+    pub fn writers(&self) -> Result<Vec<WriterInfo>> {
+        let txn = self.inner.store.begin_read()?;
+        let table = match txn.open_table(WRITERS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let row = WriterRow::decode(v.value()).ok_or_else(|| corrupt("a writer row"))?;
+            let key = FeedKey(k.value());
+            out.push(WriterInfo {
+                key,
+                state: row.state,
+                merged: row.merged,
+                length: self.inner.store.feed(&key).map_or(0, |f| f.length()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Verifies a batch of a writer's diff feed, stores it and merges it in one transaction.
+    pub async fn ingest(&self, batch: Batch) -> Result<u64> {
+        let key = batch.feed;
+        let feed = self
+            .inner
+            .store
+            .feed(&key)
+            .ok_or(Error::UnknownWriter(key))?;
+        let active = self
+            .writers()?
+            .iter()
+            .any(|w| w.key == key && w.state == WriterState::Active);
+        if !active {
+            return Err(Error::UnknownWriter(key));
+        }
+        let verified = feed.verify(batch)?;
+        let this = self.clone();
+        let (length, events) = self
+            .inner
+            .store
+            .write(move |txn| {
+                let ingested = txn.ingest(&verified)?;
+                let mut events = Vec::new();
+                this.ctx().merge_round(txn, MERGE_CHUNK, &mut events)?;
+                Ok((ingested.length, events))
+            })
+            .await?;
+        self.report(events);
+        feed.check_not_forked()?;
+        self.merge().await?;
+        Ok(length)
+    }
+
+    /// Merges every stored, not yet merged diff of every active writer (freezing writers
+    /// caught forking first); returns the number of entries merged.
+    pub async fn merge(&self) -> Result<u64> {
+        self.freeze_forked().await?;
+        let mut total = 0;
+        loop {
+            let this = self.clone();
+            let (n, events) = self
+                .inner
+                .store
+                .write(move |txn| {
+                    let mut events = Vec::new();
+                    let n = this.ctx().merge_round(txn, MERGE_CHUNK, &mut events)?;
+                    Ok((n, events))
+                })
+                .await?;
+            self.report(events);
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+        }
+    }
+
+    async fn freeze_forked(&self) -> Result<()> {
+        for w in self.writers()? {
+            let forked = self
+                .inner
+                .store
+                .feed(&w.key)
+                .is_some_and(|f| f.status().forked);
+            if w.state != WriterState::Active || !forked {
+                continue;
+            }
+            let this = self.clone();
+            let key = w.key;
+            self.inner
+                .store
+                .write(move |txn| this.ctx().drop_writer(txn, key, WriterState::Forked))
+                .await?;
+            self.report(vec![Event::WriterFrozen { writer: key }]);
+        }
+        Ok(())
+    }
+
+    fn report(&self, events: Vec<Event>) {
+        for event in events {
+            match &event {
+                Event::Merged { .. } => {}
+                other => tracing::warn!(?other, "merge report"),
+            }
+            // No receiver is not an error.
+            let _ = self.inner.events.send(event);
+        }
+    }
+
+    pub(crate) fn ctx(&self) -> Ctx<'_> {
+        let inner = &*self.inner;
+        Ctx {
+            own: inner.diff_bee.feed().key(),
+            store: &inner.store_bee,
+            diffs: &inner.diff_bee,
+            merge: &*inner.options.merge,
+            interval: inner.options.checkpoint_interval,
+            hlc: &inner.hlc,
+            clock: &*inner.options.clock,
+            max_drift_ms: inner.options.max_drift_ms,
+        }
+    }
+
+    pub(crate) fn read(&self) -> Result<redb::ReadTransaction> {
+        Ok(self.inner.store.begin_read()?)
+    }
+
+    /// Merges in the background whenever a writer's feed grows.
+    fn start_merger(&self) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let wake = self.inner.wake.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                wake.notified().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let mb = MultiBee { inner };
+                if let Err(e) = mb.merge().await {
+                    tracing::warn!(error = %e, "background merge failed");
+                }
+            }
+        });
+        self.push_task(task);
+    }
+
+    fn watch_writer(&self, key: FeedKey) {
+        let Some(feed) = self.inner.store.feed(&key) else {
+            return;
+        };
+        let mut status = feed.subscribe();
+        drop(feed);
+        let wake = self.inner.wake.clone();
+        wake.notify_one();
+        let task = tokio::spawn(async move {
+            while status.changed().await.is_ok() {
+                wake.notify_one();
+            }
+        });
+        self.push_task(task);
+    }
+
+    fn push_task(&self, task: JoinHandle<()>) {
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+}
+
+/// The range of keys starting with `prefix`.
+pub(crate) fn prefix_range(prefix: &[u8]) -> RangeOptions {
+    let opts = RangeOptions::all().gte(prefix);
+    match prefix_end(prefix) {
+        Some(end) => opts.lt(end),
+        None => opts,
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix` (`None`: no such key).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn read_meta(store: &Store) -> Result<Option<(FeedKey, FeedKey)>> {
+    let txn = store.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let key = |name: &str| -> Result<Option<FeedKey>> {
+        match meta.get(name)? {
+            None => Ok(None),
+            Some(v) => {
+                let bytes: [u8; 32] = v
+                    .value()
+                    .try_into()
+                    .map_err(|_| corrupt("a feed key in mb-meta-1"))?;
+                Ok(Some(FeedKey(bytes)))
+            }
+        }
+    };
+    Ok(key(tables::STORE_FEED)?.zip(key(tables::DIFF_FEED)?))
+}
+
+fn read_hlc(store: &Store) -> Result<Hlc> {
+    let txn = store.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let hlc = match meta.get(tables::HLC)? {
+        None => 0,
+        Some(v) => {
+            let bytes: [u8; 8] = v
+                .value()
+                .try_into()
+                .map_err(|_| corrupt("the HLC in mb-meta-1"))?;
+            u64::from_le_bytes(bytes)
+        }
+    };
+    Ok(Hlc(hlc))
+}

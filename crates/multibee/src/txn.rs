@@ -1,0 +1,292 @@
+//! The bodies of a peer's write transactions: local writes, merge rounds and writer removal.
+//! Each runs inside one group-committed redb transaction, so the diff feed, the store bee,
+//! the merge tables, the cursors and the HLC move together or not at all.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use multibee_bee::{BatchOp as BeeOp, Bee};
+use multibee_feed::{FeedKey, WriteTxn};
+use redb::{ReadableTable, WriteTransaction};
+
+use crate::change::Change;
+use crate::diff::{DiffRecord, diff_key};
+use crate::fold::{Added, Fold, bee_error, corrupt, storage};
+use crate::hlc::{Clock, Hlc};
+use crate::merge::Merge;
+use crate::options::Event;
+use crate::tables::{self, META, WRITERS, WriterRow, WriterState};
+use crate::value::Value;
+
+type FeedResult<T> = multibee_feed::Result<T>;
+
+/// What a transaction body needs of the peer.
+pub(crate) struct Ctx<'a> {
+    pub own: FeedKey,
+    pub store: &'a Bee,
+    pub diffs: &'a Bee,
+    pub merge: &'a dyn Merge,
+    pub interval: u32,
+    pub hlc: &'a Mutex<Hlc>,
+    pub clock: &'a dyn Clock,
+    pub max_drift_ms: u64,
+}
+
+/// One write of a local [`crate::MultiBee::batch`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchOp {
+    /// Sets a key to a value.
+    Put(Vec<u8>, Value),
+    /// Deletes a key.
+    Del(Vec<u8>),
+}
+
+impl BatchOp {
+    fn key(&self) -> &[u8] {
+        match self {
+            BatchOp::Put(k, _) | BatchOp::Del(k) => k,
+        }
+    }
+}
+
+impl Ctx<'_> {
+    fn tick(&self) -> Hlc {
+        let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
+        *hlc = hlc.tick(self.clock.now_ms());
+        *hlc
+    }
+
+    /// Advances the HLC past a merged remote timestamp, unless it is too far ahead.
+    fn observe(&self, writer: FeedKey, ts: Hlc, events: &mut Vec<Event>) {
+        let now = self.clock.now_ms();
+        if ts.millis() > now.saturating_add(self.max_drift_ms) {
+            events.push(Event::FutureTimestamp {
+                writer,
+                ts,
+                local_ms: now,
+            });
+            return;
+        }
+        let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
+        *hlc = (*hlc).max(ts);
+    }
+
+    fn persist_hlc(&self, raw: &WriteTransaction) -> FeedResult<()> {
+        let hlc = *self.hlc.lock().unwrap_or_else(|p| p.into_inner());
+        let mut meta = raw.open_table(META).map_err(storage)?;
+        meta.insert(tables::HLC, hlc.0.to_le_bytes().as_slice())
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Local writes: computes each change against the merged value, stamps it, and commits
+    /// the diff entries, the merge and the store entries. Returns the store version.
+    pub(crate) fn write_local(&self, txn: &mut WriteTxn<'_>, ops: &[BatchOp]) -> FeedResult<u64> {
+        let start = txn.length(&self.own)?;
+        let context = active_writers(txn.raw())?
+            .into_iter()
+            .filter(|(w, row)| *w != self.own.0 && row.merged > 0)
+            .map(|(w, row)| (w, row.merged))
+            .collect::<Vec<_>>();
+        let mut entries = Vec::new();
+        let pending = {
+            let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval)?;
+            for op in ops {
+                let key = op.key();
+                let old = fold.state(key)?;
+                let new = match op {
+                    BatchOp::Put(_, v) => Some(v),
+                    BatchOp::Del(_) => None,
+                };
+                let Some(change) = Change::between(old.as_ref(), new) else {
+                    continue;
+                };
+                let record = DiffRecord {
+                    key: key.to_vec(),
+                    ts: self.tick(),
+                    context: context.clone(),
+                    change,
+                };
+                let bytes = record.encode();
+                let seq = start + entries.len() as u64;
+                fold.add(self.own.0, seq, &record, &bytes)?;
+                entries.push(BeeOp::Put(diff_key(key, record.ts), bytes));
+            }
+            fold.into_pending()
+        };
+        if !entries.is_empty() {
+            self.diffs.write_in(txn, &entries).map_err(bee_error)?;
+        }
+        let version = self.write_store(txn, pending)?;
+        self.persist_hlc(txn.raw())?;
+        Ok(version)
+    }
+
+    /// Writes the changed values into the store bee (skipping those that end as they were).
+    fn write_store(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        pending: BTreeMap<Vec<u8>, Option<Value>>,
+    ) -> FeedResult<u64> {
+        let mut ops = Vec::new();
+        for (key, value) in pending {
+            let current = self.store.get_in(txn.raw(), &key).map_err(bee_error)?;
+            match value {
+                Some(v) => {
+                    let bytes = v.to_stored();
+                    if current.as_deref() != Some(bytes.as_slice()) {
+                        ops.push(BeeOp::Put(key, bytes));
+                    }
+                }
+                None if current.is_some() => ops.push(BeeOp::Del(key)),
+                None => {}
+            }
+        }
+        if !ops.is_empty() {
+            self.store.write_in(txn, &ops).map_err(bee_error)?;
+        }
+        txn.length(&self.store.feed().key())
+    }
+
+    /// Merges up to `budget` replicated diffs of the active writers. Returns how many entries
+    /// it consumed (0: nothing was pending).
+    pub(crate) fn merge_round(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        budget: u64,
+        events: &mut Vec<Event>,
+    ) -> FeedResult<u64> {
+        let mut work = Vec::new();
+        let mut left = budget;
+        for (w, row) in active_writers(txn.raw())? {
+            if w == self.own.0 || left == 0 {
+                continue;
+            }
+            let key = FeedKey(w);
+            let length = txn.length(&key)?;
+            if length <= row.merged {
+                continue;
+            }
+            let end = length.min(row.merged + left);
+            left -= end - row.merged;
+            let entries = txn.entries(&key, row.merged..end)?;
+            work.push((w, row, entries));
+        }
+        if work.is_empty() {
+            return Ok(0);
+        }
+        let pending = {
+            let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval)?;
+            for (w, row, entries) in &work {
+                let writer = FeedKey(*w);
+                for (seq, entry) in (row.merged..).zip(entries) {
+                    let (record, bytes) = match DiffRecord::from_entry(entry) {
+                        Ok(found) => found,
+                        Err(reason) => {
+                            events.push(Event::InvalidDiff {
+                                writer,
+                                seq,
+                                reason,
+                            });
+                            continue;
+                        }
+                    };
+                    self.observe(writer, record.ts, events);
+                    if fold.add(*w, seq, &record, &bytes)? == Added::Reused {
+                        events.push(Event::InvalidDiff {
+                            writer,
+                            seq,
+                            reason: format!(
+                                "the writer already wrote another diff of this key at {}",
+                                record.ts
+                            ),
+                        });
+                    }
+                }
+            }
+            fold.into_pending()
+        };
+        self.write_store(txn, pending)?;
+        let mut consumed = 0;
+        {
+            let raw = txn.raw();
+            let mut writers = raw.open_table(WRITERS).map_err(storage)?;
+            for (w, row, entries) in &work {
+                let merged = row.merged + entries.len() as u64;
+                consumed += entries.len() as u64;
+                let row = WriterRow { merged, ..*row };
+                writers
+                    .insert(*w, row.encode().as_slice())
+                    .map_err(storage)?;
+                events.push(Event::Merged {
+                    writer: FeedKey(*w),
+                    merged,
+                });
+            }
+        }
+        self.persist_hlc(txn.raw())?;
+        Ok(consumed)
+    }
+
+    /// Stops counting `writer` (removed or frozen): its merged diffs are taken out and every
+    /// key they touched is recomputed from the others' diffs. Returns the number of keys.
+    pub(crate) fn drop_writer(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        writer: FeedKey,
+        state: WriterState,
+    ) -> FeedResult<usize> {
+        let Some(row) = writer_row(txn.raw(), &writer.0)? else {
+            return Ok(0);
+        };
+        let merged = if row.state == WriterState::Active {
+            row.merged
+        } else {
+            0
+        };
+        let entries = txn.entries(&writer, 0..merged)?;
+        let diffs: Vec<(Vec<u8>, u64)> = entries
+            .iter()
+            .filter_map(|e| DiffRecord::from_entry(e).ok())
+            .map(|(r, _)| (r.key, r.ts.0))
+            .collect();
+        let pending = {
+            let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval)?;
+            fold.remove_writer(writer.0, &diffs)?;
+            fold.into_pending()
+        };
+        let touched = pending.len();
+        self.write_store(txn, pending)?;
+        set_writer(txn.raw(), &writer.0, WriterRow { state, merged: 0 })?;
+        Ok(touched)
+    }
+}
+
+/// Every writer row, in key order, with the active ones' cursors.
+pub(crate) fn active_writers(raw: &WriteTransaction) -> FeedResult<Vec<([u8; 32], WriterRow)>> {
+    let table = raw.open_table(WRITERS).map_err(storage)?;
+    let mut out = Vec::new();
+    for row in table.iter().map_err(storage)? {
+        let (k, v) = row.map_err(storage)?;
+        let row = WriterRow::decode(v.value()).ok_or_else(|| corrupt("a writer row"))?;
+        if row.state == WriterState::Active {
+            out.push((k.value(), row));
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn writer_row(raw: &WriteTransaction, key: &[u8; 32]) -> FeedResult<Option<WriterRow>> {
+    let table = raw.open_table(WRITERS).map_err(storage)?;
+    let row = table.get(*key).map_err(storage)?;
+    row.map(|r| WriterRow::decode(r.value()).ok_or_else(|| corrupt("a writer row")))
+        .transpose()
+}
+
+pub(crate) fn set_writer(raw: &WriteTransaction, key: &[u8; 32], row: WriterRow) -> FeedResult<()> {
+    let mut table = raw.open_table(WRITERS).map_err(storage)?;
+    table
+        .insert(*key, row.encode().as_slice())
+        .map_err(storage)?;
+    Ok(())
+}
