@@ -338,8 +338,9 @@ impl MultiBee {
             })
             .await?;
         self.report(events);
-        feed.check_not_forked()?;
+        // Merging first freezes a writer this batch caught equivocating.
         self.merge().await?;
+        feed.check_not_forked()?;
         Ok(length)
     }
 

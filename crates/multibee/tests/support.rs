@@ -1,0 +1,114 @@
+//! A cluster of peers in temporary folders, each with a manual clock and no background
+//! merging, and delivery of diff feed ranges between them (directly or forwarded).
+
+use multibee_feed::{FeedKey, SyncMode};
+use multibee_multibee::{ManualClock, MultiBee, Options, Value};
+use serde_json::Value as Json;
+use tempfile::TempDir;
+
+pub struct Peer {
+    pub mb: MultiBee,
+    pub clock: ManualClock,
+    pub dir: TempDir,
+}
+
+pub fn options(clock: &ManualClock) -> Options {
+    Options::default()
+        .sync(SyncMode::Relaxed)
+        .clock(clock.clone())
+        .auto_merge(false)
+        .checkpoint_interval(4)
+}
+
+impl Peer {
+    pub async fn new(now_ms: u64) -> Peer {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(now_ms);
+        let mb = MultiBee::open_with(dir.path(), options(&clock))
+            .await
+            .unwrap();
+        Peer { mb, clock, dir }
+    }
+
+    /// Closes and reopens the peer on its folder.
+    pub async fn reopen(self) -> Peer {
+        let Peer { mb, clock, dir } = self;
+        mb.close().await;
+        let mb = MultiBee::open_with(dir.path(), options(&clock))
+            .await
+            .unwrap();
+        Peer { mb, clock, dir }
+    }
+
+    pub fn key(&self) -> FeedKey {
+        self.mb.diff_key()
+    }
+
+    pub fn json(&self, key: &str) -> Option<Json> {
+        self.mb.get(key).unwrap().map(|v| match v {
+            Value::Json(j) => j,
+            Value::Bytes(b) => panic!("bytes {b:?} where JSON was expected"),
+        })
+    }
+
+    /// The length of `writer`'s diff feed this peer holds.
+    pub fn holds(&self, writer: &FeedKey) -> u64 {
+        self.mb.feed_store().feed(writer).map_or(0, |f| f.length())
+    }
+}
+
+/// A cluster where every peer counts every other peer's diffs.
+pub async fn cluster(n: usize) -> Vec<Peer> {
+    let mut peers = Vec::new();
+    for _ in 0..n {
+        peers.push(Peer::new(1_000_000).await);
+    }
+    for i in 0..n {
+        for j in 0..n {
+            if i != j {
+                let key = peers[j].key();
+                peers[i].mb.add_peer(key).await.unwrap();
+            }
+        }
+    }
+    peers
+}
+
+/// Delivers up to `count` of `writer`'s diffs that `to` lacks, taken from `from` (the writer
+/// itself or any peer holding a replica): verified, stored and merged by `to`.
+pub async fn deliver(from: &Peer, to: &Peer, writer: FeedKey, count: u64) -> u64 {
+    let start = to.holds(&writer);
+    let end = from.holds(&writer).min(start.saturating_add(count));
+    if end <= start {
+        return 0;
+    }
+    let feed = from.mb.feed_store().feed(&writer).unwrap();
+    to.mb.ingest(feed.proof(start..end).unwrap()).await.unwrap();
+    end - start
+}
+
+/// Delivers every diff of every writer to every peer (repeating until nothing moves).
+pub async fn sync_all(peers: &[Peer]) {
+    loop {
+        let mut moved = 0;
+        for from in peers {
+            for to in peers {
+                if std::ptr::eq(from, to) {
+                    continue;
+                }
+                moved += deliver(from, to, from.key(), u64::MAX).await;
+            }
+        }
+        if moved == 0 {
+            return;
+        }
+    }
+}
+
+pub fn run<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
