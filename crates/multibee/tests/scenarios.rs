@@ -816,3 +816,45 @@ fn a_user_merge_function_is_used_by_every_peer() {
         }
     });
 }
+
+#[test]
+fn diffs_stored_at_the_feed_level_are_merged_in_the_background() {
+    run(async {
+        let a = Peer::new(1_000_000).await;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = multibee_multibee::ManualClock::new(1_000_000);
+        let options = crate::support::options(&clock).auto_merge(true);
+        let b = multibee_multibee::MultiBee::open_with(dir.path(), options)
+            .await
+            .unwrap();
+        b.add_peer(a.key()).await.unwrap();
+        let mut changes = b
+            .changes(ChangesOptions {
+                live: true,
+                ..ChangesOptions::default()
+            })
+            .unwrap();
+        a.mb.put("k", json!({"v": 1})).await.unwrap();
+        // As the network would: verified and stored into the replica feed, nothing more.
+        let batch =
+            a.mb.feed_store()
+                .feed(&a.key())
+                .unwrap()
+                .proof(0..1)
+                .unwrap();
+        b.feed_store()
+            .feed(&a.key())
+            .unwrap()
+            .ingest(batch)
+            .await
+            .unwrap();
+        let change = tokio::time::timeout(std::time::Duration::from_secs(60), changes.next())
+            .await
+            .expect("merged within the timeout")
+            .unwrap()
+            .unwrap();
+        assert_eq!(change.key, b"k");
+        assert_eq!(change.value, Some(json!({"v": 1}).into()));
+        b.close().await;
+    });
+}
