@@ -149,25 +149,15 @@ impl Bee {
         }))
     }
 
-    /// The value of `key` as the write transaction `raw` sees it (including what it wrote
-    /// so far, through [`WriteTxn::raw`]), for layers that read and write in one transaction.
-    pub fn get_in(
-        &self,
-        raw: &redb::WriteTransaction,
-        key: impl AsRef<[u8]>,
-    ) -> Result<Option<Vec<u8>>> {
-        let stored = self.space.encode(key.as_ref());
-        let table = raw.open_table(LATEST).map_err(index::storage)?;
-        let row = table
-            .get((self.id, stored.as_slice()))
-            .map_err(index::storage)?;
-        match row {
-            None => Ok(None),
-            Some(row) => {
-                let (_, value) = tables::split_latest_row(row.value()).ok_or_else(corrupt)?;
-                Ok(Some(value.to_vec()))
-            }
-        }
+    /// A reader of this bee's head inside the write transaction `raw` (seeing what it wrote so
+    /// far, through [`WriteTxn::raw`]), for layers that read and write in one transaction.
+    /// Drop it before writing to the bee.
+    pub fn head_in<'t>(&self, raw: &'t redb::WriteTransaction) -> Result<HeadReader<'t>> {
+        Ok(HeadReader {
+            table: raw.open_table(LATEST).map_err(index::storage)?,
+            id: self.id,
+            space: self.space.clone(),
+        })
     }
 
     /// The entries of a range query, lazily, from one snapshot.
@@ -351,6 +341,31 @@ impl Bee {
             (Some(_), _) => Err(Error::ReadOnly("a checkout")),
             (None, false) => Err(Error::ReadOnly("a replica of someone else's feed")),
             (None, true) => Ok(()),
+        }
+    }
+}
+
+/// Reads a bee's head inside a write transaction (see [`Bee::head_in`]).
+pub struct HeadReader<'t> {
+    table: redb::Table<'t, (u64, &'static [u8]), &'static [u8]>,
+    id: u64,
+    space: Keyspace,
+}
+
+impl HeadReader<'_> {
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let stored = self.space.encode(key);
+        let row = self
+            .table
+            .get((self.id, stored.as_slice()))
+            .map_err(index::storage)?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let (_, value) = tables::split_latest_row(row.value()).ok_or_else(corrupt)?;
+                Ok(Some(value.to_vec()))
+            }
         }
     }
 }

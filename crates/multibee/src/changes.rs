@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::fold::corrupt;
 use crate::hlc::Hlc;
 use crate::peer::MultiBee;
-use crate::tables::{self, DIFFS, DiffId, HEADS};
+use crate::tables::{self, DIFFS, DiffId, KEYS, KeyState};
 use crate::value::Value;
 
 /// One change to the merged store.
@@ -167,14 +167,14 @@ impl MultiBee {
         let lo: DiffId = (key, 0, [0; 32]);
         let hi: DiffId = (key, u64::MAX, [0xFF; 32]);
         let ids: Vec<(u64, [u8; 32])> = if heads_only {
-            let heads = txn.open_table(HEADS)?;
-            let mut ids = Vec::new();
-            for row in heads.range(lo..=hi)? {
-                let (k, _) = row?;
-                let (_, ts, w) = k.value();
-                ids.push((ts, w));
-            }
-            ids
+            let keys = txn.open_table(KEYS)?;
+            let state = match keys.get(key)? {
+                None => KeyState::default(),
+                Some(row) => {
+                    KeyState::decode(row.value()).ok_or_else(|| corrupt("a key state row"))?
+                }
+            };
+            state.heads.iter().map(|h| (h.ts, h.writer)).collect()
         } else {
             Vec::new()
         };

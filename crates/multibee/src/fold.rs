@@ -2,16 +2,16 @@
 //! values in `(Hlc, writer)` order (rewinding to a checkpoint when a diff arrives late), and
 //! keeps each key's causal heads for `conflicts`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
-use multibee_bee::Bee;
+use multibee_bee::{Bee, HeadReader};
 use multibee_feed::{Error as FeedError, FeedKey};
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::diff::DiffRecord;
 use crate::merge::{Diff, Merge};
-use crate::tables::{self, CHECKPOINTS, DIFFS, DiffId, HEADS, KEYS, KeyRow};
+use crate::tables::{self, CHECKPOINTS, DIFFS, DiffId, Head, KEYS, KeyState};
 use crate::value::Value;
 
 type FeedResult<T> = multibee_feed::Result<T>;
@@ -25,6 +25,14 @@ pub(crate) fn corrupt(what: impl std::fmt::Display) -> FeedError {
     FeedError::Corrupt(format!("multibee: {what}"))
 }
 
+/// A bee error inside a write transaction, as the feed layer's error.
+pub(crate) fn bee_error(e: multibee_bee::Error) -> FeedError {
+    match e {
+        multibee_bee::Error::Feed(e) => e,
+        other => FeedError::InvalidArgument(other.to_string()),
+    }
+}
+
 /// What became of a diff handed to [`Fold::add`].
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Added {
@@ -36,22 +44,22 @@ pub(crate) enum Added {
     Reused,
 }
 
-/// One diff loaded from `mb-diffs-1`.
-struct Loaded {
-    ts: u64,
-    writer: [u8; 32],
-    seq: u64,
-    record: DiffRecord,
+/// One diff, as the fold handles it.
+pub(crate) struct Loaded {
+    pub ts: u64,
+    pub writer: [u8; 32],
+    pub seq: u64,
+    pub record: DiffRecord,
 }
 
 impl Loaded {
-    /// Whether the writer of `self` had seen `(writer, seq)` when it wrote `self`.
+    fn id(&self) -> (u64, [u8; 32]) {
+        (self.ts, self.writer)
+    }
+
+    /// Whether the writer of `self` had seen diff `seq` of `writer` when it wrote `self`.
     fn covers(&self, writer: &[u8; 32], seq: u64) -> bool {
-        if &self.writer == writer {
-            self.seq > seq
-        } else {
-            self.record.saw(writer) > seq
-        }
+        tables::covers(&self.writer, self.seq, &self.record.context, writer, seq)
     }
 
     fn to_diff(&self) -> Diff {
@@ -59,6 +67,15 @@ impl Loaded {
             ts: crate::Hlc(self.ts),
             writer: FeedKey(self.writer),
             change: self.record.change.clone(),
+        }
+    }
+
+    fn head(&self) -> Head {
+        Head {
+            ts: self.ts,
+            writer: self.writer,
+            seq: self.seq,
+            context: self.record.context.clone(),
         }
     }
 }
@@ -73,36 +90,51 @@ fn hi(key: &[u8]) -> DiffId<'_> {
 
 /// The merge state of one transaction.
 pub(crate) struct Fold<'t> {
-    raw: &'t WriteTransaction,
-    store: &'t Bee,
     merge: &'t dyn Merge,
     interval: u32,
+    head: HeadReader<'t>,
     diffs: Table<'t, DiffId<'static>, &'static [u8]>,
     checkpoints: Table<'t, DiffId<'static>, &'static [u8]>,
-    keys: Table<'t, &'static [u8], [u8; 44]>,
-    heads: Table<'t, DiffId<'static>, u64>,
+    keys: Table<'t, &'static [u8], &'static [u8]>,
+    /// The store's value of every key read, as it was before this transaction.
+    original: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// The new value of every key this transaction changed.
     pending: BTreeMap<Vec<u8>, Option<Value>>,
+}
+
+/// The outcome of a fold: the new values, and the store's bytes before, of every changed key.
+pub(crate) struct Folded {
+    pub pending: BTreeMap<Vec<u8>, Option<Value>>,
+    pub original: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl<'t> Fold<'t> {
     pub(crate) fn new(
         raw: &'t WriteTransaction,
-        store: &'t Bee,
+        store: &Bee,
         merge: &'t dyn Merge,
         interval: u32,
     ) -> FeedResult<Fold<'t>> {
         Ok(Fold {
-            raw,
-            store,
             merge,
             interval: interval.max(1),
+            head: store.head_in(raw).map_err(bee_error)?,
             diffs: raw.open_table(DIFFS).map_err(storage)?,
             checkpoints: raw.open_table(CHECKPOINTS).map_err(storage)?,
             keys: raw.open_table(KEYS).map_err(storage)?,
-            heads: raw.open_table(HEADS).map_err(storage)?,
+            original: HashMap::new(),
             pending: BTreeMap::new(),
         })
+    }
+
+    fn original(&mut self, key: &[u8]) -> FeedResult<&Option<Vec<u8>>> {
+        if !self.original.contains_key(key) {
+            let bytes = self.head.get(key).map_err(bee_error)?;
+            self.original.insert(key.to_vec(), bytes);
+        }
+        self.original
+            .get(key)
+            .ok_or_else(|| corrupt("a value read vanished"))
     }
 
     /// The value of `key` as of everything merged so far, this transaction included.
@@ -110,24 +142,27 @@ impl<'t> Fold<'t> {
         if let Some(v) = self.pending.get(key) {
             return Ok(v.clone());
         }
-        let stored = self.store.get_in(self.raw, key).map_err(bee_error)?;
-        stored
-            .map(|b| Value::from_stored(&b).map_err(corrupt))
+        self.original(key)?
+            .as_deref()
+            .map(|b| Value::from_stored(b).map_err(corrupt))
             .transpose()
     }
 
-    /// Records `record` (the diff `seq` of `writer`, `bytes` its encoding) and merges it.
-    pub(crate) fn add(
-        &mut self,
-        writer: [u8; 32],
-        seq: u64,
-        record: &DiffRecord,
-        bytes: &[u8],
-    ) -> FeedResult<Added> {
-        let key = record.key.as_slice();
-        let ts = record.ts.0;
-        let row = tables::diff_row(seq, bytes);
-        if let Some(old) = self.diffs.get((key, ts, writer)).map_err(storage)? {
+    fn key_state(&self, key: &[u8]) -> FeedResult<Option<KeyState>> {
+        match self.keys.get(key).map_err(storage)? {
+            None => Ok(None),
+            Some(row) => KeyState::decode(row.value())
+                .map(Some)
+                .ok_or_else(|| corrupt("a key state row")),
+        }
+    }
+
+    /// Records diff `new` (`bytes`: its record's encoding) and merges it.
+    pub(crate) fn add(&mut self, new: Loaded, bytes: &[u8]) -> FeedResult<Added> {
+        let key = new.record.key.clone();
+        let key = key.as_slice();
+        let row = tables::diff_row(new.seq, bytes);
+        if let Some(old) = self.diffs.get((key, new.ts, new.writer)).map_err(storage)? {
             return Ok(if old.value() == row.as_slice() {
                 Added::Duplicate
             } else {
@@ -135,52 +170,57 @@ impl<'t> Fold<'t> {
             });
         }
         self.diffs
-            .insert((key, ts, writer), row.as_slice())
+            .insert((key, new.ts, new.writer), row.as_slice())
             .map_err(storage)?;
-        let new = Loaded {
-            ts,
-            writer,
-            seq,
-            record: record.clone(),
-        };
-        let last = self
-            .keys
-            .get(key)
-            .map_err(storage)?
-            .map(|r| KeyRow::decode(r.value()));
-        let covered_later = match last {
-            Some(row) if (ts, writer) < row.last => self.rebase(key, &new)?,
-            _ => {
-                self.append(key, &new, last)?;
-                false
+        let (mut state, covered_later) = match self.key_state(key)? {
+            Some(state) if new.id() < state.last => {
+                let (state, covered) = self.rebase(key, &new, state)?;
+                (state, covered)
             }
+            state => (self.append(key, &new, state)?, false),
         };
-        self.update_heads(key, &new, covered_later)?;
+        // Heads the new diff had seen are heads no more; it is one unless a diff saw it.
+        state.heads.retain(|h| !new.covers(&h.writer, h.seq));
+        let covered = covered_later || state.heads.iter().any(|h| h.covers(&new.writer, new.seq));
+        if !covered {
+            let at = state.heads.partition_point(|h| (h.ts, h.writer) < new.id());
+            state.heads.insert(at, new.head());
+        }
+        self.keys
+            .insert(key, state.encode().as_slice())
+            .map_err(storage)?;
         Ok(Added::Merged)
     }
 
     /// Merges a diff newer than every diff of its key.
-    fn append(&mut self, key: &[u8], new: &Loaded, last: Option<KeyRow>) -> FeedResult<()> {
-        let state = self.state(key)?;
-        let state = self.merge.merge(key, state, &[new.to_diff()]);
-        let mut since = last.map_or(0, |r| r.since_checkpoint) + 1;
-        if since >= self.interval {
-            self.checkpoint(key, new, state.as_ref())?;
-            since = 0;
+    fn append(
+        &mut self,
+        key: &[u8],
+        new: &Loaded,
+        state: Option<KeyState>,
+    ) -> FeedResult<KeyState> {
+        let mut ks = state.unwrap_or_default();
+        let value = self.state(key)?;
+        let value = self.merge.merge(key, value, &[new.to_diff()]);
+        ks.since_checkpoint += 1;
+        if ks.since_checkpoint >= self.interval {
+            self.checkpoint(key, new, value.as_ref())?;
+            ks.since_checkpoint = 0;
         }
-        let row = KeyRow {
-            last: (new.ts, new.writer),
-            since_checkpoint: since,
-        };
-        self.keys.insert(key, row.encode()).map_err(storage)?;
-        self.pending.insert(key.to_vec(), state);
-        Ok(())
+        ks.last = new.id();
+        self.pending.insert(key.to_vec(), value);
+        Ok(ks)
     }
 
     /// Merges a diff older than the key's newest: rewinds to the newest checkpoint before it
-    /// and folds the diffs after that checkpoint again. Returns whether a later diff had seen
-    /// the new one.
-    fn rebase(&mut self, key: &[u8], new: &Loaded) -> FeedResult<bool> {
+    /// and folds the diffs after that checkpoint again. Returns the key state and whether a
+    /// later diff had seen the new one.
+    fn rebase(
+        &mut self,
+        key: &[u8],
+        new: &Loaded,
+        mut ks: KeyState,
+    ) -> FeedResult<(KeyState, bool)> {
         let id = (key, new.ts, new.writer);
         let base = match self
             .checkpoints
@@ -200,105 +240,67 @@ impl<'t> Fold<'t> {
         self.checkpoints
             .retain_in(id..=hi(key), |_, _| false)
             .map_err(storage)?;
-        let (start, state) = match base {
+        let (start, value) = match base {
             None => (Bound::Included(lo(key)), None),
-            Some(((ts, w), state)) => (Bound::Excluded((key, ts, w)), state),
+            Some(((ts, w), value)) => (Bound::Excluded((key, ts, w)), value),
         };
-        let later = self.load(key, (start, Bound::Included(hi(key))))?;
+        let later = self.load((start, Bound::Included(hi(key))))?;
         let covered = later
             .iter()
-            .any(|e| (e.ts, e.writer) > (new.ts, new.writer) && e.covers(&new.writer, new.seq));
-        let since = self.fold_from(key, state, &later)?;
-        let last = later
-            .last()
-            .map_or((new.ts, new.writer), |l| (l.ts, l.writer));
-        let row = KeyRow {
-            last,
-            since_checkpoint: since,
-        };
-        self.keys.insert(key, row.encode()).map_err(storage)?;
-        Ok(covered)
+            .any(|e| e.id() > new.id() && e.covers(&new.writer, new.seq));
+        ks.since_checkpoint = self.fold_from(key, value, &later)?;
+        Ok((ks, covered))
     }
 
-    /// Folds `diffs` onto `state`, checkpointing every `interval` diffs; sets the key's pending
+    /// Folds `diffs` onto `value`, checkpointing every `interval` diffs; sets the key's pending
     /// value and returns the number of diffs after the last checkpoint.
     fn fold_from(
         &mut self,
         key: &[u8],
-        mut state: Option<Value>,
+        mut value: Option<Value>,
         diffs: &[Loaded],
     ) -> FeedResult<u32> {
         let mut since = 0;
         for chunk in diffs.chunks(self.interval as usize) {
             let batch: Vec<Diff> = chunk.iter().map(Loaded::to_diff).collect();
-            state = self.merge.merge(key, state, &batch);
+            value = self.merge.merge(key, value, &batch);
             since = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
             if since >= self.interval
                 && let Some(last) = chunk.last()
             {
-                self.checkpoint(key, last, state.as_ref())?;
+                self.checkpoint(key, last, value.as_ref())?;
                 since = 0;
             }
         }
-        self.pending.insert(key.to_vec(), state);
+        self.pending.insert(key.to_vec(), value);
         Ok(since)
     }
 
-    fn checkpoint(&mut self, key: &[u8], at: &Loaded, state: Option<&Value>) -> FeedResult<()> {
-        let bytes = tables::encode_state(state);
+    fn checkpoint(&mut self, key: &[u8], at: &Loaded, value: Option<&Value>) -> FeedResult<()> {
+        let bytes = tables::encode_state(value);
         self.checkpoints
             .insert((key, at.ts, at.writer), bytes.as_slice())
             .map_err(storage)?;
         Ok(())
     }
 
-    /// The diffs of `key` in `range`, in merge order.
-    fn load(
-        &self,
-        _key: &[u8],
-        range: (Bound<DiffId<'_>>, Bound<DiffId<'_>>),
-    ) -> FeedResult<Vec<Loaded>> {
+    /// The diffs in `range`, in merge order.
+    fn load(&self, range: (Bound<DiffId<'_>>, Bound<DiffId<'_>>)) -> FeedResult<Vec<Loaded>> {
         let mut out = Vec::new();
         for row in self.diffs.range::<DiffId>(range).map_err(storage)? {
             let (k, v) = row.map_err(storage)?;
             let (_, ts, writer) = k.value();
-            out.push(decode_loaded(ts, writer, v.value())?);
+            let (seq, bytes) =
+                tables::split_diff_row(v.value()).ok_or_else(|| corrupt("a short diff row"))?;
+            let record = DiffRecord::decode(bytes).map_err(corrupt)?;
+            out.push(Loaded {
+                ts,
+                writer,
+                seq,
+                record,
+            });
         }
         Ok(out)
-    }
-
-    fn loaded(&self, key: &[u8], ts: u64, writer: [u8; 32]) -> FeedResult<Loaded> {
-        let row = self
-            .diffs
-            .get((key, ts, writer))
-            .map_err(storage)?
-            .ok_or_else(|| corrupt("a head names a diff that is not stored"))?;
-        decode_loaded(ts, writer, row.value())
-    }
-
-    /// Drops the heads `new` has seen, and makes `new` a head unless a stored diff saw it.
-    fn update_heads(&mut self, key: &[u8], new: &Loaded, covered_later: bool) -> FeedResult<()> {
-        let mut heads = Vec::new();
-        for row in self.heads.range(lo(key)..=hi(key)).map_err(storage)? {
-            let (k, _) = row.map_err(storage)?;
-            let (_, ts, w) = k.value();
-            heads.push((ts, w));
-        }
-        let mut covered = covered_later;
-        for (ts, w) in heads {
-            let head = self.loaded(key, ts, w)?;
-            if new.covers(&head.writer, head.seq) {
-                self.heads.remove((key, ts, w)).map_err(storage)?;
-            } else if head.covers(&new.writer, new.seq) {
-                covered = true;
-            }
-        }
-        if !covered {
-            self.heads
-                .insert((key, new.ts, new.writer), new.seq)
-                .map_err(storage)?;
-        }
-        Ok(())
     }
 
     /// Removes the diffs `(key, ts)` of `writer` and recomputes every key they touched from
@@ -307,22 +309,21 @@ impl<'t> Fold<'t> {
         &mut self,
         writer: [u8; 32],
         diffs: &[(Vec<u8>, u64)],
-    ) -> FeedResult<usize> {
+    ) -> FeedResult<()> {
         let mut keys = std::collections::BTreeSet::new();
         for (key, ts) in diffs {
-            if self
+            let removed = self
                 .diffs
                 .remove((key.as_slice(), *ts, writer))
-                .map_err(storage)?
-                .is_some()
-            {
+                .map_err(storage)?;
+            if removed.is_some() {
                 keys.insert(key.clone());
             }
         }
         for key in &keys {
             self.recompute(key)?;
         }
-        Ok(keys.len())
+        Ok(())
     }
 
     /// Recomputes a key's value, checkpoints and heads from its diffs alone.
@@ -330,33 +331,23 @@ impl<'t> Fold<'t> {
         self.checkpoints
             .retain_in(lo(key)..=hi(key), |_, _| false)
             .map_err(storage)?;
-        self.heads
-            .retain_in(lo(key)..=hi(key), |_, _| false)
-            .map_err(storage)?;
-        let all = self.load(key, (Bound::Included(lo(key)), Bound::Included(hi(key))))?;
+        let all = self.load((Bound::Included(lo(key)), Bound::Included(hi(key))))?;
         let Some(last) = all.last() else {
             self.keys.remove(key).map_err(storage)?;
+            self.original(key)?;
             self.pending.insert(key.to_vec(), None);
             return Ok(());
         };
-        let row = KeyRow {
-            last: (last.ts, last.writer),
-            since_checkpoint: 0,
-        };
-        let since = self.fold_from(key, None, &all)?;
-        let row = KeyRow {
-            since_checkpoint: since,
-            ..row
-        };
-        self.keys.insert(key, row.encode()).map_err(storage)?;
+        let last = last.id();
+        self.original(key)?;
+        let since_checkpoint = self.fold_from(key, None, &all)?;
         // Newest first: `seen[w]` is the highest seq of writer `w` a later diff had seen (for
         // `w` itself, its own later seq), so a diff is a head iff nothing later saw it.
-        let mut seen: std::collections::HashMap<[u8; 32], u64> = Default::default();
+        let mut seen: HashMap<[u8; 32], u64> = HashMap::new();
+        let mut heads = Vec::new();
         for d in all.iter().rev() {
             if seen.get(&d.writer).is_none_or(|&s| s <= d.seq) {
-                self.heads
-                    .insert((key, d.ts, d.writer), d.seq)
-                    .map_err(storage)?;
+                heads.push(d.head());
             }
             let own = seen.entry(d.writer).or_default();
             *own = (*own).max(d.seq);
@@ -365,30 +356,27 @@ impl<'t> Fold<'t> {
                 *s = (*s).max(*len);
             }
         }
+        heads.reverse();
+        let state = KeyState {
+            last,
+            since_checkpoint,
+            heads,
+        };
+        self.keys
+            .insert(key, state.encode().as_slice())
+            .map_err(storage)?;
         Ok(())
     }
 
-    /// The new value of every key this transaction changed.
-    pub(crate) fn into_pending(self) -> BTreeMap<Vec<u8>, Option<Value>> {
-        self.pending
-    }
-}
-
-fn decode_loaded(ts: u64, writer: [u8; 32], row: &[u8]) -> FeedResult<Loaded> {
-    let (seq, bytes) = tables::split_diff_row(row).ok_or_else(|| corrupt("a short diff row"))?;
-    let record = DiffRecord::decode(bytes).map_err(corrupt)?;
-    Ok(Loaded {
-        ts,
-        writer,
-        seq,
-        record,
-    })
-}
-
-/// A bee error inside a write transaction, as the feed layer's error.
-pub(crate) fn bee_error(e: multibee_bee::Error) -> FeedError {
-    match e {
-        multibee_bee::Error::Feed(e) => e,
-        other => FeedError::InvalidArgument(other.to_string()),
+    /// The new value, and the store's bytes before, of every key this transaction changed.
+    pub(crate) fn finish(mut self) -> FeedResult<Folded> {
+        let keys: Vec<Vec<u8>> = self.pending.keys().cloned().collect();
+        for key in keys {
+            self.original(&key)?;
+        }
+        Ok(Folded {
+            pending: self.pending,
+            original: self.original,
+        })
     }
 }

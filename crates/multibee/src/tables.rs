@@ -6,8 +6,7 @@
 //! | `mb-writers-1` | writer's diff feed key | [`WriterRow`] (postcard, versioned) |
 //! | `mb-diffs-1` | `(key, hlc, writer)` | seq (u64 LE) ‖ [`crate::DiffRecord`] bytes |
 //! | `mb-checkpoints-1` | `(key, hlc, writer)` | the key's value after that diff ([`encode_state`]) |
-//! | `mb-keys-1` | key | newest diff `(hlc u64 LE, writer)` ‖ diffs since the last checkpoint (u32 LE) |
-//! | `mb-heads-1` | `(key, hlc, writer)` | seq: the key's diffs no other diff has seen |
+//! | `mb-keys-1` | key | [`KeyState`] (postcard, versioned): newest diff, diffs since the last checkpoint, causal heads |
 //!
 //! `mb-diffs-1` holds every merged diff of every counted writer (own and remote), in merge
 //! order; the store bee holds the fold. A writer's `merged` length moves in the transaction
@@ -26,8 +25,7 @@ pub(crate) const WRITERS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::ne
 pub(crate) const DIFFS: TableDefinition<DiffId, &[u8]> = TableDefinition::new("mb-diffs-1");
 pub(crate) const CHECKPOINTS: TableDefinition<DiffId, &[u8]> =
     TableDefinition::new("mb-checkpoints-1");
-pub(crate) const KEYS: TableDefinition<&[u8], [u8; 44]> = TableDefinition::new("mb-keys-1");
-pub(crate) const HEADS: TableDefinition<DiffId, u64> = TableDefinition::new("mb-heads-1");
+pub(crate) const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mb-keys-1");
 
 pub(crate) const STORE_FEED: &str = "store-feed";
 pub(crate) const DIFF_FEED: &str = "diff-feed";
@@ -70,32 +68,60 @@ impl WriterRow {
     }
 }
 
-/// A `mb-keys-1` row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct KeyRow {
-    pub last: (u64, [u8; 32]),
-    pub since_checkpoint: u32,
+/// A diff of a key that no other diff of the key had seen when it was written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Head {
+    pub ts: u64,
+    pub writer: [u8; 32],
+    pub seq: u64,
+    /// The diff's causal context (see [`crate::DiffRecord::context`]).
+    pub context: Vec<([u8; 32], u64)>,
 }
 
-impl KeyRow {
-    pub(crate) fn encode(&self) -> [u8; 44] {
-        let mut out = [0u8; 44];
-        out[..8].copy_from_slice(&self.last.0.to_le_bytes());
-        out[8..40].copy_from_slice(&self.last.1);
-        out[40..].copy_from_slice(&self.since_checkpoint.to_le_bytes());
-        out
+impl Head {
+    /// Whether the writer of `self` had seen diff `seq` of `writer` when it wrote `self`.
+    pub(crate) fn covers(&self, writer: &[u8; 32], seq: u64) -> bool {
+        covers(&self.writer, self.seq, &self.context, writer, seq)
+    }
+}
+
+/// Whether a diff (`a_writer`, `a_seq`, `a_context`) was written after its writer had seen
+/// diff `b_seq` of `b_writer`.
+pub(crate) fn covers(
+    a_writer: &[u8; 32],
+    a_seq: u64,
+    a_context: &[([u8; 32], u64)],
+    b_writer: &[u8; 32],
+    b_seq: u64,
+) -> bool {
+    if a_writer == b_writer {
+        return a_seq > b_seq;
+    }
+    a_context
+        .binary_search_by(|(w, _)| w.cmp(b_writer))
+        .is_ok_and(|i| a_context[i].1 > b_seq)
+}
+
+/// A `mb-keys-1` row: what the merge keeps per key besides its diffs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KeyState {
+    /// The newest diff `(hlc, writer)`.
+    pub last: (u64, [u8; 32]),
+    /// Diffs after the newest checkpoint.
+    pub since_checkpoint: u32,
+    /// The causal heads, in merge order.
+    pub heads: Vec<Head>,
+}
+
+impl KeyState {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(&Stored::V1(self)).unwrap_or_default()
     }
 
-    pub(crate) fn decode(row: [u8; 44]) -> KeyRow {
-        let mut ts = [0u8; 8];
-        ts.copy_from_slice(&row[..8]);
-        let mut writer = [0u8; 32];
-        writer.copy_from_slice(&row[8..40]);
-        let mut since = [0u8; 4];
-        since.copy_from_slice(&row[40..]);
-        KeyRow {
-            last: (u64::from_le_bytes(ts), writer),
-            since_checkpoint: u32::from_le_bytes(since),
+    pub(crate) fn decode(bytes: &[u8]) -> Option<KeyState> {
+        match postcard::from_bytes::<Stored<KeyState>>(bytes) {
+            Ok(Stored::V1(state)) => Some(state),
+            Err(_) => None,
         }
     }
 }

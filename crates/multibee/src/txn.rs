@@ -2,7 +2,6 @@
 //! Each runs inside one group-committed redb transaction, so the diff feed, the store bee,
 //! the merge tables, the cursors and the HLC move together or not at all.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use multibee_bee::{BatchOp as BeeOp, Bee};
@@ -11,7 +10,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use crate::change::Change;
 use crate::diff::{DiffRecord, diff_key};
-use crate::fold::{Added, Fold, bee_error, corrupt, storage};
+use crate::fold::{Added, Fold, Folded, Loaded, bee_error, corrupt, storage};
 use crate::hlc::{Clock, Hlc};
 use crate::merge::Merge;
 use crate::options::Event;
@@ -108,11 +107,17 @@ impl Ctx<'_> {
                     change,
                 };
                 let bytes = record.encode();
-                let seq = start + entries.len() as u64;
-                fold.add(self.own.0, seq, &record, &bytes)?;
-                entries.push(BeeOp::Put(diff_key(key, record.ts), bytes));
+                let diff_key = diff_key(key, record.ts);
+                let new = Loaded {
+                    ts: record.ts.0,
+                    writer: self.own.0,
+                    seq: start + entries.len() as u64,
+                    record,
+                };
+                fold.add(new, &bytes)?;
+                entries.push(BeeOp::Put(diff_key, bytes));
             }
-            fold.into_pending()
+            fold.finish()?
         };
         if !entries.is_empty() {
             self.diffs.write_in(txn, &entries).map_err(bee_error)?;
@@ -123,22 +128,19 @@ impl Ctx<'_> {
     }
 
     /// Writes the changed values into the store bee (skipping those that end as they were).
-    fn write_store(
-        &self,
-        txn: &mut WriteTxn<'_>,
-        pending: BTreeMap<Vec<u8>, Option<Value>>,
-    ) -> FeedResult<u64> {
+    fn write_store(&self, txn: &mut WriteTxn<'_>, folded: Folded) -> FeedResult<u64> {
+        let Folded { pending, original } = folded;
         let mut ops = Vec::new();
         for (key, value) in pending {
-            let current = self.store.get_in(txn.raw(), &key).map_err(bee_error)?;
+            let before = original.get(&key).and_then(Option::as_deref);
             match value {
                 Some(v) => {
                     let bytes = v.to_stored();
-                    if current.as_deref() != Some(bytes.as_slice()) {
+                    if before != Some(bytes.as_slice()) {
                         ops.push(BeeOp::Put(key, bytes));
                     }
                 }
-                None if current.is_some() => ops.push(BeeOp::Del(key)),
+                None if before.is_some() => ops.push(BeeOp::Del(key)),
                 None => {}
             }
         }
@@ -175,36 +177,49 @@ impl Ctx<'_> {
         if work.is_empty() {
             return Ok(0);
         }
-        let pending = {
-            let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval)?;
-            for (w, row, entries) in &work {
-                let writer = FeedKey(*w);
-                for (seq, entry) in (row.merged..).zip(entries) {
-                    let (record, bytes) = match DiffRecord::from_entry(entry) {
-                        Ok(found) => found,
-                        Err(reason) => {
-                            events.push(Event::InvalidDiff {
-                                writer,
-                                seq,
-                                reason,
-                            });
-                            continue;
-                        }
-                    };
-                    self.observe(writer, record.ts, events);
-                    if fold.add(*w, seq, &record, &bytes)? == Added::Reused {
-                        events.push(Event::InvalidDiff {
-                            writer,
+        // Decode everything first, then merge key by key: each key's diffs land together (and
+        // in order when they can), on pages this transaction already touched.
+        let mut diffs = Vec::new();
+        for (w, row, entries) in &work {
+            let writer = FeedKey(*w);
+            for (seq, entry) in (row.merged..).zip(entries) {
+                match DiffRecord::from_entry(entry) {
+                    Ok((record, bytes)) => {
+                        self.observe(writer, record.ts, events);
+                        let new = Loaded {
+                            ts: record.ts.0,
+                            writer: *w,
                             seq,
-                            reason: format!(
-                                "the writer already wrote another diff of this key at {}",
-                                record.ts
-                            ),
-                        });
+                            record,
+                        };
+                        diffs.push((new, bytes));
                     }
+                    Err(reason) => events.push(Event::InvalidDiff {
+                        writer,
+                        seq,
+                        reason,
+                    }),
                 }
             }
-            fold.into_pending()
+        }
+        diffs.sort_by(|(a, _), (b, _)| {
+            (&a.record.key, a.ts, a.writer).cmp(&(&b.record.key, b.ts, b.writer))
+        });
+        let pending = {
+            let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval)?;
+            for (new, bytes) in diffs {
+                let (writer, seq, ts) = (FeedKey(new.writer), new.seq, new.record.ts);
+                if fold.add(new, &bytes)? == Added::Reused {
+                    events.push(Event::InvalidDiff {
+                        writer,
+                        seq,
+                        reason: format!(
+                            "the writer already wrote another diff of this key at {ts}"
+                        ),
+                    });
+                }
+            }
+            fold.finish()?
         };
         self.write_store(txn, pending)?;
         let mut consumed = 0;
@@ -253,9 +268,9 @@ impl Ctx<'_> {
         let pending = {
             let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval)?;
             fold.remove_writer(writer.0, &diffs)?;
-            fold.into_pending()
+            fold.finish()?
         };
-        let touched = pending.len();
+        let touched = pending.pending.len();
         self.write_store(txn, pending)?;
         set_writer(txn.raw(), &writer.0, WriterRow { state, merged: 0 })?;
         Ok(touched)
