@@ -1,1 +1,4 @@
 //! x
+pub mod error;
+pub mod protocol;
+pub mod wire;
