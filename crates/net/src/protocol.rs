@@ -419,6 +419,9 @@ mod tests {
     use super::*;
     use crate::error::FrameError;
 
+    /// Whether a violation is the one expected.
+    type Check = fn(&Violation) -> bool;
+
     const CLIENT: &[u8] = b"client";
     const SERVER: &[u8] = b"server";
 
@@ -626,7 +629,7 @@ mod tests {
     async fn malformed_frames_are_rejected() {
         let f = fixture(4).await;
         let frame = body(&Message::Data(data(&f, 0..4)));
-        let cases: Vec<(Vec<u8>, fn(&Violation) -> bool)> = vec![
+        let cases: Vec<(Vec<u8>, Check)> = vec![
             (vec![1, 0xff, 0xff, 0xff], |v| {
                 matches!(v, Violation::Frame(FrameError::Malformed(_)))
             }),

@@ -1,1 +1,8 @@
 #![allow(clippy::unwrap_used)]
+//! The net crate's integration tests: real nodes on loopback, ports from the OS, mDNS off.
+
+mod common;
+mod misbehaving;
+mod replicate;
+mod restart;
+mod topology;
