@@ -344,6 +344,11 @@ impl EventLoop {
 
     fn replicate(&mut self, feed: Feed) {
         let dk = feed.discovery_key();
+        if feed.is_writable() {
+            // Our own feed: nothing to fetch, only to serve.
+            self.announce_everywhere(dk);
+            return;
+        }
         self.wanted.insert(dk, feed);
         if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
             kad.get_providers(record_key(&dk));
