@@ -2,6 +2,7 @@
 //! The net crate's integration tests: real nodes on loopback, ports from the OS, mDNS off.
 
 mod common;
+mod discovery;
 mod fork;
 mod misbehaving;
 mod replicate;
