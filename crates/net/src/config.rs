@@ -32,6 +32,10 @@ pub struct Config {
     pub pipeline_depth: usize,
     /// How long a connection without streams stays open.
     pub idle_timeout: Duration,
+    /// How often wanted feeds are asked for again from connected peers that are not serving
+    /// them (a stream that ended, a peer that did not hold the feed yet) and looked up in the
+    /// DHT when no peer serves them.
+    pub resync_interval: Duration,
 }
 
 impl Default for Config {
@@ -49,6 +53,7 @@ impl Default for Config {
             max_streams_per_peer: 64,
             pipeline_depth: 2,
             idle_timeout: Duration::from_secs(60),
+            resync_interval: Duration::from_secs(30),
         }
     }
 }

@@ -300,8 +300,16 @@ impl EventLoop {
     }
 
     async fn run(mut self) {
+        let period = self
+            .cx
+            .config
+            .resync_interval
+            .max(Duration::from_millis(100));
+        let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = resync.tick() => self.resync(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
                     None | Some(Command::Shutdown) => break,
@@ -357,6 +365,22 @@ impl EventLoop {
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for peer in peers {
             self.start_fetch(peer, dk);
+        }
+    }
+
+    /// Asks connected peers again for wanted feeds they are not serving, and looks up in the
+    /// DHT the wanted feeds that no peer serves.
+    fn resync(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let wanted: Vec<DiscoveryKey> = self.wanted.keys().copied().collect();
+        for dk in wanted {
+            let served = peers.iter().any(|p| self.fetching.contains_key(&(*p, dk)));
+            if !served && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                kad.get_providers(record_key(&dk));
+            }
+            for peer in &peers {
+                self.start_fetch(*peer, dk);
+            }
         }
     }
 

@@ -37,3 +37,22 @@ async fn a_reader_finds_the_writer_through_the_dht() {
     wait_length(&replica, 100).await;
     check_entries(&replica, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_gets_the_feed_later_is_asked_again() {
+    let writer = tempfile::tempdir().unwrap();
+    let writer = multibee_feed::Store::open(writer.path()).unwrap();
+    let feed = writer.create_feed().await.unwrap();
+    append(&feed, 0, 10).await;
+
+    let mut fast = config().kademlia(false);
+    fast.resync_interval = std::time::Duration::from_millis(200);
+    let b = Peer::start(fast.clone()).await;
+    let c = Peer::start(fast.dial(b.addr(Transport::Tcp).await)).await;
+    let replica = c.node.handle().replicate(feed.key()).await.unwrap();
+    // B gets the feed behind the node's back: no announcement, so only asking again finds it.
+    let on_b = b.store.replica(feed.key()).await.unwrap();
+    on_b.ingest(feed.proof(0..10).unwrap()).await.unwrap();
+    wait_length(&replica, 10).await;
+    check_entries(&replica, 10);
+}
