@@ -4,6 +4,7 @@
 mod common;
 mod discovery;
 mod fork;
+mod limits;
 mod misbehaving;
 mod replicate;
 mod restart;
