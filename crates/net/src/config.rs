@@ -26,7 +26,9 @@ pub struct Config {
     pub identity: Option<Keypair>,
     /// Frame and batch sizes of the replication protocol.
     pub limits: Limits,
-    /// The most replicate streams a peer may have open to this node at once.
+    /// The most replicate streams a peer may have open to this node at once: one per feed it
+    /// replicates from this node. Keep it below the transports' stream limits (QUIC: 256 per
+    /// connection, Yamux: 512).
     pub max_streams_per_peer: usize,
     /// Batches received and verified but not yet stored, per stream (back-pressure beyond this).
     pub pipeline_depth: usize,
@@ -50,7 +52,7 @@ impl Default for Config {
             kademlia: true,
             identity: None,
             limits: Limits::default(),
-            max_streams_per_peer: 64,
+            max_streams_per_peer: 200,
             pipeline_depth: 2,
             idle_timeout: Duration::from_secs(60),
             resync_interval: Duration::from_secs(30),

@@ -10,7 +10,7 @@ use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
 use libp2p_stream::Control;
 use multibee_feed::{DiscoveryKey, Feed, FeedKey, Store};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::behaviour::{Behaviour, BehaviourEvent, build_swarm};
@@ -226,6 +226,12 @@ struct EventLoop {
     wanted: HashMap<DiscoveryKey, Feed>,
     fetching: HashMap<(PeerId, DiscoveryKey), Retry>,
     fetches: JoinSet<(PeerId, DiscoveryKey, SessionEnd)>,
+    /// Per connected peer: the permit to open a stream (streams are opened one at a time).
+    openers: HashMap<PeerId, Arc<Semaphore>>,
+    /// Per (peer, feed): how many times in a row its stream ended early (for the backoff).
+    streaks: HashMap<(PeerId, DiscoveryKey), u32>,
+    /// Replication streams to start again once their backoff elapsed.
+    retries: JoinSet<(PeerId, DiscoveryKey)>,
     tasks: JoinSet<()>,
 }
 
@@ -256,6 +262,9 @@ impl EventLoop {
             wanted: HashMap::new(),
             fetching: HashMap::new(),
             fetches: JoinSet::new(),
+            openers: HashMap::new(),
+            streaks: HashMap::new(),
+            retries: JoinSet::new(),
             tasks,
         })
     }
@@ -320,9 +329,15 @@ impl EventLoop {
                     Ok((peer, dk, end)) => self.on_fetch_end(peer, dk, end),
                     Err(e) => tracing::error!(%e, "a replication task failed"),
                 },
+                Some(due) = self.retries.join_next() => {
+                    if let Ok((peer, dk)) = due && self.swarm.is_connected(&peer) {
+                        self.start_fetch(peer, dk);
+                    }
+                }
                 Some(_) = self.tasks.join_next() => {}
             }
         }
+        self.retries.shutdown().await;
         self.fetches.shutdown().await;
         self.tasks.shutdown().await;
     }
@@ -402,9 +417,16 @@ impl EventLoop {
 
     fn announce_to(&mut self, peer: PeerId, keys: Vec<DiscoveryKey>) {
         let max_frame = self.cx.config.limits.max_frame_bytes;
-        let control = self.control.clone();
+        let (control, opener) = (self.control.clone(), self.opener(peer));
         self.tasks
-            .spawn(session::announce(control, peer, keys, max_frame));
+            .spawn(session::announce(control, peer, keys, max_frame, opener));
+    }
+
+    fn opener(&mut self, peer: PeerId) -> Arc<Semaphore> {
+        self.openers
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .clone()
     }
 
     fn start_fetch(&mut self, peer: PeerId, dk: DiscoveryKey) {
@@ -415,9 +437,9 @@ impl EventLoop {
             return;
         }
         self.fetching.insert((peer, dk), false);
-        let (control, cx) = (self.control.clone(), self.cx.clone());
+        let (control, cx, opener) = (self.control.clone(), self.cx.clone(), self.opener(peer));
         self.fetches.spawn(async move {
-            let end = session::fetch(control, peer, feed, cx).await;
+            let end = session::fetch(control, peer, feed, cx, opener).await;
             (peer, dk, end)
         });
     }
@@ -431,15 +453,38 @@ impl EventLoop {
             }
             _ => tracing::debug!(%peer, ?end, retry, "replication stream ended"),
         }
+        if let SessionEnd::Violation(reason) = end {
+            self.reject(peer, reason);
+            return;
+        }
+        if !self.swarm.is_connected(&peer) {
+            return;
+        }
         match end {
-            SessionEnd::Violation(reason) => self.reject(peer, reason),
-            SessionEnd::Refused(Refusal::NotFound) | SessionEnd::Closed(_)
-                if retry && self.swarm.is_connected(&peer) =>
-            {
-                self.start_fetch(peer, dk)
+            SessionEnd::Refused(Refusal::NotFound) if retry => self.start_fetch(peer, dk),
+            SessionEnd::Refused(Refusal::Busy) | SessionEnd::Closed(_) => {
+                self.retry_later(peer, dk)
             }
             _ => {}
         }
+    }
+
+    /// Starts a replication stream again after a backoff that doubles with every early end in
+    /// a row (50 ms to 30 s, with jitter so that many streams do not come back at once).
+    fn retry_later(&mut self, peer: PeerId, dk: DiscoveryKey) {
+        let streak = self.streaks.entry((peer, dk)).or_default();
+        *streak = streak.saturating_add(1);
+        let base = Duration::from_millis(50).saturating_mul(1 << (*streak - 1).min(10));
+        let base = base.min(Duration::from_secs(30));
+        let jitter = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one((peer, dk, *streak)) % 1000
+        };
+        let delay = base + base.mul_f64(jitter as f64 / 1000.0);
+        self.retries.spawn(async move {
+            tokio::time::sleep(delay).await;
+            (peer, dk)
+        });
     }
 
     fn on_internal(&mut self, message: Internal) {
@@ -496,6 +541,8 @@ impl EventLoop {
                 num_established: 0,
                 ..
             } => {
+                self.openers.remove(&peer_id);
+                self.streaks.retain(|(peer, _), _| *peer != peer_id);
                 let _ = self
                     .cx
                     .events

@@ -11,7 +11,7 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams};
 use multibee_feed::{DiscoveryKey, Feed, Store, VerifiedBatch};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
@@ -268,12 +268,21 @@ fn client_end(read: Result<bool, ReadError>) -> Result<(), SessionEnd> {
 
 /// Replicates `feed` from `peer`: asks for what is missing, verifies and stores it, and stays
 /// subscribed until the stream ends. Always returns how it ended.
+///
+/// Streams to one peer are opened one at a time (`opener` holds one permit, kept until the
+/// server answered): libp2p-stream drops inbound streams that arrive faster than they are
+/// accepted, so a burst of requests would lose most of them.
 pub(crate) async fn fetch(
     mut control: Control,
     peer: PeerId,
     feed: Feed,
     cx: Arc<Context>,
+    opener: Arc<Semaphore>,
 ) -> SessionEnd {
+    let Ok(permit) = opener.acquire_owned().await else {
+        return SessionEnd::Closed("the peer disconnected".into());
+    };
+    let mut permit = Some(permit);
     let stream = match control.open_stream(peer, replicate_protocol()).await {
         Ok(stream) => stream,
         Err(e) => return SessionEnd::Closed(e.to_string()),
@@ -294,6 +303,8 @@ pub(crate) async fn fetch(
                 Counters::add(&cx.counters.received, batch.entries.len() as u64);
                 feed.verify(batch)
             });
+            // The server took the request: the next stream to this peer may be opened.
+            permit.take();
             match action {
                 Ok(ClientAction::Store(verified)) => {
                     if batches.send(verified).await.is_err() {
@@ -328,14 +339,20 @@ pub(crate) async fn fetch(
     end
 }
 
-/// Tells `peer` which feeds this node holds.
+/// Tells `peer` which feeds this node holds (opening the stream in turn with the replicate
+/// streams, see [`fetch`]).
 pub(crate) async fn announce(
     mut control: Control,
     peer: PeerId,
     keys: Vec<DiscoveryKey>,
     max_frame: usize,
+    opener: Arc<Semaphore>,
 ) {
     let sent = async {
+        let _permit = opener
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
         let mut stream = control
             .open_stream(peer, announce_protocol())
             .await

@@ -73,3 +73,28 @@ async fn both_directions_and_many_feeds_on_one_connection() {
     check_entries(&on_a, 300);
     assert_eq!(a.node.handle().connected_peers().await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_feeds_at_once() {
+    let a = Peer::start(config()).await;
+    let mut feeds = Vec::new();
+    for _ in 0..100 {
+        let feed = a.store.create_feed().await.unwrap();
+        append(&feed, 0, 20).await;
+        feeds.push(feed);
+    }
+    let b = Peer::start(config()).await;
+    let mut replicas = Vec::new();
+    for feed in &feeds {
+        replicas.push(b.node.handle().replicate(feed.key()).await.unwrap());
+    }
+    b.node
+        .handle()
+        .dial(a.addr(Transport::Tcp).await)
+        .await
+        .unwrap();
+    for replica in &replicas {
+        wait_length(replica, 20).await;
+        check_entries(replica, 20);
+    }
+}
