@@ -21,7 +21,8 @@ use crate::io::{ReadError, read_frame, write_frame, write_message};
 use crate::protocol::{self, Client, ClientAction, Server, ServerAction};
 use crate::wire::{ANNOUNCE_PROTOCOL, REPLICATE_PROTOCOL, Refusal};
 
-/// How long a peer has to send its request on a stream it opened.
+/// How long a peer has to send its request on a stream it opened, or its first answer on a
+/// stream opened to it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most announce streams handled at once, from all peers.
 const MAX_ANNOUNCE_TASKS: usize = 256;
@@ -296,7 +297,16 @@ pub(crate) async fn fetch(
     let receive = async {
         let mut buf = Vec::new();
         loop {
-            if !read_frame(&mut reader, cx.max_frame(), &mut buf).await? {
+            let read = read_frame(&mut reader, cx.max_frame(), &mut buf);
+            // The first answer must come in time: until it does, this stream holds the permit
+            // that every other stream to the peer waits for.
+            let read = match permit.is_some() {
+                true => tokio::time::timeout(REQUEST_TIMEOUT, read)
+                    .await
+                    .map_err(|_| SessionEnd::Closed("no answer in time".into()))?,
+                false => read.await,
+            };
+            if !read? {
                 return Err(SessionEnd::Closed("closed by the peer".into()));
             }
             let action = client.receive(&buf, |batch| {
