@@ -33,6 +33,7 @@ enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     Dial(Multiaddr, oneshot::Sender<Result<(), Error>>),
+    Disconnect(PeerId, oneshot::Sender<bool>),
     Replicate(Feed),
     Announce(FeedKey),
     Shutdown,
@@ -87,6 +88,7 @@ impl Node {
             counters: counters.clone(),
             events: events.clone(),
             internal,
+            gone: broadcast::channel(INTERNAL_QUEUE).0,
         });
         let mut event_loop = EventLoop::new(swarm, cx, commands_rx, internal_rx)?;
         event_loop.listen(&config.listen).await?;
@@ -169,6 +171,12 @@ impl NodeHandle {
     /// Dials an address; returns once the dial started (see [`Event::PeerConnected`]).
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), Error> {
         self.ask(|reply| Command::Dial(addr, reply)).await?
+    }
+
+    /// Closes every connection to `peer` (it may connect again, and is not blocked). Returns
+    /// whether it was connected; see [`Event::PeerDisconnected`] for when it is done.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<bool, Error> {
+        self.ask(|reply| Command::Disconnect(peer, reply)).await
     }
 
     /// Replicates the feed `key` live from every peer that has it: opens the replica (creating
@@ -352,6 +360,9 @@ impl EventLoop {
             }
             Command::Dial(addr, reply) => {
                 let _ = reply.send(self.dial(addr));
+            }
+            Command::Disconnect(peer, reply) => {
+                let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
             }
             Command::Replicate(feed) => self.replicate(feed),
             Command::Announce(key) => self.announce_everywhere(key.discovery_key()),
@@ -541,6 +552,7 @@ impl EventLoop {
                 num_established: 0,
                 ..
             } => {
+                let _ = self.cx.gone.send(peer_id);
                 self.openers.remove(&peer_id);
                 self.streaks.retain(|(peer, _), _| *peer != peer_id);
                 let _ = self

@@ -57,9 +57,26 @@ pub(crate) struct Context {
     pub(crate) counters: Arc<Counters>,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) internal: mpsc::Sender<Internal>,
+    /// Peers whose last connection closed: their stream tasks end (a stream of a closed
+    /// connection does not always report it to a pending read).
+    pub(crate) gone: broadcast::Sender<PeerId>,
 }
 
 impl Context {
+    /// Resolves once `peer`'s last connection closed after this call.
+    fn gone(&self, peer: PeerId) -> impl Future<Output = ()> + use<> {
+        let mut gone = self.gone.subscribe();
+        async move {
+            loop {
+                match gone.recv().await {
+                    Ok(p) if p == peer => return,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
+        }
+    }
+
     fn max_frame(&self) -> usize {
         self.config.limits.max_frame_bytes
     }
@@ -128,7 +145,12 @@ pub(crate) async fn accept_replicate(mut incoming: IncomingStreams, cx: Arc<Cont
                         refuse_busy(stream, &cx).await;
                         return;
                     };
-                    if let Err(end) = serve(peer, stream, &cx).await {
+                    let gone = cx.gone(peer);
+                    let served = tokio::select! {
+                        served = serve(peer, stream, &cx) => served,
+                        () = gone => Err(SessionEnd::Closed("the peer disconnected".into())),
+                    };
+                    if let Err(end) = served {
                         match end {
                             SessionEnd::Violation(reason) => cx.report(peer, reason).await,
                             other => tracing::debug!(%peer, ?other, "serving ended"),
@@ -274,10 +296,24 @@ fn client_end(read: Result<bool, ReadError>) -> Result<(), SessionEnd> {
 /// server answered): libp2p-stream drops inbound streams that arrive faster than they are
 /// accepted, so a burst of requests would lose most of them.
 pub(crate) async fn fetch(
-    mut control: Control,
+    control: Control,
     peer: PeerId,
     feed: Feed,
     cx: Arc<Context>,
+    opener: Arc<Semaphore>,
+) -> SessionEnd {
+    let gone = cx.gone(peer);
+    tokio::select! {
+        end = fetch_stream(control, peer, feed, &cx, opener) => end,
+        () = gone => SessionEnd::Closed("the peer disconnected".into()),
+    }
+}
+
+async fn fetch_stream(
+    mut control: Control,
+    peer: PeerId,
+    feed: Feed,
+    cx: &Context,
     opener: Arc<Semaphore>,
 ) -> SessionEnd {
     let Ok(permit) = opener.acquire_owned().await else {

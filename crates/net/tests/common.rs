@@ -82,6 +82,11 @@ impl Transport {
 
 /// Loopback nodes for tests: 127.0.0.1, port 0, mDNS off.
 pub fn config() -> Config {
+    // Logs with RUST_LOG=multibee_net=debug (once per test binary).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     Config::loopback()
 }
 

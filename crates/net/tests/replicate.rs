@@ -98,3 +98,41 @@ async fn many_feeds_at_once() {
         check_entries(replica, 20);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnected_peer_catches_up_and_goes_live_again() {
+    // No DHT: its queries could dial the peer again while the test wants it disconnected.
+    let config = || config().kademlia(false);
+    let a = Peer::start(config()).await;
+    let feed = a.store.create_feed().await.unwrap();
+    append(&feed, 0, 1_000).await;
+    let mut b = Peer::start(config()).await;
+    let replica = b.node.handle().replicate(feed.key()).await.unwrap();
+    let addr = a.addr(Transport::Tcp).await;
+    b.node.handle().dial(addr.clone()).await.unwrap();
+    wait_length(&replica, 1_000).await;
+
+    let a_id = a.node.peer_id();
+    assert!(b.node.handle().disconnect(a_id).await.unwrap());
+    b.event(|e| matches!(e, Event::PeerDisconnected { peer } if *peer == a_id).then_some(()))
+        .await;
+    append(&feed, 1_000, 2_000).await;
+    let received = b.node.handle().stats().entries_received;
+    assert_eq!(
+        replica.length(),
+        1_000,
+        "nothing arrives while disconnected"
+    );
+
+    b.node.handle().dial(addr).await.unwrap();
+    wait_length(&replica, 2_000).await;
+    feed.append(crate::common::entry(2_000)).await.unwrap();
+    wait_length(&replica, 2_001).await;
+    check_entries(&replica, 2_001);
+    let stats = b.node.handle().stats();
+    assert_eq!(
+        stats.entries_received - received,
+        1_001,
+        "only the new entries were sent"
+    );
+}
