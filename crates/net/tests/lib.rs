@@ -6,6 +6,7 @@ mod discovery;
 mod fork;
 mod limits;
 mod misbehaving;
+mod relay;
 mod replicate;
 mod restart;
 mod topology;
