@@ -1,1 +1,53 @@
-//! placeholder
+//! Replication of multibee feeds between peers over libp2p.
+//!
+//! A [`Node`] runs a libp2p swarm (TCP+Noise+Yamux and QUIC, identify, ping, mDNS, Kademlia,
+//! relay client, DCUtR, AutoNAT) around a [`multibee_feed::Store`]. Ask it to
+//! [`replicate`](NodeHandle::replicate) a feed by its public key: it asks connected peers for
+//! the entries it lacks, verifies each batch against the writer's signature before storing it,
+//! and stays subscribed so that new entries arrive as they are appended. It serves every feed
+//! of its store, own or replicated, so writers that never meet converge through peers between
+//! them. Peers find feeds by discovery key; the public key itself never goes on the wire.
+//!
+//! The protocol is a sans-IO state machine ([`protocol`]) over versioned, length-prefixed
+//! frames ([`wire`]); a peer that breaks it is disconnected and reported
+//! ([`Event::PeerRejected`]), and nothing it sent in the offending message is stored.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use multibee_feed::Store;
+//! use multibee_net::{Config, Node};
+//!
+//! // The writer.
+//! let a = Store::open("./peer-a")?;
+//! let feed = a.create_feed().await?;
+//! feed.append(b"hello".to_vec()).await?;
+//! let node_a = Node::start(a, Config::loopback()).await?;
+//! let addr = node_a.handle().listen_addrs().await?[0].clone();
+//!
+//! // A reader that knows the feed's key.
+//! let node_b = Node::start(Store::open("./peer-b")?, Config::loopback().dial(addr)).await?;
+//! let replica = node_b.handle().replicate(feed.key()).await?;
+//! let mut status = replica.subscribe();
+//! status.wait_for(|s| s.length == 1).await?;
+//! assert_eq!(replica.get(0)?, Some(b"hello".to_vec()));
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod behaviour;
+mod config;
+mod error;
+mod event;
+mod io;
+mod node;
+pub mod protocol;
+mod session;
+pub mod wire;
+
+pub use config::Config;
+pub use error::{Error, FrameError, ReceiveError, Violation};
+pub use event::{Event, Stats};
+pub use libp2p::{Multiaddr, PeerId};
+pub use node::{Node, NodeHandle};

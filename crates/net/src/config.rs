@@ -1,0 +1,116 @@
+//! How a [`crate::Node`] is set up.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use libp2p::identity::Keypair;
+
+use crate::protocol::Limits;
+
+/// How to start a [`crate::Node`]. Build it from [`Config::default`] (every interface, TCP and
+/// QUIC, mDNS on) or [`Config::loopback`] (127.0.0.1 only, mDNS off: for tests and benches),
+/// then adjust it with the builder methods.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// Addresses to listen on; port 0 asks the OS for a free port (see
+    /// [`crate::NodeHandle::listen_addrs`] for the chosen ones).
+    pub listen: Vec<Multiaddr>,
+    /// Addresses to dial once started.
+    pub dial: Vec<Multiaddr>,
+    /// Find peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Run the Kademlia DHT: announce and look up the feeds' discovery keys.
+    pub kademlia: bool,
+    /// The node's identity; a fresh one if `None`.
+    pub identity: Option<Keypair>,
+    /// Frame and batch sizes of the replication protocol.
+    pub limits: Limits,
+    /// The most replicate streams a peer may have open to this node at once: one per feed it
+    /// replicates from this node. Keep it below the transports' stream limits (QUIC: 256 per
+    /// connection, Yamux: 512).
+    pub max_streams_per_peer: usize,
+    /// Batches received and verified but not yet stored, per stream (back-pressure beyond this).
+    pub pipeline_depth: usize,
+    /// How long a connection without streams stays open.
+    pub idle_timeout: Duration,
+    /// How often wanted feeds are asked for again from connected peers that are not serving
+    /// them (a stream that ended, a peer that did not hold the feed yet) and looked up in the
+    /// DHT when no peer serves them.
+    pub resync_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![
+                addr("/ip4/0.0.0.0/tcp/0"),
+                addr("/ip4/0.0.0.0/udp/0/quic-v1"),
+            ],
+            dial: Vec::new(),
+            mdns: true,
+            kademlia: true,
+            identity: None,
+            limits: Limits::default(),
+            max_streams_per_peer: 200,
+            pipeline_depth: 2,
+            idle_timeout: Duration::from_secs(60),
+            resync_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A multiaddr literal known to parse.
+fn addr(text: &str) -> Multiaddr {
+    text.parse().unwrap_or_else(|_| Multiaddr::empty())
+}
+
+impl Config {
+    /// Listens on 127.0.0.1 only, over TCP and QUIC on ports the OS picks, with mDNS off.
+    pub fn loopback() -> Self {
+        Config {
+            listen: vec![
+                addr("/ip4/127.0.0.1/tcp/0"),
+                addr("/ip4/127.0.0.1/udp/0/quic-v1"),
+            ],
+            mdns: false,
+            ..Config::default()
+        }
+    }
+
+    /// Replaces the listen addresses.
+    pub fn listen_on(mut self, addrs: impl IntoIterator<Item = Multiaddr>) -> Self {
+        self.listen = addrs.into_iter().collect();
+        self
+    }
+
+    /// Adds an address to dial once started.
+    pub fn dial(mut self, addr: Multiaddr) -> Self {
+        self.dial.push(addr);
+        self
+    }
+
+    /// Switches mDNS on or off.
+    pub fn mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
+        self
+    }
+
+    /// Switches the Kademlia DHT on or off.
+    pub fn kademlia(mut self, on: bool) -> Self {
+        self.kademlia = on;
+        self
+    }
+
+    /// Uses this identity.
+    pub fn identity(mut self, keypair: Keypair) -> Self {
+        self.identity = Some(keypair);
+        self
+    }
+
+    /// Uses these protocol limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}

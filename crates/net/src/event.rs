@@ -1,0 +1,82 @@
+//! What a node tells its user: [`Event`]s and [`Stats`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use libp2p::{Multiaddr, PeerId};
+use multibee_feed::FeedKey;
+
+use crate::error::Violation;
+
+/// Something that happened in a node.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// The node listens on a new address.
+    Listening {
+        /// The address.
+        address: Multiaddr,
+    },
+    /// The first connection to a peer is up.
+    PeerConnected {
+        /// The peer.
+        peer: PeerId,
+        /// The peer's address on that connection.
+        address: Multiaddr,
+    },
+    /// The last connection to a peer closed.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// Verified entries of a replicated feed were stored.
+    FeedProgressed {
+        /// The feed.
+        key: FeedKey,
+        /// Its length now.
+        length: u64,
+        /// The peer they came from.
+        peer: PeerId,
+    },
+    /// A peer broke the protocol: it was disconnected and is blocked for the life of the node;
+    /// nothing it sent in the offending message was stored.
+    PeerRejected {
+        /// The peer.
+        peer: PeerId,
+        /// What it did.
+        reason: Violation,
+    },
+}
+
+/// Counters of a node's replication traffic, since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Entries sent to peers.
+    pub entries_sent: u64,
+    /// Entries received from peers (counted on arrival, before verification).
+    pub entries_received: u64,
+    /// Entries received, verified and newly stored.
+    pub entries_stored: u64,
+}
+
+/// The live counters behind [`Stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) stored: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            entries_sent: self.sent.load(Ordering::Relaxed),
+            entries_received: self.received.load(Ordering::Relaxed),
+            entries_stored: self.stored.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,631 @@
+//! The [`Node`]: a libp2p swarm driven by one event loop task, and the [`NodeHandle`] that
+//! commands it over a bounded channel.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
+use libp2p_stream::Control;
+use multibee_feed::{DiscoveryKey, Feed, FeedKey, Store};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::behaviour::{Behaviour, BehaviourEvent, build_swarm};
+use crate::config::Config;
+use crate::error::{Error, Violation};
+use crate::event::{Counters, Event, Stats};
+use crate::session::{self, Context, Internal, SessionEnd};
+use crate::wire::Refusal;
+
+/// Commands waiting for the event loop.
+const COMMAND_QUEUE: usize = 64;
+/// Messages from stream tasks waiting for the event loop.
+const INTERNAL_QUEUE: usize = 256;
+/// Events kept for slow subscribers (older ones are dropped for them, see [`Node::next_event`]).
+const EVENT_BUFFER: usize = 4096;
+/// How long starting waits for the listeners to report their addresses.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+enum Command {
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
+    Dial(Multiaddr, oneshot::Sender<Result<(), Error>>),
+    Disconnect(PeerId, oneshot::Sender<bool>),
+    Replicate(Feed),
+    Announce(FeedKey),
+    Shutdown,
+}
+
+/// A running node: replicates the feeds it is asked to and serves every feed of its store.
+///
+/// Holds the event loop's task and a subscription to its events; [`Node::handle`] gives
+/// cloneable handles. The node stops on [`Node::shutdown`], or when the node and every handle
+/// are dropped.
+pub struct Node {
+    handle: NodeHandle,
+    events: broadcast::Receiver<Event>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.handle.peer_id)
+            .finish()
+    }
+}
+
+/// A cloneable handle to a [`Node`]'s event loop.
+///
+/// Holds a clone of the node's [`Store`], so the store stays open while a handle lives.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    store: Store,
+    counters: Arc<Counters>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Node {
+    /// Starts a node serving `store`: listens on the configured addresses (waiting until each
+    /// has reported its address), dials the configured peers and runs until shut down. Must be
+    /// called within a tokio runtime.
+    pub async fn start(store: Store, config: Config) -> Result<Node, Error> {
+        let swarm = build_swarm(&config)?;
+        let peer_id = *swarm.local_peer_id();
+        let (events, events_rx) = broadcast::channel(EVENT_BUFFER);
+        let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (internal, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
+        let counters = Arc::new(Counters::default());
+        let cx = Arc::new(Context {
+            store: store.clone(),
+            local: peer_id,
+            config: config.clone(),
+            counters: counters.clone(),
+            events: events.clone(),
+            internal,
+            gone: broadcast::channel(INTERNAL_QUEUE).0,
+        });
+        let mut event_loop = EventLoop::new(swarm, cx, commands_rx, internal_rx)?;
+        event_loop.listen(&config.listen).await?;
+        for addr in &config.dial {
+            event_loop.dial(addr.clone())?;
+        }
+        for key in store.feeds() {
+            event_loop.provide(key.discovery_key());
+        }
+        let task = tokio::spawn(event_loop.run());
+        let handle = NodeHandle {
+            commands,
+            peer_id,
+            store,
+            counters,
+            events,
+        };
+        Ok(Node {
+            handle,
+            events: events_rx,
+            task,
+        })
+    }
+
+    /// A handle to this node.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.handle.peer_id
+    }
+
+    /// The next event since the node started (or since the previous call). If more than a few
+    /// thousand events were not read, the oldest are skipped. `None` once the node stopped.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            match self.events.recv().await {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(skipped = n, "events skipped");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Stops the node: closes every connection and stream, and waits until the event loop and
+    /// every stream task have ended (handles still hold the store).
+    pub async fn shutdown(self) {
+        let _ = self.handle.commands.send(Command::Shutdown).await;
+        if let Err(e) = self.task.await {
+            tracing::error!(%e, "the node's event loop failed");
+        }
+    }
+}
+
+impl NodeHandle {
+    /// The node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The store the node serves.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The addresses the node listens on (with the ports the OS chose).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, Error> {
+        self.ask(Command::ListenAddrs).await
+    }
+
+    /// The peers connected now.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, Error> {
+        self.ask(Command::ConnectedPeers).await
+    }
+
+    /// Dials an address; returns once the dial started (see [`Event::PeerConnected`]).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), Error> {
+        self.ask(|reply| Command::Dial(addr, reply)).await?
+    }
+
+    /// Closes every connection to `peer` (it may connect again, and is not blocked). Returns
+    /// whether it was connected; see [`Event::PeerDisconnected`] for when it is done.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<bool, Error> {
+        self.ask(|reply| Command::Disconnect(peer, reply)).await
+    }
+
+    /// Replicates the feed `key` live from every peer that has it: opens the replica (creating
+    /// it empty if needed), asks connected peers, announces it and looks for providers of its
+    /// discovery key. Returns the replica; follow it with [`Feed::subscribe`].
+    pub async fn replicate(&self, key: FeedKey) -> Result<Feed, Error> {
+        let feed = self.store.replica(key).await?;
+        self.send(Command::Replicate(feed.clone())).await?;
+        Ok(feed)
+    }
+
+    /// Announces a feed of the store that was created after the node started (every feed is
+    /// served when asked for; announcing tells connected peers and the DHT).
+    pub async fn announce(&self, key: FeedKey) -> Result<(), Error> {
+        self.send(Command::Announce(key)).await
+    }
+
+    /// A subscription to the node's events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Replication counters.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    async fn send(&self, command: Command) -> Result<(), Error> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(command(reply)).await?;
+        answer.await.map_err(|_| Error::Stopped)
+    }
+}
+
+/// The replication of one feed from one peer: whether to start again when it ends.
+type Retry = bool;
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    cx: Arc<Context>,
+    control: Control,
+    commands: mpsc::Receiver<Command>,
+    internal: mpsc::Receiver<Internal>,
+    listen_addrs: Vec<Multiaddr>,
+    wanted: HashMap<DiscoveryKey, Feed>,
+    fetching: HashMap<(PeerId, DiscoveryKey), Retry>,
+    fetches: JoinSet<(PeerId, DiscoveryKey, SessionEnd)>,
+    /// Per connected peer: the permit to open a stream (streams are opened one at a time).
+    openers: HashMap<PeerId, Arc<Semaphore>>,
+    /// Per (peer, feed): how many times in a row its stream ended early (for the backoff).
+    streaks: HashMap<(PeerId, DiscoveryKey), u32>,
+    /// Replication streams to start again once their backoff elapsed.
+    retries: JoinSet<(PeerId, DiscoveryKey)>,
+    tasks: JoinSet<()>,
+}
+
+impl EventLoop {
+    fn new(
+        mut swarm: Swarm<Behaviour>,
+        cx: Arc<Context>,
+        commands: mpsc::Receiver<Command>,
+        internal: mpsc::Receiver<Internal>,
+    ) -> Result<Self, Error> {
+        let mut control = swarm.behaviour_mut().stream.new_control();
+        let replicate = control
+            .accept(session::replicate_protocol())
+            .map_err(|e| Error::transport("accepting replicate streams", e))?;
+        let announce = control
+            .accept(session::announce_protocol())
+            .map_err(|e| Error::transport("accepting announce streams", e))?;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(session::accept_replicate(replicate, cx.clone()));
+        tasks.spawn(session::accept_announce(announce, cx.clone()));
+        Ok(EventLoop {
+            swarm,
+            cx,
+            control,
+            commands,
+            internal,
+            listen_addrs: Vec::new(),
+            wanted: HashMap::new(),
+            fetching: HashMap::new(),
+            fetches: JoinSet::new(),
+            openers: HashMap::new(),
+            streaks: HashMap::new(),
+            retries: JoinSet::new(),
+            tasks,
+        })
+    }
+
+    /// Starts the listeners and handles swarm events until each reported an address.
+    async fn listen(&mut self, addrs: &[Multiaddr]) -> Result<(), Error> {
+        let mut waiting = HashSet::new();
+        for addr in addrs {
+            let id = self
+                .swarm
+                .listen_on(addr.clone())
+                .map_err(|e| Error::transport(format!("listening on {addr}"), e))?;
+            waiting.insert(id);
+        }
+        let wait = async {
+            while !waiting.is_empty() {
+                let event = self.swarm.select_next_some().await;
+                match &event {
+                    SwarmEvent::NewListenAddr { listener_id, .. } => {
+                        waiting.remove(listener_id);
+                    }
+                    SwarmEvent::ListenerClosed {
+                        listener_id,
+                        reason,
+                        ..
+                    } if waiting.contains(listener_id) => {
+                        let detail = match reason {
+                            Ok(()) => "closed".to_string(),
+                            Err(e) => e.to_string(),
+                        };
+                        return Err(Error::transport("listening", detail));
+                    }
+                    _ => {}
+                }
+                self.on_swarm_event(event);
+            }
+            Ok(())
+        };
+        tokio::time::timeout(LISTEN_TIMEOUT, wait)
+            .await
+            .map_err(|_| Error::transport("listening", "no address reported in time"))?
+    }
+
+    async fn run(mut self) {
+        let period = self
+            .cx
+            .config
+            .resync_interval
+            .max(Duration::from_millis(100));
+        let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = resync.tick() => self.resync(),
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    None | Some(Command::Shutdown) => break,
+                    Some(command) => self.on_command(command),
+                },
+                Some(message) = self.internal.recv() => self.on_internal(message),
+                Some(done) = self.fetches.join_next() => match done {
+                    Ok((peer, dk, end)) => self.on_fetch_end(peer, dk, end),
+                    Err(e) => tracing::error!(%e, "a replication task failed"),
+                },
+                Some(due) = self.retries.join_next() => {
+                    if let Ok((peer, dk)) = due && self.swarm.is_connected(&peer) {
+                        self.start_fetch(peer, dk);
+                    }
+                }
+                Some(_) = self.tasks.join_next() => {}
+            }
+        }
+        self.retries.shutdown().await;
+        self.fetches.shutdown().await;
+        self.tasks.shutdown().await;
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.listen_addrs.clone());
+            }
+            Command::ConnectedPeers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Dial(addr, reply) => {
+                let _ = reply.send(self.dial(addr));
+            }
+            Command::Disconnect(peer, reply) => {
+                let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
+            }
+            Command::Replicate(feed) => self.replicate(feed),
+            Command::Announce(key) => self.announce_everywhere(key.discovery_key()),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn dial(&mut self, addr: Multiaddr) -> Result<(), Error> {
+        self.swarm
+            .dial(addr.clone())
+            .map_err(|e| Error::transport(format!("dialing {addr}"), e))
+    }
+
+    fn replicate(&mut self, feed: Feed) {
+        let dk = feed.discovery_key();
+        if feed.is_writable() {
+            // Our own feed: nothing to fetch, only to serve.
+            self.announce_everywhere(dk);
+            return;
+        }
+        self.wanted.insert(dk, feed);
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+            kad.get_providers(record_key(&dk));
+        }
+        self.announce_everywhere(dk);
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            self.start_fetch(peer, dk);
+        }
+    }
+
+    /// Asks connected peers again for wanted feeds they are not serving, and looks up in the
+    /// DHT the wanted feeds that no peer serves.
+    fn resync(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let wanted: Vec<DiscoveryKey> = self.wanted.keys().copied().collect();
+        for dk in wanted {
+            let served = peers.iter().any(|p| self.fetching.contains_key(&(*p, dk)));
+            if !served && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                kad.get_providers(record_key(&dk));
+            }
+            for peer in &peers {
+                self.start_fetch(*peer, dk);
+            }
+        }
+    }
+
+    fn provide(&mut self, dk: DiscoveryKey) {
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+            && let Err(e) = kad.start_providing(record_key(&dk))
+        {
+            tracing::debug!(%e, "cannot record a provided feed");
+        }
+    }
+
+    fn announce_everywhere(&mut self, dk: DiscoveryKey) {
+        self.provide(dk);
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            self.announce_to(peer, vec![dk]);
+        }
+    }
+
+    fn announce_to(&mut self, peer: PeerId, keys: Vec<DiscoveryKey>) {
+        let max_frame = self.cx.config.limits.max_frame_bytes;
+        let (control, opener) = (self.control.clone(), self.opener(peer));
+        self.tasks
+            .spawn(session::announce(control, peer, keys, max_frame, opener));
+    }
+
+    fn opener(&mut self, peer: PeerId) -> Arc<Semaphore> {
+        self.openers
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .clone()
+    }
+
+    fn start_fetch(&mut self, peer: PeerId, dk: DiscoveryKey) {
+        let Some(feed) = self.wanted.get(&dk).cloned() else {
+            return;
+        };
+        if self.fetching.contains_key(&(peer, dk)) {
+            return;
+        }
+        self.fetching.insert((peer, dk), false);
+        let (control, cx, opener) = (self.control.clone(), self.cx.clone(), self.opener(peer));
+        self.fetches.spawn(async move {
+            let end = session::fetch(control, peer, feed, cx, opener).await;
+            (peer, dk, end)
+        });
+    }
+
+    fn on_fetch_end(&mut self, peer: PeerId, dk: DiscoveryKey, end: SessionEnd) {
+        let retry = self.fetching.remove(&(peer, dk)).unwrap_or(false);
+        match &end {
+            SessionEnd::Local(e) => tracing::warn!(%peer, %e, "replication failed locally"),
+            SessionEnd::Closed(why) => {
+                tracing::debug!(%peer, why, retry, "replication stream closed")
+            }
+            _ => tracing::debug!(%peer, ?end, retry, "replication stream ended"),
+        }
+        if let SessionEnd::Violation(reason) = end {
+            self.reject(peer, reason);
+            return;
+        }
+        if !self.swarm.is_connected(&peer) {
+            return;
+        }
+        match end {
+            SessionEnd::Refused(Refusal::NotFound) if retry => self.start_fetch(peer, dk),
+            SessionEnd::Refused(Refusal::Busy) | SessionEnd::Closed(_) => {
+                self.retry_later(peer, dk)
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts a replication stream again after a backoff that doubles with every early end in
+    /// a row (50 ms to 30 s, with jitter so that many streams do not come back at once).
+    fn retry_later(&mut self, peer: PeerId, dk: DiscoveryKey) {
+        let streak = self.streaks.entry((peer, dk)).or_default();
+        *streak = streak.saturating_add(1);
+        let base = Duration::from_millis(50).saturating_mul(1 << (*streak - 1).min(10));
+        let base = base.min(Duration::from_secs(30));
+        let jitter = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one((peer, dk, *streak)) % 1000
+        };
+        let delay = base + base.mul_f64(jitter as f64 / 1000.0);
+        self.retries.spawn(async move {
+            tokio::time::sleep(delay).await;
+            (peer, dk)
+        });
+    }
+
+    fn on_internal(&mut self, message: Internal) {
+        match message {
+            Internal::Violation { peer, reason } => self.reject(peer, reason),
+            Internal::Announced { peer, keys } => {
+                for dk in keys {
+                    if !self.wanted.contains_key(&dk) {
+                        continue;
+                    }
+                    match self.fetching.get_mut(&(peer, dk)) {
+                        Some(retry) => *retry = true,
+                        None => self.start_fetch(peer, dk),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Disconnects a peer that broke the protocol and blocks it for the life of the node.
+    fn reject(&mut self, peer: PeerId, reason: Violation) {
+        tracing::warn!(%peer, %reason, "rejecting peer");
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        let _ = self.cx.events.send(Event::PeerRejected { peer, reason });
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                self.listen_addrs.push(address.clone());
+                let _ = self.cx.events.send(Event::Listening { address });
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let address = endpoint.get_remote_address().clone();
+                if endpoint.is_dialer()
+                    && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+                {
+                    kad.add_address(&peer_id, address.clone());
+                }
+                if num_established.get() == 1 {
+                    self.on_peer_connected(peer_id, address);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                let _ = self.cx.gone.send(peer_id);
+                self.openers.remove(&peer_id);
+                self.streaks.retain(|(peer, _), _| *peer != peer_id);
+                let _ = self
+                    .cx
+                    .events
+                    .send(Event::PeerDisconnected { peer: peer_id });
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_peer_connected(&mut self, peer: PeerId, address: Multiaddr) {
+        let _ = self.cx.events.send(Event::PeerConnected { peer, address });
+        let held: Vec<DiscoveryKey> = self
+            .cx
+            .store
+            .feeds()
+            .iter()
+            .map(FeedKey::discovery_key)
+            .collect();
+        if !held.is_empty() {
+            self.announce_to(peer, held);
+        }
+        let wanted: Vec<DiscoveryKey> = self.wanted.keys().copied().collect();
+        for dk in wanted {
+            self.start_fetch(peer, dk);
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    for addr in info.listen_addrs {
+                        kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if !self.swarm.is_connected(&peer) {
+                        let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+                        if let Err(e) = self.swarm.dial(opts) {
+                            tracing::debug!(%peer, %e, "dialing an mDNS peer failed");
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result:
+                    kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                        providers,
+                        ..
+                    })),
+                ..
+            }) => {
+                let local = *self.swarm.local_peer_id();
+                for peer in providers {
+                    if peer != local
+                        && !self.swarm.is_connected(&peer)
+                        && let Err(e) = self.swarm.dial(peer)
+                    {
+                        tracing::debug!(%peer, %e, "dialing a provider failed");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The DHT key under which a feed's holders are recorded: its discovery key.
+fn record_key(dk: &DiscoveryKey) -> kad::RecordKey {
+    kad::RecordKey::new(dk.as_bytes())
+}

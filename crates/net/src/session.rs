@@ -1,0 +1,447 @@
+//! The stream tasks: the async shell that runs [`crate::protocol`] sessions over libp2p streams.
+//!
+//! Every task awaits its writes (a slow reader slows the writer), reads frames no longer than
+//! the limit, and keeps at most `pipeline_depth` verified batches waiting for storage.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use libp2p_stream::{Control, IncomingStreams};
+use multibee_feed::{DiscoveryKey, Feed, Store, VerifiedBatch};
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::error::{ReceiveError, Violation};
+use crate::event::{Counters, Event};
+use crate::io::{ReadError, read_frame, write_frame, write_message};
+use crate::protocol::{self, Client, ClientAction, Server, ServerAction};
+use crate::wire::{ANNOUNCE_PROTOCOL, REPLICATE_PROTOCOL, Refusal};
+
+/// How long a peer has to send its request on a stream it opened, or its first answer on a
+/// stream opened to it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most announce streams handled at once, from all peers.
+const MAX_ANNOUNCE_TASKS: usize = 256;
+
+/// The replication protocol's name.
+pub(crate) fn replicate_protocol() -> StreamProtocol {
+    StreamProtocol::new(REPLICATE_PROTOCOL)
+}
+
+/// The announce protocol's name.
+pub(crate) fn announce_protocol() -> StreamProtocol {
+    StreamProtocol::new(ANNOUNCE_PROTOCOL)
+}
+
+/// What the stream tasks tell the event loop.
+#[derive(Debug)]
+pub(crate) enum Internal {
+    /// A peer broke the protocol.
+    Violation { peer: PeerId, reason: Violation },
+    /// A peer announced feeds it holds.
+    Announced {
+        peer: PeerId,
+        keys: Vec<DiscoveryKey>,
+    },
+}
+
+/// What every stream task shares.
+pub(crate) struct Context {
+    pub(crate) store: Store,
+    pub(crate) local: PeerId,
+    pub(crate) config: Config,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) internal: mpsc::Sender<Internal>,
+    /// Peers whose last connection closed: their stream tasks end (a stream of a closed
+    /// connection does not always report it to a pending read).
+    pub(crate) gone: broadcast::Sender<PeerId>,
+}
+
+impl Context {
+    /// Resolves once `peer`'s last connection closed after this call.
+    fn gone(&self, peer: PeerId) -> impl Future<Output = ()> + use<> {
+        let mut gone = self.gone.subscribe();
+        async move {
+            loop {
+                match gone.recv().await {
+                    Ok(p) if p == peer => return,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
+        }
+    }
+
+    fn max_frame(&self) -> usize {
+        self.config.limits.max_frame_bytes
+    }
+
+    async fn report(&self, peer: PeerId, reason: Violation) {
+        tracing::warn!(%peer, %reason, "peer broke the protocol");
+        let _ = self
+            .internal
+            .send(Internal::Violation { peer, reason })
+            .await;
+    }
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub(crate) enum SessionEnd {
+    /// The peer broke the protocol.
+    Violation(Violation),
+    /// The server refused the request.
+    Refused(Refusal),
+    /// The stream failed or was closed.
+    Closed(String),
+    /// The local store failed.
+    Local(multibee_feed::Error),
+}
+
+impl From<ReadError> for SessionEnd {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Io(e) => SessionEnd::Closed(e.to_string()),
+            ReadError::Frame(e) => SessionEnd::Violation(e.into()),
+        }
+    }
+}
+
+impl From<std::io::Error> for SessionEnd {
+    fn from(e: std::io::Error) -> Self {
+        SessionEnd::Closed(e.to_string())
+    }
+}
+
+impl From<multibee_feed::Error> for SessionEnd {
+    fn from(e: multibee_feed::Error) -> Self {
+        match e {
+            multibee_feed::Error::Rejected { reason, .. } => {
+                SessionEnd::Violation(Violation::Invalid(reason))
+            }
+            other => SessionEnd::Local(other),
+        }
+    }
+}
+
+/// Accepts replicate streams and serves each in its own task, at most
+/// `max_streams_per_peer` at once per peer.
+pub(crate) async fn accept_replicate(mut incoming: IncomingStreams, cx: Arc<Context>) {
+    let open: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            next = incoming.next() => {
+                let Some((peer, stream)) = next else { return };
+                let slot = StreamSlot::take(&open, peer, cx.config.max_streams_per_peer);
+                let cx = cx.clone();
+                tasks.spawn(async move {
+                    let Some(_slot) = slot else {
+                        refuse_busy(stream, &cx).await;
+                        return;
+                    };
+                    let gone = cx.gone(peer);
+                    let served = tokio::select! {
+                        served = serve(peer, stream, &cx) => served,
+                        () = gone => Err(SessionEnd::Closed("the peer disconnected".into())),
+                    };
+                    if let Err(end) = served {
+                        match end {
+                            SessionEnd::Violation(reason) => cx.report(peer, reason).await,
+                            other => tracing::debug!(%peer, ?other, "serving ended"),
+                        }
+                    }
+                });
+            }
+            Some(_) = tasks.join_next() => {}
+        }
+    }
+}
+
+/// One of a peer's stream slots, given back when dropped.
+struct StreamSlot {
+    open: Arc<Mutex<HashMap<PeerId, usize>>>,
+    peer: PeerId,
+}
+
+impl StreamSlot {
+    fn take(open: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId, max: usize) -> Option<Self> {
+        let mut counts = lock(open);
+        let count = counts.entry(peer).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot {
+            open: open.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.open);
+        if let Some(count) = counts.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The map holds plain counters: a panic while it was held cannot leave it inconsistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn refuse_busy(mut stream: Stream, cx: &Context) {
+    let _ = write_message(&mut stream, &Server::busy(), cx.max_frame()).await;
+    let _ = stream.close().await;
+}
+
+/// Serves one replicate stream: the request, then the entries asked for, then live ones until
+/// the peer closes the stream.
+async fn serve(peer: PeerId, stream: Stream, cx: &Context) -> Result<(), SessionEnd> {
+    let (mut reader, mut writer) = stream.split();
+    let mut buf = Vec::new();
+    let request = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_frame(&mut reader, cx.max_frame(), &mut buf),
+    );
+    let Ok(read) = request.await else {
+        return Err(SessionEnd::Closed("no request in time".into()));
+    };
+    if !read? {
+        return Ok(());
+    }
+    let mut server = Server::new(
+        &cx.local.to_bytes(),
+        &peer.to_bytes(),
+        cx.config.limits.clone(),
+    );
+    let action = server.receive(&buf, |dk| {
+        cx.store.feed_by_discovery_key(dk).map(|f| f.key())
+    });
+    let key = match action.map_err(SessionEnd::Violation)? {
+        ServerAction::Refuse(message) => {
+            write_message(&mut writer, &message, cx.max_frame()).await?;
+            writer.close().await?;
+            return Ok(());
+        }
+        ServerAction::Serve { key, .. } => key,
+    };
+    let feed = cx
+        .store
+        .feed(&key)
+        .ok_or(SessionEnd::Local(multibee_feed::Error::UnknownFeed(key)))?;
+    let mut status = feed.subscribe();
+    if let Some(have) = server.have(feed.length()) {
+        write_message(&mut writer, &have, cx.max_frame()).await?;
+    }
+    let max_frame = cx.max_frame();
+    // The client sends nothing after its request: the next frame read must be the end.
+    let mut ended = Box::pin(async move {
+        let mut buf = Vec::new();
+        read_frame(&mut reader, max_frame, &mut buf).await
+    });
+    loop {
+        let length = status.borrow_and_update().length;
+        while let Some(range) = server.next_range(length) {
+            let count = range.end - range.start;
+            let Some(frame) = server.data_frame(feed.proof(range)?) else {
+                if count == 1 {
+                    return Err(SessionEnd::Local(multibee_feed::Error::InvalidArgument(
+                        "an entry does not fit in a frame".into(),
+                    )));
+                }
+                continue;
+            };
+            tokio::select! {
+                written = write_frame(&mut writer, &frame) => written?,
+                end = &mut ended => return client_end(end),
+            }
+            Counters::add(&cx.counters.sent, count);
+        }
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return Ok(()) },
+            end = &mut ended => return client_end(end),
+        }
+    }
+}
+
+/// What the client's side of a served stream did after its request.
+fn client_end(read: Result<bool, ReadError>) -> Result<(), SessionEnd> {
+    match read? {
+        false => Ok(()),
+        true => Err(SessionEnd::Violation(Violation::Unexpected {
+            message: "any",
+            detail: "the client sends nothing after its Want",
+        })),
+    }
+}
+
+/// Replicates `feed` from `peer`: asks for what is missing, verifies and stores it, and stays
+/// subscribed until the stream ends. Always returns how it ended.
+///
+/// Streams to one peer are opened one at a time (`opener` holds one permit, kept until the
+/// server answered): libp2p-stream drops inbound streams that arrive faster than they are
+/// accepted, so a burst of requests would lose most of them.
+pub(crate) async fn fetch(
+    control: Control,
+    peer: PeerId,
+    feed: Feed,
+    cx: Arc<Context>,
+    opener: Arc<Semaphore>,
+) -> SessionEnd {
+    let gone = cx.gone(peer);
+    tokio::select! {
+        end = fetch_stream(control, peer, feed, &cx, opener) => end,
+        () = gone => SessionEnd::Closed("the peer disconnected".into()),
+    }
+}
+
+async fn fetch_stream(
+    mut control: Control,
+    peer: PeerId,
+    feed: Feed,
+    cx: &Context,
+    opener: Arc<Semaphore>,
+) -> SessionEnd {
+    let Ok(permit) = opener.acquire_owned().await else {
+        return SessionEnd::Closed("the peer disconnected".into());
+    };
+    let mut permit = Some(permit);
+    let stream = match control.open_stream(peer, replicate_protocol()).await {
+        Ok(stream) => stream,
+        Err(e) => return SessionEnd::Closed(e.to_string()),
+    };
+    let (mut reader, mut writer) = stream.split();
+    let mut client = Client::new(feed.key(), &cx.local.to_bytes(), &peer.to_bytes());
+    if let Err(e) = write_message(&mut writer, &client.want(feed.length()), cx.max_frame()).await {
+        return e.into();
+    }
+    let (batches, mut to_store) = mpsc::channel::<VerifiedBatch>(cx.config.pipeline_depth.max(1));
+    let receive = async {
+        let mut buf = Vec::new();
+        loop {
+            let read = read_frame(&mut reader, cx.max_frame(), &mut buf);
+            // The first answer must come in time: until it does, this stream holds the permit
+            // that every other stream to the peer waits for.
+            let read = match permit.is_some() {
+                true => tokio::time::timeout(REQUEST_TIMEOUT, read)
+                    .await
+                    .map_err(|_| SessionEnd::Closed("no answer in time".into()))?,
+                false => read.await,
+            };
+            if !read? {
+                return Err(SessionEnd::Closed("closed by the peer".into()));
+            }
+            let action = client.receive(&buf, |batch| {
+                Counters::add(&cx.counters.received, batch.entries.len() as u64);
+                feed.verify(batch)
+            });
+            // The server took the request: the next stream to this peer may be opened.
+            permit.take();
+            match action {
+                Ok(ClientAction::Store(verified)) => {
+                    if batches.send(verified).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(ClientAction::RemoteLength(_)) => {}
+                Ok(ClientAction::Refused(refusal)) => return Err(SessionEnd::Refused(refusal)),
+                Err(ReceiveError::Peer(v)) => return Err(SessionEnd::Violation(v)),
+                Err(ReceiveError::Local(e)) => return Err(SessionEnd::Local(e)),
+            }
+        }
+    };
+    let store = async {
+        while let Some(verified) = to_store.recv().await {
+            let ingested = feed.store().write(move |txn| txn.ingest(&verified)).await?;
+            feed.check_not_forked()?;
+            Counters::add(&cx.counters.stored, ingested.added);
+            let _ = cx.events.send(Event::FeedProgressed {
+                key: feed.key(),
+                length: ingested.length,
+                peer,
+            });
+        }
+        Ok::<(), SessionEnd>(())
+    };
+    let end = match tokio::try_join!(receive, store) {
+        Ok(((), ())) => SessionEnd::Closed("stopped".into()),
+        Err(end) => end,
+    };
+    drop(writer);
+    end
+}
+
+/// Tells `peer` which feeds this node holds (opening the stream in turn with the replicate
+/// streams, see [`fetch`]).
+pub(crate) async fn announce(
+    mut control: Control,
+    peer: PeerId,
+    keys: Vec<DiscoveryKey>,
+    max_frame: usize,
+    opener: Arc<Semaphore>,
+) {
+    let sent = async {
+        let _permit = opener
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
+        let mut stream = control
+            .open_stream(peer, announce_protocol())
+            .await
+            .map_err(std::io::Error::other)?;
+        write_message(&mut stream, &protocol::announce(keys), max_frame).await?;
+        stream.close().await
+    };
+    if let Err(e) = sent.await {
+        tracing::debug!(%peer, %e, "announcing failed");
+    }
+}
+
+/// Accepts announce streams and passes what they say to the event loop.
+pub(crate) async fn accept_announce(mut incoming: IncomingStreams, cx: Arc<Context>) {
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            next = incoming.next() => {
+                let Some((peer, mut stream)) = next else { return };
+                if tasks.len() >= MAX_ANNOUNCE_TASKS {
+                    continue;
+                }
+                let cx = cx.clone();
+                tasks.spawn(async move {
+                    let mut buf = Vec::new();
+                    let read = tokio::time::timeout(
+                        REQUEST_TIMEOUT,
+                        read_frame(&mut stream, cx.max_frame(), &mut buf),
+                    );
+                    let message = match read.await {
+                        Ok(Ok(true)) => protocol::receive_announce(&buf),
+                        Ok(Err(ReadError::Frame(e))) => Err(e.into()),
+                        _ => return,
+                    };
+                    match message {
+                        Ok(keys) => {
+                            let _ = cx.internal.send(Internal::Announced { peer, keys }).await;
+                        }
+                        Err(reason) => cx.report(peer, reason).await,
+                    }
+                });
+            }
+            Some(_) = tasks.join_next() => {}
+        }
+    }
+}

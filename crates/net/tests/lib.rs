@@ -1,0 +1,12 @@
+#![allow(clippy::unwrap_used)]
+//! The net crate's integration tests: real nodes on loopback, ports from the OS, mDNS off.
+
+mod common;
+mod discovery;
+mod fork;
+mod limits;
+mod misbehaving;
+mod relay;
+mod replicate;
+mod restart;
+mod topology;

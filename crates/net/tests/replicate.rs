@@ -1,0 +1,138 @@
+#![allow(clippy::unwrap_used)]
+//! Two nodes: full replication, then the live tail, over TCP and over QUIC.
+
+use multibee_net::Event;
+
+use crate::common::{Peer, Transport, append, check_entries, config, wait_length};
+
+async fn full_then_live(transport: Transport) {
+    let a = Peer::start(config()).await;
+    let feed = a.store.create_feed().await.unwrap();
+    append(&feed, 0, 10_000).await;
+
+    let mut b = Peer::start(config()).await;
+    b.node.handle().dial(a.addr(transport).await).await.unwrap();
+    let a_id = a.node.peer_id();
+    let address = b
+        .event(|e| match e {
+            Event::PeerConnected { peer, address } if *peer == a_id => Some(address.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(transport.matches(&address), "connected over {address}");
+    let replica = b.node.handle().replicate(feed.key()).await.unwrap();
+    wait_length(&replica, 10_000).await;
+    check_entries(&replica, 10_000);
+
+    // Live: every new entry is pushed as it is appended.
+    for i in 10_000..10_020 {
+        feed.append(crate::common::entry(i)).await.unwrap();
+        wait_length(&replica, i + 1).await;
+    }
+    check_entries(&replica, 10_020);
+    let stats = b.node.handle().stats();
+    assert_eq!(stats.entries_stored, 10_020);
+    assert_eq!(a.node.handle().stats().entries_sent, 10_020);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_over_tcp() {
+    full_then_live(Transport::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_over_quic() {
+    full_then_live(Transport::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_and_many_feeds_on_one_connection() {
+    let a = Peer::start(config()).await;
+    let b = Peer::start(config()).await;
+    let a_feeds = [
+        a.store.create_feed().await.unwrap(),
+        a.store.create_feed().await.unwrap(),
+    ];
+    let b_feed = b.store.create_feed().await.unwrap();
+    for (n, feed) in a_feeds.iter().chain([&b_feed]).enumerate() {
+        append(feed, 0, 100 * (n as u64 + 1)).await;
+    }
+    b.node
+        .handle()
+        .dial(a.addr(Transport::Tcp).await)
+        .await
+        .unwrap();
+    let on_b = [
+        b.node.handle().replicate(a_feeds[0].key()).await.unwrap(),
+        b.node.handle().replicate(a_feeds[1].key()).await.unwrap(),
+    ];
+    let on_a = a.node.handle().replicate(b_feed.key()).await.unwrap();
+    wait_length(&on_b[0], 100).await;
+    wait_length(&on_b[1], 200).await;
+    wait_length(&on_a, 300).await;
+    check_entries(&on_a, 300);
+    assert_eq!(a.node.handle().connected_peers().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_feeds_at_once() {
+    let a = Peer::start(config()).await;
+    let mut feeds = Vec::new();
+    for _ in 0..100 {
+        let feed = a.store.create_feed().await.unwrap();
+        append(&feed, 0, 20).await;
+        feeds.push(feed);
+    }
+    let b = Peer::start(config()).await;
+    let mut replicas = Vec::new();
+    for feed in &feeds {
+        replicas.push(b.node.handle().replicate(feed.key()).await.unwrap());
+    }
+    b.node
+        .handle()
+        .dial(a.addr(Transport::Tcp).await)
+        .await
+        .unwrap();
+    for replica in &replicas {
+        wait_length(replica, 20).await;
+        check_entries(replica, 20);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnected_peer_catches_up_and_goes_live_again() {
+    // No DHT: its queries could dial the peer again while the test wants it disconnected.
+    let config = || config().kademlia(false);
+    let a = Peer::start(config()).await;
+    let feed = a.store.create_feed().await.unwrap();
+    append(&feed, 0, 1_000).await;
+    let mut b = Peer::start(config()).await;
+    let replica = b.node.handle().replicate(feed.key()).await.unwrap();
+    let addr = a.addr(Transport::Tcp).await;
+    b.node.handle().dial(addr.clone()).await.unwrap();
+    wait_length(&replica, 1_000).await;
+
+    let a_id = a.node.peer_id();
+    assert!(b.node.handle().disconnect(a_id).await.unwrap());
+    b.event(|e| matches!(e, Event::PeerDisconnected { peer } if *peer == a_id).then_some(()))
+        .await;
+    append(&feed, 1_000, 2_000).await;
+    let received = b.node.handle().stats().entries_received;
+    assert_eq!(
+        replica.length(),
+        1_000,
+        "nothing arrives while disconnected"
+    );
+
+    b.node.handle().dial(addr).await.unwrap();
+    wait_length(&replica, 2_000).await;
+    feed.append(crate::common::entry(2_000)).await.unwrap();
+    wait_length(&replica, 2_001).await;
+    check_entries(&replica, 2_001);
+    let stats = b.node.handle().stats();
+    assert_eq!(
+        stats.entries_received - received,
+        1_001,
+        "only the new entries were sent"
+    );
+}
