@@ -42,6 +42,16 @@ impl DiffRecord {
         }
     }
 
+    /// The diff feed entry of a record (`bytes`: its encoding) under `diff_key`: a bee put, so
+    /// that a diff feed also reads as a bee keyed by key and timestamp.
+    pub fn entry(diff_key: &[u8], bytes: Vec<u8>) -> Vec<u8> {
+        Op::Put {
+            key: Keyspace::default().encode(diff_key),
+            value: bytes,
+        }
+        .encode_entry()
+    }
+
     /// Decodes and checks a diff feed entry (a bee put of `diff_key(key, ts)` → record).
     /// Everything a remote writer could get wrong is an error here, decided by the entry's
     /// bytes alone, so every peer skips the same entries.

@@ -1,8 +1,9 @@
 //! A leaderless multi-writer document store: many peers write, each into its own signed feeds,
 //! and every peer merges what it receives into the same state, whatever order it arrives in.
 //!
-//! A [`MultiBee`] owns two bees in one folder: `store` (the merged documents) and `diff` (one
-//! entry per local change). Peers hand each other their [`MultiBee::diff_key`], add each
+//! A [`MultiBee`] owns two feeds in one folder: `store`, a bee of the merged documents, and
+//! `diff`, one entry per local change (a bee put keyed by key and timestamp, so it reads as a
+//! bee; the peer indexes it, with every other writer's diffs, in its merge table). Peers hand each other their [`MultiBee::diff_key`], add each
 //! other with [`MultiBee::add_peer`], replicate the diff feeds (with `multibee-net`, or any
 //! transport that moves verified feed batches: [`MultiBee::ingest`]) and merge them. The state
 //! of a key is the fold of all its diffs from all counted writers in `(Hlc, writer key)` order:

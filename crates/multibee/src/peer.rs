@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
 use multibee_bee::{Bee, RangeOptions};
-use multibee_feed::{Batch, FeedKey, Store};
+use multibee_feed::{Batch, Feed, FeedKey, Store};
 use redb::ReadableTable;
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
@@ -31,7 +31,7 @@ pub struct MultiBee {
 struct Inner {
     store: Store,
     store_bee: Bee,
-    diff_bee: Bee,
+    diff_feed: Feed,
     hlc: Mutex<Hlc>,
     options: Options,
     events: broadcast::Sender<Event>,
@@ -101,7 +101,7 @@ impl MultiBee {
         let mb = MultiBee {
             inner: Arc::new(Inner {
                 store_bee: Bee::open(store_feed).await?,
-                diff_bee: Bee::open(diff_feed).await?,
+                diff_feed,
                 store,
                 hlc: Mutex::new(hlc),
                 options,
@@ -137,7 +137,7 @@ impl MultiBee {
 
     /// The key of this peer's diff feed: what other peers pass to [`MultiBee::add_peer`].
     pub fn diff_key(&self) -> FeedKey {
-        self.inner.diff_bee.feed().key()
+        self.inner.diff_feed.key()
     }
 
     /// The key of this peer's store feed (local: never replicated).
@@ -403,9 +403,8 @@ impl MultiBee {
     pub(crate) fn ctx(&self) -> Ctx<'_> {
         let inner = &*self.inner;
         Ctx {
-            own: inner.diff_bee.feed().key(),
+            own: inner.diff_feed.key(),
             store: &inner.store_bee,
-            diffs: &inner.diff_bee,
             merge: &*inner.options.merge,
             interval: inner.options.checkpoint_interval,
             hlc: &inner.hlc,

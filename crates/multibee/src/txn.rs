@@ -23,7 +23,6 @@ type FeedResult<T> = multibee_feed::Result<T>;
 pub(crate) struct Ctx<'a> {
     pub own: FeedKey,
     pub store: &'a Bee,
-    pub diffs: &'a Bee,
     pub merge: &'a dyn Merge,
     pub interval: u32,
     pub hlc: &'a Mutex<Hlc>,
@@ -115,12 +114,12 @@ impl Ctx<'_> {
                     record,
                 };
                 fold.add(new, &bytes)?;
-                entries.push(BeeOp::Put(diff_key, bytes));
+                entries.push(DiffRecord::entry(&diff_key, bytes));
             }
             fold.finish()?
         };
         if !entries.is_empty() {
-            self.diffs.write_in(txn, &entries).map_err(bee_error)?;
+            txn.append(&self.own, &entries)?;
         }
         let version = self.write_store(txn, pending)?;
         self.persist_hlc(txn.raw())?;
