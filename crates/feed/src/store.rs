@@ -65,12 +65,20 @@ pub struct Options {
     pub sync: SyncMode,
     /// Size limits.
     pub limits: Limits,
+    /// The most memory redb may use to cache pages (`None`: redb's default, 1 GiB).
+    pub cache_bytes: Option<usize>,
 }
 
 impl Options {
     /// Options with the given sync mode.
     pub fn sync(mut self, sync: SyncMode) -> Self {
         self.sync = sync;
+        self
+    }
+
+    /// Options with redb's page cache capped at `bytes`.
+    pub fn cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache_bytes = Some(bytes);
         self
     }
 }
@@ -203,7 +211,7 @@ impl Store {
         let path = dir.join(DB_FILE);
         // redb panics on some damaged files instead of returning an error; a damaged file is
         // input we do not control, so it becomes an error here.
-        let opened = std::panic::catch_unwind(|| open_database(&path));
+        let opened = std::panic::catch_unwind(|| open_database(&path, options.cache_bytes));
         let (db, registry) = opened.unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<&str>()
@@ -311,6 +319,11 @@ impl Store {
             .await
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// The size limits this store enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
     }
 
     /// A read transaction on the database, for layers that keep their own tables beside the
@@ -589,8 +602,12 @@ fn lock_folder(dir: &Path) -> Result<std::fs::File> {
 }
 
 /// Opens (or creates) the database, checks its format and reads every feed's record.
-fn open_database(path: &Path) -> Result<(Database, Registry)> {
-    let db = Database::builder()
+fn open_database(path: &Path, cache_bytes: Option<usize>) -> Result<(Database, Registry)> {
+    let mut builder = Database::builder();
+    if let Some(bytes) = cache_bytes {
+        builder.set_cache_size(bytes);
+    }
+    let db = builder
         .create(path)
         .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
     restrict_to_owner(path)?;

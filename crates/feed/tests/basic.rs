@@ -192,3 +192,22 @@ fn a_job_holding_the_last_handle_neither_deadlocks_nor_keeps_the_folder_open() {
     // Every handle is gone once the caller's are: the folder reopens at once.
     Store::open(dir.path()).unwrap();
 }
+
+#[test]
+fn a_store_with_a_tiny_page_cache_reads_back_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let options = Options::default().cache_bytes(64 << 10);
+        let store = Store::open_with(dir.path(), options).unwrap();
+        assert_eq!(store.limits().max_entry_bytes, 8 << 20);
+        let feed = store.create_feed().await.unwrap();
+        let entries: Vec<Vec<u8>> = (0..5_000u64).map(|i| vec![i as u8; 200]).collect();
+        feed.append_batch(entries.clone()).await.unwrap();
+        let back: Vec<Vec<u8>> = feed
+            .range(0..5_000)
+            .unwrap()
+            .map(|e| e.unwrap().1)
+            .collect();
+        assert_eq!(back, entries);
+    });
+}

@@ -12,6 +12,8 @@ use crate::merge::{LastWriterWins, Merge};
 pub struct Options {
     /// When writes reach the disk (default: durable, fsync per group commit).
     pub sync: SyncMode,
+    /// The most memory the database may use to cache pages (default: redb's, 1 GiB).
+    pub cache_bytes: Option<usize>,
     /// The physical clock under the HLC (default: the system clock).
     pub clock: Arc<dyn Clock>,
     /// How far ahead of the local clock a remote timestamp may be and still advance the HLC
@@ -32,6 +34,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             sync: SyncMode::Durable,
+            cache_bytes: None,
             clock: Arc::new(SystemClock),
             max_drift_ms: 60_000,
             merge: Arc::new(LastWriterWins),
@@ -45,6 +48,12 @@ impl Options {
     /// Sets the sync mode.
     pub fn sync(mut self, sync: SyncMode) -> Self {
         self.sync = sync;
+        self
+    }
+
+    /// Caps the database's page cache at `bytes`.
+    pub fn cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache_bytes = Some(bytes);
         self
     }
 

@@ -69,7 +69,11 @@ impl MultiBee {
     /// Opens (or creates) the peer in `dir`. Diffs that were stored but not merged before a
     /// crash are merged before this returns.
     pub async fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<MultiBee> {
-        let store = Store::open_with(dir, multibee_feed::Options::default().sync(options.sync))?;
+        let mut feed_options = multibee_feed::Options::default().sync(options.sync);
+        if let Some(bytes) = options.cache_bytes {
+            feed_options = feed_options.cache_bytes(bytes);
+        }
+        let store = Store::open_with(dir, feed_options)?;
         let (store_feed, diff_feed) = match read_meta(&store)? {
             Some((s, d)) => {
                 let missing = || corrupt("the peer's own feeds are missing from the folder");
