@@ -51,7 +51,7 @@ impl Peer {
     /// Stops the node and closes the peer, keeping the folder.
     pub async fn stop(self) -> TempDir {
         self.served.shutdown().await;
-        self.mb.close().await;
+        close(self.mb).await;
         self.dir
     }
 
@@ -138,6 +138,15 @@ pub async fn open(dir: &TempDir) -> MultiBee {
     MultiBee::open_with(dir.path(), Options::default().sync(SyncMode::Relaxed))
         .await
         .unwrap()
+}
+
+/// Closes `mb` and waits until its folder is released. `MultiBee::close` aborts a background
+/// merge without waiting for the write it queued, whose job holds a handle to the store: a
+/// no-op write queued after it returns once that job finished and dropped its handle.
+pub async fn close(mb: MultiBee) {
+    let store = mb.feed_store().clone();
+    mb.close().await;
+    store.write(|_| Ok(())).await.unwrap();
 }
 
 /// Waits until `mb` has merged at least `length` entries of each writer's diff feed.

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::common::{Peer, json, open, wait_change};
+use crate::common::{Peer, close, json, open, wait_change};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_resumes_from_the_merged_lengths() {
@@ -39,7 +39,7 @@ async fn restart_resumes_from_the_merged_lengths() {
         .unwrap();
     assert_eq!((writer.merged, writer.length), (20, 20));
     mb.put("offline", json(json!({"from": "b"}))).await.unwrap();
-    mb.close().await;
+    close(mb).await;
     let b = Peer::start_in(b_dir).await;
     assert_eq!(b.key(), b_key);
     b.connect(&a).await;
