@@ -1,1 +1,167 @@
-//! multibee examples and end-to-end tests.
+//! multibee: a leaderless, multi-writer, peer-to-peer database.
+//!
+//! This crate is the one an application depends on. It re-exports the layers (the document
+//! store [`MultiBee`] and its types at the top level; every layer as a module: [`db`], [`bee`],
+//! [`feed`], [`net`]) and joins the document store to the network: [`serve`] starts a
+//! [`net::Node`] on a [`MultiBee`]'s feed store that serves every feed it holds, announces the
+//! peer's own diff feed and replicates the diff feed of every writer the peer counts. Diffs
+//! stored by the node are merged in the background (with [`Options::auto_merge`], the default),
+//! so remote changes show up in [`MultiBee::changes`] and [`MultiBee::get`] as they arrive.
+//!
+//! Add writers through [`Served::add_peer`] (it counts the writer and replicates its feed) once
+//! a peer is served; writers added before are picked up by [`serve`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use multibee::{ChangesOptions, Config, MultiBee, Value, serve};
+//!
+//! let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+//! let a = MultiBee::open(dir_a.path()).await?;
+//! let b = MultiBee::open(dir_b.path()).await?;
+//! a.put("greeting", Value::Bytes(b"hello".to_vec())).await?;
+//!
+//! // Each peer counts the other's writes (keys are exchanged out of band)...
+//! a.add_peer(b.diff_key()).await?;
+//! b.add_peer(a.diff_key()).await?;
+//! // ...and serves itself on the network (127.0.0.1 only here; `Config::default()` listens
+//! // everywhere and finds peers on the local network with mDNS).
+//! let served_a = serve(&a, Config::loopback()).await?;
+//! let served_b = serve(&b, Config::loopback()).await?;
+//! served_b.dial(served_a.listen_addrs().await?[0].clone()).await?;
+//!
+//! // A's write is replicated, verified and merged on B.
+//! let mut changes = b.changes(ChangesOptions { live: true, ..Default::default() })?;
+//! let change = changes.next().await.ok_or("the stream ended")??;
+//! assert_eq!(change.key, b"greeting");
+//! assert_eq!(b.get("greeting")?, Some(Value::Bytes(b"hello".to_vec())));
+//!
+//! served_b.shutdown().await;
+//! served_a.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+use multibee_net::{Node, NodeHandle};
+use tokio::sync::broadcast;
+
+pub use multibee_bee as bee;
+pub use multibee_feed as feed;
+pub use multibee_multibee as db;
+pub use multibee_net as net;
+
+pub use multibee_feed::SyncMode;
+pub use multibee_multibee::{
+    BatchOp, Changes, ChangesOptions, Conflict, FeedKey, HistoryEntry, MultiBee, Options,
+    StoreChange, Value, WriterInfo, WriterState,
+};
+pub use multibee_net::{Config, Multiaddr, PeerId};
+
+/// What can go wrong serving a [`MultiBee`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The document store failed (or refused a writer).
+    #[error(transparent)]
+    Db(#[from] multibee_multibee::Error),
+    /// The network node failed or has stopped.
+    #[error(transparent)]
+    Net(#[from] multibee_net::Error),
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Serves `mb` on the network: starts a node on its feed store with `config`, announces its
+/// own diff feed and replicates the diff feed of every active writer it counts. Must be called
+/// within a tokio runtime. The node runs until [`Served::shutdown`] (or until the [`Served`]
+/// and every handle taken from it are dropped); the [`MultiBee`] stays open either way.
+pub async fn serve(mb: &MultiBee, config: Config) -> Result<Served> {
+    let node = Node::start(mb.feed_store().clone(), config).await?;
+    let served = Served {
+        mb: mb.clone(),
+        node,
+    };
+    let handle = served.node.handle();
+    handle.announce(mb.diff_key()).await?;
+    for writer in mb.writers()? {
+        if writer.state == WriterState::Active {
+            handle.replicate(writer.key).await?;
+        }
+    }
+    Ok(served)
+}
+
+/// A [`MultiBee`] served by a running [`net::Node`] (see [`serve`]).
+#[derive(Debug)]
+pub struct Served {
+    mb: MultiBee,
+    node: Node,
+}
+
+impl Served {
+    /// The served document store.
+    pub fn multibee(&self) -> &MultiBee {
+        &self.mb
+    }
+
+    /// A handle to the node: connections, replication of other feeds, counters, events.
+    pub fn node(&self) -> NodeHandle {
+        self.node.handle()
+    }
+
+    /// The node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.node.peer_id()
+    }
+
+    /// The addresses the node listens on (with the ports the OS chose).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
+        Ok(self.node.handle().listen_addrs().await?)
+    }
+
+    /// Dials a peer; returns once the dial started (see [`net::Event::PeerConnected`]).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<()> {
+        Ok(self.node.handle().dial(addr).await?)
+    }
+
+    /// Closes every connection to `peer` (see [`net::NodeHandle::disconnect`]); returns whether
+    /// it was connected.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<bool> {
+        Ok(self.node.handle().disconnect(peer).await?)
+    }
+
+    /// Starts counting the writer whose diff feed is `key` ([`MultiBee::add_peer`]) and
+    /// replicates that feed live from every peer that has it.
+    pub async fn add_peer(&self, key: FeedKey) -> Result<()> {
+        self.mb.add_peer(key).await?;
+        self.node.handle().replicate(key).await?;
+        Ok(())
+    }
+
+    /// Stops counting the writer `key` ([`MultiBee::remove_peer`]). The node keeps the feed it
+    /// already holds and goes on serving (and, until it restarts, fetching) it for peers that
+    /// still count that writer; the writer's diffs no longer count here.
+    pub async fn remove_peer(&self, key: FeedKey) -> Result<()> {
+        Ok(self.mb.remove_peer(key).await?)
+    }
+
+    /// A subscription to the node's events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<net::Event> {
+        self.node.handle().subscribe()
+    }
+
+    /// The next node event since the node started (or since the previous call); `None` once
+    /// the node stopped.
+    pub async fn next_event(&mut self) -> Option<net::Event> {
+        self.node.next_event().await
+    }
+
+    /// Stops the node: closes every connection and waits until its tasks ended. The
+    /// [`MultiBee`] stays open (close it with [`MultiBee::close`]); replicated diffs already
+    /// stored are merged as usual.
+    pub async fn shutdown(self) {
+        self.node.shutdown().await;
+    }
+}

@@ -10,7 +10,7 @@ use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
 use libp2p_stream::Control;
 use multibee_feed::{DiscoveryKey, Feed, FeedKey, Store};
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::behaviour::{Behaviour, BehaviourEvent, build_swarm};
@@ -241,6 +241,9 @@ struct EventLoop {
     /// Replication streams to start again once their backoff elapsed.
     retries: JoinSet<(PeerId, DiscoveryKey)>,
     tasks: JoinSet<()>,
+    /// The tasks accepting streams (they end their own stream tasks when told to stop).
+    accepts: JoinSet<()>,
+    stop: watch::Sender<bool>,
 }
 
 impl EventLoop {
@@ -257,9 +260,14 @@ impl EventLoop {
         let announce = control
             .accept(session::announce_protocol())
             .map_err(|e| Error::transport("accepting announce streams", e))?;
-        let mut tasks = JoinSet::new();
-        tasks.spawn(session::accept_replicate(replicate, cx.clone()));
-        tasks.spawn(session::accept_announce(announce, cx.clone()));
+        let (stop, stopped) = watch::channel(false);
+        let mut accepts = JoinSet::new();
+        accepts.spawn(session::accept_replicate(
+            replicate,
+            cx.clone(),
+            stopped.clone(),
+        ));
+        accepts.spawn(session::accept_announce(announce, cx.clone(), stopped));
         Ok(EventLoop {
             swarm,
             cx,
@@ -273,7 +281,9 @@ impl EventLoop {
             openers: HashMap::new(),
             streaks: HashMap::new(),
             retries: JoinSet::new(),
-            tasks,
+            tasks: JoinSet::new(),
+            accepts,
+            stop,
         })
     }
 
@@ -348,6 +358,10 @@ impl EventLoop {
         self.retries.shutdown().await;
         self.fetches.shutdown().await;
         self.tasks.shutdown().await;
+        // Aborting the accepting tasks would drop their stream tasks without waiting for
+        // them (and so release the store some time later): they are told to stop instead.
+        let _ = self.stop.send(true);
+        while self.accepts.join_next().await.is_some() {}
     }
 
     fn on_command(&mut self, command: Command) {

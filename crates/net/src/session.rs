@@ -11,7 +11,7 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams};
 use multibee_feed::{DiscoveryKey, Feed, Store, VerifiedBatch};
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
@@ -130,14 +130,20 @@ impl From<multibee_feed::Error> for SessionEnd {
 }
 
 /// Accepts replicate streams and serves each in its own task, at most
-/// `max_streams_per_peer` at once per peer.
-pub(crate) async fn accept_replicate(mut incoming: IncomingStreams, cx: Arc<Context>) {
+/// `max_streams_per_peer` at once per peer. Once `stop` changes (or its sender is gone), ends
+/// every serving task and waits for them, so that none holds the store after this returns.
+pub(crate) async fn accept_replicate(
+    mut incoming: IncomingStreams,
+    cx: Arc<Context>,
+    mut stop: watch::Receiver<bool>,
+) {
     let open: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
+            _ = stop.changed() => break,
             next = incoming.next() => {
-                let Some((peer, stream)) = next else { return };
+                let Some((peer, stream)) = next else { break };
                 let slot = StreamSlot::take(&open, peer, cx.config.max_streams_per_peer);
                 let cx = cx.clone();
                 tasks.spawn(async move {
@@ -161,6 +167,7 @@ pub(crate) async fn accept_replicate(mut incoming: IncomingStreams, cx: Arc<Cont
             Some(_) = tasks.join_next() => {}
         }
     }
+    tasks.shutdown().await;
 }
 
 /// One of a peer's stream slots, given back when dropped.
@@ -411,13 +418,19 @@ pub(crate) async fn announce(
     }
 }
 
-/// Accepts announce streams and passes what they say to the event loop.
-pub(crate) async fn accept_announce(mut incoming: IncomingStreams, cx: Arc<Context>) {
+/// Accepts announce streams and passes what they say to the event loop. Stops like
+/// [`accept_replicate`].
+pub(crate) async fn accept_announce(
+    mut incoming: IncomingStreams,
+    cx: Arc<Context>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
+            _ = stop.changed() => break,
             next = incoming.next() => {
-                let Some((peer, mut stream)) = next else { return };
+                let Some((peer, mut stream)) = next else { break };
                 if tasks.len() >= MAX_ANNOUNCE_TASKS {
                     continue;
                 }
@@ -444,4 +457,5 @@ pub(crate) async fn accept_announce(mut incoming: IncomingStreams, cx: Arc<Conte
             Some(_) = tasks.join_next() => {}
         }
     }
+    tasks.shutdown().await;
 }

@@ -1,0 +1,7 @@
+#![allow(clippy::unwrap_used)]
+//! End-to-end tests of multibee peers served over the network (loopback only).
+
+mod common;
+mod partition;
+mod restart;
+mod two_peers;

@@ -1,0 +1,46 @@
+//! Two served peers that count each other.
+
+use serde_json::json;
+
+use crate::common::{Peer, json, wait_change};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_show_up_live_and_concurrent_edits_merge() {
+    let a = Peer::start().await;
+    let b = Peer::start().await;
+    a.served.add_peer(b.key()).await.unwrap();
+    b.served.add_peer(a.key()).await.unwrap();
+    b.connect(&a).await;
+
+    // A -> B, seen in B's live changes stream and by `get`.
+    let draft = json(json!({"title": "draft", "tags": []}));
+    a.mb.put("doc", draft.clone()).await.unwrap();
+    wait_change(&b.mb, "doc", &draft).await;
+    assert_eq!(b.mb.get("doc").unwrap(), Some(draft.clone()));
+
+    // B -> A.
+    let note = json(json!({"text": "from b"}));
+    b.mb.put("note", note.clone()).await.unwrap();
+    wait_change(&a.mb, "note", &note).await;
+    assert_eq!(a.mb.get("note").unwrap(), Some(note));
+
+    // Concurrent edits of two fields of one document: made while the peers are apart, so
+    // that neither has seen the other's, then exchanged.
+    a.disconnect(&b).await;
+    a.mb.put("doc", json(json!({"title": "final", "tags": []})))
+        .await
+        .unwrap();
+    b.mb.put("doc", json(json!({"title": "draft", "tags": ["x"]})))
+        .await
+        .unwrap();
+    b.connect(&a).await;
+    a.wait_merged(&[&b]).await;
+    b.wait_merged(&[&a]).await;
+
+    let merged = Some(json(json!({"title": "final", "tags": ["x"]})));
+    assert_eq!(a.mb.get("doc").unwrap(), merged);
+    assert_eq!(b.mb.get("doc").unwrap(), merged);
+    assert_eq!(a.mb.state_hash().unwrap(), b.mb.state_hash().unwrap());
+    b.stop().await;
+    a.stop().await;
+}
