@@ -1,0 +1,417 @@
+//! A multibee peer node: opens a folder, serves it on the network, and takes commands on stdin,
+//! one per line, answering each with one JSON line on stdout.
+//!
+//! ```sh
+//! cargo run --release --example node -- --dir ./a
+//! ```
+//!
+//! Once listening it prints `{"event":"ready","peer_id":..,"diff_key":..,"listen":[..]}`. Then:
+//! `put KEY JSON`, `get KEY`, `del KEY`, `list [PREFIX]`, `writer add KEY`, `writer remove KEY`,
+//! `dial ADDR`, `conflicts KEY`, `history KEY`, `status`, `quit`. Answers carry `"ok"`; other
+//! lines carry `"event"` (a change to the merged store, a peer connected or rejected). End of
+//! input, SIGINT and SIGTERM shut it down cleanly. Logs go to stderr (`RUST_LOG`).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use multibee::db::{Change, Event as DbEvent};
+use multibee::net::Event as NetEvent;
+use multibee::{
+    ChangesOptions, Config, FeedKey, MultiBee, Multiaddr, Options, Served, Value, serve,
+};
+use serde_json::{Value as Json, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+/// A multibee peer: a leaderless multi-writer document store served over libp2p.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The folder holding this peer's data.
+    #[arg(long, default_value = "./multibee-data")]
+    dir: PathBuf,
+    /// A multiaddr to listen on (repeatable).
+    #[arg(long, value_name = "ADDR", default_values_t = default_listen())]
+    listen: Vec<Multiaddr>,
+    /// A multiaddr to dial at start (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    dial: Vec<Multiaddr>,
+    /// The diff key (hex) of a writer whose changes this peer merges (repeatable).
+    #[arg(long, value_name = "KEY")]
+    writer: Vec<FeedKey>,
+    /// Do not look for peers on the local network with mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+    /// A Kademlia bootstrap peer's multiaddr (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    bootstrap: Vec<Multiaddr>,
+}
+
+fn default_listen() -> Vec<Multiaddr> {
+    ["/ip4/0.0.0.0/udp/0/quic-v1", "/ip4/0.0.0.0/tcp/0"]
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => fail(&format!("cannot start the runtime: {e}")),
+    };
+    if let Err(e) = runtime.block_on(run(args)) {
+        fail(&e);
+    }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1);
+}
+
+/// Writes whole lines to stdout, one writer for answers and events alike.
+#[derive(Clone)]
+struct Out(mpsc::Sender<String>);
+
+impl Out {
+    async fn send(&self, line: Json) {
+        // The printer only stops at shutdown.
+        let _ = self.0.send(line.to_string()).await;
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let mb = MultiBee::open_with(&args.dir, Options::default())
+        .await
+        .map_err(|e| format!("cannot open {}: {e}", args.dir.display()))?;
+    for key in &args.writer {
+        mb.add_peer(*key)
+            .await
+            .map_err(|e| format!("cannot add writer {key}: {e}"))?;
+    }
+    let mut config = Config::default()
+        .listen_on(args.listen.iter().cloned())
+        .mdns(!args.no_mdns);
+    // Bootstrap peers are dialed like any other; Kademlia learns their routes on connection.
+    for addr in args.dial.iter().chain(&args.bootstrap) {
+        config = config.dial(addr.clone());
+    }
+    let served = serve(&mb, config)
+        .await
+        .map_err(|e| format!("cannot start the node: {e}"))?;
+    let listen = served.listen_addrs().await.map_err(|e| e.to_string())?;
+
+    let (tx, mut rx) = mpsc::channel::<String>(1024);
+    let out = Out(tx);
+    let printer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        while let Some(line) = rx.recv().await {
+            if stdout
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .is_err()
+                || stdout.flush().await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    out.send(json!({
+        "event": "ready",
+        "peer_id": served.peer_id().to_string(),
+        "diff_key": mb.diff_key().to_string(),
+        "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+    }))
+    .await;
+
+    let background = [
+        tokio::spawn(print_changes(mb.clone(), out.clone())),
+        tokio::spawn(print_node_events(served.subscribe(), out.clone())),
+        tokio::spawn(print_db_events(mb.events(), out.clone())),
+    ];
+    let result = commands(&served, &out).await;
+    for task in background {
+        task.abort();
+    }
+    served.shutdown().await;
+    mb.close().await;
+    drop(out);
+    let _ = printer.await;
+    result
+}
+
+/// Reads commands until `quit`, end of input, SIGINT or SIGTERM.
+async fn commands(served: &Served, out: &Out) -> Result<(), String> {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        let line = tokio::select! {
+            line = lines.next_line() => line.map_err(|e| format!("reading stdin: {e}"))?,
+            _ = term.recv() => None,
+            _ = int.recv() => None,
+        };
+        let Some(line) = line else { return Ok(()) };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line == "quit" {
+            out.send(json!({"ok": true})).await;
+            return Ok(());
+        }
+        let answer = match command(served, line).await {
+            Ok(mut fields) => {
+                fields.insert("ok".into(), json!(true));
+                Json::Object(fields)
+            }
+            Err(error) => json!({"ok": false, "error": error}),
+        };
+        out.send(answer).await;
+    }
+}
+
+fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::Signal, String> {
+    tokio::signal::unix::signal(kind).map_err(|e| format!("cannot watch signals: {e}"))
+}
+
+type Fields = serde_json::Map<String, Json>;
+
+/// Runs one command line; the fields of its answer, or what was wrong.
+async fn command(served: &Served, line: &str) -> Result<Fields, String> {
+    let mb = served.multibee();
+    let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let rest = rest.trim();
+    let mut fields = Fields::new();
+    match verb {
+        "put" => {
+            let (key, doc) = rest.split_once(' ').ok_or("usage: put KEY JSON")?;
+            let doc: Json = serde_json::from_str(doc.trim())
+                .map_err(|e| format!("the value is not JSON: {e}"))?;
+            let version = mb.put(key, doc).await.map_err(|e| e.to_string())?;
+            fields.insert("version".into(), json!(version));
+        }
+        "get" => {
+            let key = one_arg(rest, "get KEY")?;
+            let value = mb.get(key).map_err(|e| e.to_string())?;
+            fields.insert("value".into(), value.as_ref().map_or(Json::Null, to_json));
+        }
+        "del" => {
+            let key = one_arg(rest, "del KEY")?;
+            let version = mb.del(key).await.map_err(|e| e.to_string())?;
+            fields.insert("version".into(), json!(version));
+        }
+        "list" => {
+            let mut entries = Vec::new();
+            for entry in mb.list(rest.as_bytes()).map_err(|e| e.to_string())? {
+                let (key, value) = entry.map_err(|e| e.to_string())?;
+                entries.push(json!({"key": text(&key), "value": to_json(&value)}));
+            }
+            fields.insert("entries".into(), Json::Array(entries));
+        }
+        "writer" => {
+            let (action, key) = rest.split_once(' ').ok_or("usage: writer add|remove KEY")?;
+            let key: FeedKey = key.trim().parse().map_err(|e| format!("bad key: {e}"))?;
+            match action {
+                "add" => served.add_peer(key).await.map_err(|e| e.to_string())?,
+                "remove" => served.remove_peer(key).await.map_err(|e| e.to_string())?,
+                other => {
+                    return Err(format!(
+                        "unknown writer action {other:?}: use add or remove"
+                    ));
+                }
+            }
+        }
+        "dial" => {
+            let addr: Multiaddr = one_arg(rest, "dial ADDR")?
+                .parse()
+                .map_err(|e| format!("bad multiaddr: {e}"))?;
+            served.dial(addr).await.map_err(|e| e.to_string())?;
+        }
+        "conflicts" => {
+            let key = one_arg(rest, "conflicts KEY")?;
+            let conflicts = mb.conflicts(key).map_err(|e| e.to_string())?;
+            let list = conflicts
+                .iter()
+                .map(|c| json!({"writer": c.writer.to_string(), "ts": c.ts.to_string(), "change": change_json(&c.change)}))
+                .collect();
+            fields.insert("conflicts".into(), Json::Array(list));
+        }
+        "history" => {
+            let key = one_arg(rest, "history KEY")?;
+            let history = mb.history(key).map_err(|e| e.to_string())?;
+            let list = history
+                .iter()
+                .map(|h| json!({"writer": h.writer.to_string(), "ts": h.ts.to_string(), "seq": h.seq, "change": change_json(&h.change)}))
+                .collect();
+            fields.insert("history".into(), Json::Array(list));
+        }
+        "status" => {
+            let node = served.node();
+            let listen = served.listen_addrs().await.map_err(|e| e.to_string())?;
+            let peers = node.connected_peers().await.map_err(|e| e.to_string())?;
+            let mut feeds = vec![
+                json!({"key": mb.diff_key().to_string(), "role": "diff", "length": feed_length(mb, &mb.diff_key())}),
+                json!({"key": mb.store_key().to_string(), "role": "store", "length": feed_length(mb, &mb.store_key())}),
+            ];
+            for w in mb.writers().map_err(|e| e.to_string())? {
+                feeds.push(json!({
+                    "key": w.key.to_string(),
+                    "role": format!("writer ({:?})", w.state).to_lowercase(),
+                    "length": w.length,
+                    "merged": w.merged,
+                }));
+            }
+            fields.insert("peer_id".into(), json!(served.peer_id().to_string()));
+            fields.insert("diff_key".into(), json!(mb.diff_key().to_string()));
+            fields.insert(
+                "listen".into(),
+                json!(listen.iter().map(|a| a.to_string()).collect::<Vec<_>>()),
+            );
+            fields.insert(
+                "peers".into(),
+                json!(peers.iter().map(|p| p.to_string()).collect::<Vec<_>>()),
+            );
+            fields.insert("feeds".into(), Json::Array(feeds));
+        }
+        other => return Err(format!("unknown command {other:?}")),
+    }
+    Ok(fields)
+}
+
+fn one_arg<'a>(rest: &'a str, usage: &str) -> Result<&'a str, String> {
+    if rest.is_empty() || rest.contains(' ') {
+        return Err(format!("usage: {usage}"));
+    }
+    Ok(rest)
+}
+
+fn feed_length(mb: &MultiBee, key: &FeedKey) -> u64 {
+    mb.feed_store().feed(key).map_or(0, |f| f.length())
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn to_json(value: &Value) -> Json {
+    match value {
+        Value::Json(j) => j.clone(),
+        Value::Bytes(b) => json!({"bytes_hex": hex::encode(b)}),
+    }
+}
+
+fn change_json(change: &Change) -> Json {
+    match change {
+        Change::Set(v) => json!({"set": to_json(v)}),
+        Change::Delete => json!("delete"),
+        Change::Fields(ops) => Json::Array(
+            ops.iter()
+                .map(|op| match op {
+                    multibee::db::FieldOp::Set { path, value } => {
+                        json!({"set": path, "value": value})
+                    }
+                    multibee::db::FieldOp::Remove { path } => json!({"remove": path}),
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Prints every change to the merged store as an event line.
+async fn print_changes(mb: MultiBee, out: Out) {
+    let since = mb.version().unwrap_or(0);
+    let Ok(mut changes) = mb.changes(ChangesOptions {
+        since,
+        live: true,
+        ..ChangesOptions::default()
+    }) else {
+        return;
+    };
+    while let Some(change) = changes.next().await {
+        match change {
+            Ok(c) => {
+                let value = c.value.as_ref().map_or(Json::Null, to_json);
+                out.send(
+                    json!({"event": "change", "seq": c.seq, "key": text(&c.key), "value": value}),
+                )
+                .await;
+            }
+            Err(e) => tracing::warn!(error = %e, "changes stream"),
+        }
+    }
+}
+
+/// Prints peers connecting, disconnecting and rejected; logs replication progress to stderr.
+async fn print_node_events(mut events: tokio::sync::broadcast::Receiver<NetEvent>, out: Out) {
+    let mut last_progress = Instant::now();
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!(missed = n, "node events lagged");
+                continue;
+            }
+            Err(_) => return,
+        };
+        match event {
+            NetEvent::PeerConnected { peer, address } => {
+                out.send(json!({"event": "peer_connected", "peer_id": peer.to_string(), "address": address.to_string()}))
+                    .await
+            }
+            NetEvent::PeerDisconnected { peer } => {
+                out.send(json!({"event": "peer_disconnected", "peer_id": peer.to_string()})).await
+            }
+            NetEvent::PeerRejected { peer, reason } => {
+                out.send(json!({"event": "peer_rejected", "peer_id": peer.to_string(), "reason": reason.to_string()}))
+                    .await
+            }
+            NetEvent::FeedProgressed { key, length, peer } => {
+                if last_progress.elapsed() >= Duration::from_secs(1) {
+                    last_progress = Instant::now();
+                    tracing::info!(feed = %key, length, %peer, "replicating");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Prints what merging reports (future timestamps, invalid diffs, frozen writers).
+async fn print_db_events(mut events: tokio::sync::broadcast::Receiver<DbEvent>, out: Out) {
+    while let Ok(event) = events.recv().await {
+        let line = match event {
+            DbEvent::FutureTimestamp {
+                writer,
+                ts,
+                local_ms,
+            } => {
+                json!({"event": "future_timestamp", "writer": writer.to_string(), "ts": ts.to_string(), "local_ms": local_ms})
+            }
+            DbEvent::InvalidDiff {
+                writer,
+                seq,
+                reason,
+            } => {
+                json!({"event": "invalid_diff", "writer": writer.to_string(), "seq": seq, "reason": reason})
+            }
+            DbEvent::WriterFrozen { writer } => {
+                json!({"event": "writer_frozen", "writer": writer.to_string()})
+            }
+            _ => continue,
+        };
+        out.send(line).await;
+    }
+}

@@ -1,0 +1,242 @@
+//! The node example as a user runs it: real processes on loopback, driven through stdin and
+//! stdout. Every process is killed when its guard drops, on every exit path.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value as Json, json};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The node example's binary, built by `cargo test` next to the test binaries.
+fn node_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/examples/node
+    let profile = exe.parent().unwrap().parent().unwrap();
+    let bin = profile.join("examples").join("node");
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo test builds the examples",
+        bin.display()
+    );
+    bin
+}
+
+/// A running node process; killed on drop.
+pub struct Node {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<Json>,
+    pub ready: Json,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    /// Starts a node on `dir` listening on loopback TCP, with `extra` arguments, and waits for
+    /// its ready line.
+    pub fn start(dir: &Path, extra: &[&str]) -> Node {
+        let mut child = Command::new(node_binary())
+            .arg("--dir")
+            .arg(dir)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let json: Json = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                if tx.send(json).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut node = Node {
+            child,
+            stdin: Some(stdin),
+            lines,
+            ready: Json::Null,
+        };
+        node.ready = node.next_matching(|l| l["event"] == "ready");
+        node
+    }
+
+    pub fn diff_key(&self) -> String {
+        self.ready["diff_key"].as_str().unwrap().to_string()
+    }
+
+    pub fn addr(&self) -> String {
+        self.ready["listen"][0].as_str().unwrap().to_string()
+    }
+
+    /// The next stdout line `matches` accepts (skipping others), within the patience.
+    fn next_matching(&mut self, matches: impl Fn(&Json) -> bool) -> Json {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if matches(&line) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no expected line from the node: {e}"),
+            }
+        }
+    }
+
+    /// Sends one command and returns its answer (the next line with "ok").
+    pub fn cmd(&mut self, line: &str) -> Json {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        self.next_matching(|l| l.get("ok").is_some())
+    }
+
+    /// Sends a command that must succeed.
+    pub fn ok(&mut self, line: &str) -> Json {
+        let answer = self.cmd(line);
+        assert_eq!(answer["ok"], true, "{line} -> {answer}");
+        answer
+    }
+
+    /// Waits for a change event that sets `key` to `value` (checking the current value first).
+    pub fn wait_value(&mut self, key: &str, value: Json) {
+        if self.ok(&format!("get {key}"))["value"] == value {
+            return;
+        }
+        self.next_matching(|l| l["event"] == "change" && l["key"] == key && l["value"] == value);
+    }
+
+    /// Closes stdin and waits for a clean exit (a watchdog kills it after the patience).
+    pub fn stop(mut self) {
+        drop(self.stdin.take());
+        let pid = self.child.id().to_string();
+        let (done, watchdog) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if watchdog.recv_timeout(PATIENCE).is_err() {
+                let _ = Command::new("kill").args(["-9", &pid]).status();
+            }
+        });
+        let status = self.child.wait().unwrap();
+        let _ = done.send(());
+        assert!(
+            status.success(),
+            "the node exited with {status} at end of input"
+        );
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+#[test]
+fn two_nodes_replicate_merge_concurrent_edits_and_survive_sigkill() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Node::start(dir_a.path(), &[]);
+    let a_key = a.diff_key();
+    let mut b = Node::start(dir_b.path(), &["--dial", &a.addr(), "--writer", &a_key]);
+    let b_key = b.diff_key();
+    a.ok(&format!("writer add {b_key}"));
+
+    a.ok(r#"put doc {"a":1,"b":1}"#);
+    b.wait_value("doc", json!({"a": 1, "b": 1}));
+    b.ok(r#"put other {"from":"b"}"#);
+    a.wait_value("other", json!({"from": "b"}));
+
+    // Concurrent edits of two fields of one document.
+    a.ok(r#"put doc {"a":2,"b":1}"#);
+    b.ok(r#"put doc {"a":1,"b":2}"#);
+    a.wait_value("doc", json!({"a": 2, "b": 2}));
+    b.wait_value("doc", json!({"a": 2, "b": 2}));
+
+    // Bad input gets an answer, not a crash.
+    assert_eq!(a.cmd("put doc {not json")["ok"], false);
+    assert_eq!(a.cmd("frobnicate")["ok"], false);
+    assert_eq!(a.cmd("writer add nothex")["ok"], false);
+
+    // SIGKILL B; everything it answered ok is there after a restart, and replication resumes.
+    b.kill();
+    let mut b = Node::start(dir_b.path(), &["--dial", &a.addr()]);
+    assert_eq!(b.diff_key(), b_key);
+    assert_eq!(b.ok("get doc")["value"], json!({"a": 2, "b": 2}));
+    assert_eq!(b.ok("get other")["value"], json!({"from": "b"}));
+    a.ok(r#"put after {"restart":true}"#);
+    b.wait_value("after", json!({"restart": true}));
+    let status = b.ok("status");
+    assert!(
+        status["feeds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["key"] == a_key.as_str())
+    );
+    let listed = b.ok("list");
+    assert_eq!(listed["entries"].as_array().unwrap().len(), 3);
+    b.stop();
+    a.stop();
+}
+
+#[test]
+fn three_nodes_in_a_line_converge() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = Node::start(dirs[0].path(), &[]);
+    let mut b = Node::start(dirs[1].path(), &["--dial", &a.addr()]);
+    let mut c = Node::start(dirs[2].path(), &["--dial", &b.addr()]);
+    let keys = [a.diff_key(), b.diff_key(), c.diff_key()];
+    for (i, node) in [&mut a, &mut b, &mut c].into_iter().enumerate() {
+        for (j, key) in keys.iter().enumerate() {
+            if i != j {
+                node.ok(&format!("writer add {key}"));
+            }
+        }
+    }
+    a.ok(r#"put k {"from_a":1}"#);
+    c.ok(r#"put k {"from_c":1}"#);
+    let merged = json!({"from_a": 1, "from_c": 1});
+    for node in [&mut a, &mut b, &mut c] {
+        node.wait_value("k", merged.clone());
+    }
+}
+
+#[test]
+fn bad_arguments_and_a_folder_in_use_fail_with_one_line() {
+    let out = Command::new(node_binary())
+        .arg("--listen")
+        .arg("not-an-addr")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let _a = Node::start(dir.path(), &[]);
+    let out = Command::new(node_binary())
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(
+        stderr.contains("in use") || stderr.contains("lock"),
+        "{stderr}"
+    );
+}
