@@ -378,11 +378,11 @@ async fn print_node_events(mut events: tokio::sync::broadcast::Receiver<NetEvent
                 out.send(json!({"event": "peer_rejected", "peer_id": peer.to_string(), "reason": reason.to_string()}))
                     .await
             }
-            NetEvent::FeedProgressed { key, length, peer } => {
-                if last_progress.elapsed() >= Duration::from_secs(1) {
-                    last_progress = Instant::now();
-                    tracing::info!(feed = %key, length, %peer, "replicating");
-                }
+            NetEvent::FeedProgressed { key, length, peer }
+                if last_progress.elapsed() >= Duration::from_secs(1) =>
+            {
+                last_progress = Instant::now();
+                tracing::info!(feed = %key, length, %peer, "replicating");
             }
             _ => {}
         }
