@@ -4,5 +4,6 @@
 mod common;
 mod node;
 mod partition;
+mod readme;
 mod restart;
 mod two_peers;

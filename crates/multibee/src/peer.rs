@@ -126,8 +126,9 @@ impl MultiBee {
         Ok(mb)
     }
 
-    /// Stops this handle's background merging and releases it. The folder is closed once every
-    /// clone of the handle (and every feed or bee taken from it) is dropped.
+    /// Stops background merging (for every clone of this handle) and releases this handle.
+    /// Once it returns, the folder is closed unless other clones (or feeds or bees taken from
+    /// it) are still alive.
     pub async fn close(self) {
         let tasks =
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
@@ -137,6 +138,12 @@ impl MultiBee {
         for task in tasks {
             let _ = task.await;
         }
+        let store = self.inner.store.clone();
+        drop(self);
+        // A merge the background task queued before it stopped holds a handle until the
+        // writer has run it; the writer runs jobs in order, so once this empty one is done,
+        // that handle is gone too.
+        let _ = store.write(|_| Ok(())).await;
     }
 
     /// The key of this peer's diff feed: what other peers pass to [`MultiBee::add_peer`].
