@@ -61,7 +61,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,node=info")),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -71,7 +71,11 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => fail(&format!("cannot start the runtime: {e}")),
     };
-    if let Err(e) = runtime.block_on(run(args)) {
+    let result = runtime.block_on(run(args));
+    // A read of stdin may still be blocked in its thread (after a signal); it must not hold up
+    // the exit: everything else has shut down by now.
+    runtime.shutdown_background();
+    if let Err(e) = result {
         fail(&e);
     }
 }
@@ -142,11 +146,14 @@ async fn run(args: Args) -> Result<(), String> {
         tokio::spawn(print_db_events(mb.events(), out.clone())),
     ];
     let result = commands(&served, &out).await;
+    tracing::info!("shutting down");
     for task in background {
         task.abort();
     }
     served.shutdown().await;
+    tracing::debug!("node stopped");
     mb.close().await;
+    tracing::debug!("store closed");
     drop(out);
     let _ = printer.await;
     result

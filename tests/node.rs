@@ -126,9 +126,22 @@ impl Node {
         self.next_matching(|l| l["event"] == "change" && l["key"] == key && l["value"] == value);
     }
 
-    /// Closes stdin and waits for a clean exit (a watchdog kills it after the patience).
+    /// Closes stdin and waits for a clean exit.
     pub fn stop(mut self) {
         drop(self.stdin.take());
+        self.clean_exit("end of input");
+    }
+
+    /// Sends SIGTERM (stdin stays open) and waits for a clean exit.
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        self.clean_exit("SIGTERM");
+    }
+
+    /// Waits for the process to exit successfully; a watchdog kills it after the patience.
+    fn clean_exit(&mut self, cause: &str) {
         let pid = self.child.id().to_string();
         let (done, watchdog) = mpsc::channel::<()>();
         std::thread::spawn(move || {
@@ -138,10 +151,7 @@ impl Node {
         });
         let status = self.child.wait().unwrap();
         let _ = done.send(());
-        assert!(
-            status.success(),
-            "the node exited with {status} at end of input"
-        );
+        assert!(status.success(), "the node exited with {status} on {cause}");
     }
 
     /// Kills the process with SIGKILL.
@@ -196,7 +206,7 @@ fn two_nodes_replicate_merge_concurrent_edits_and_survive_sigkill() {
     );
     let listed = b.ok("list");
     assert_eq!(listed["entries"].as_array().unwrap().len(), 3);
-    b.stop();
+    b.terminate();
     a.stop();
 }
 

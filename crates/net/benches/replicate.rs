@@ -60,7 +60,7 @@ async fn fill(feed: &Feed, count: u64, size: usize) -> anyhow::Result<()> {
 /// The same batches the server would send, moved in-process: proof, then verify + store.
 async fn baseline(source: &Feed, size: usize) -> anyhow::Result<Duration> {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path())?;
+    let store = open_store(dir.path())?;
     let replica = store.replica(source.key()).await?;
     let chunk = ((2u64 << 20) / size as u64).clamp(1, 4096);
     let start = Instant::now();
@@ -77,7 +77,7 @@ async fn baseline(source: &Feed, size: usize) -> anyhow::Result<Duration> {
 /// A fresh node replicates the whole of `source` from `a` over `transport`.
 async fn over_network(a: &Node, source: &Feed, transport: Transport) -> anyhow::Result<Duration> {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path())?;
+    let store = open_store(dir.path())?;
     let addr = transport.pick(&a.handle().listen_addrs().await?)?;
     let mut b = Node::start(store.clone(), config().dial(addr)).await?;
     let a_id = a.peer_id();
@@ -128,7 +128,7 @@ async fn live_tail(a: &Node, a_store: &Store, samples: usize) -> anyhow::Result<
         feed.append(b"first".to_vec()).await?;
         let dir = tempfile::tempdir()?;
         let addr = transport.pick(&a.handle().listen_addrs().await?)?;
-        let b = Node::start(Store::open(dir.path())?, config().dial(addr)).await?;
+        let b = Node::start(open_store(dir.path())?, config().dial(addr)).await?;
         let replica = b.handle().replicate(feed.key()).await?;
         let mut status = replica.subscribe();
         status.wait_for(|s| s.length >= 1).await?;
@@ -172,14 +172,29 @@ fn peak_rss_mib() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Set for the memory run: every store caps redb's page cache (default 1 GiB per database).
+static CAPPED_CACHE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The page cache of each store in the memory run.
+const MEMORY_RUN_CACHE: usize = 16 << 20;
+
+fn open_store(dir: &std::path::Path) -> multibee_feed::Result<Store> {
+    let mut options = multibee_feed::Options::default();
+    if CAPPED_CACHE.load(std::sync::atomic::Ordering::Relaxed) {
+        options = options.cache_bytes(MEMORY_RUN_CACHE);
+    }
+    Store::open_with(dir, options)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "quick");
     let memory = args.iter().any(|a| a == "memory");
     let scale = if quick { 10 } else { 1 };
+    CAPPED_CACHE.store(memory, std::sync::atomic::Ordering::Relaxed);
     let dir = tempfile::tempdir()?;
-    let a_store = Store::open(dir.path())?;
+    let a_store = open_store(dir.path())?;
     let a = Node::start(a_store.clone(), config()).await?;
     if memory {
         let count = 16_384 / scale;
