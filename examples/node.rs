@@ -11,6 +11,7 @@
 //! lines carry `"event"` (a change to the merged store, a peer connected or rejected). End of
 //! input, SIGINT and SIGTERM shut it down cleanly. Logs go to stderr (`RUST_LOG`).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -364,6 +365,7 @@ async fn print_changes(mb: MultiBee, out: Out) {
 /// Prints peers connecting, disconnecting and rejected; logs replication progress to stderr.
 async fn print_node_events(mut events: tokio::sync::broadcast::Receiver<NetEvent>, out: Out) {
     let mut last_progress = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
     loop {
         let event = match events.recv().await {
             Ok(e) => e,
@@ -384,6 +386,11 @@ async fn print_node_events(mut events: tokio::sync::broadcast::Receiver<NetEvent
             NetEvent::PeerRejected { peer, reason } => {
                 out.send(json!({"event": "peer_rejected", "peer_id": peer.to_string(), "reason": reason.to_string()}))
                     .await
+            }
+            NetEvent::FeedProgressed { key, length, peer } if terminal => {
+                // A one-line progress display, rewritten in place.
+                let short = &key.to_string()[..12];
+                eprint!("\rreplicating {short}..: {length} entries from {peer}\x1b[K");
             }
             NetEvent::FeedProgressed { key, length, peer }
                 if last_progress.elapsed() >= Duration::from_secs(1) =>
