@@ -202,7 +202,8 @@ impl Store {
 
     /// Opens (or creates) the store in `dir`.
     ///
-    /// Fails with [`Error::Locked`] if another process has it open. Opening reads one small
+    /// Fails with [`Error::Locked`] if another process has it open (a lock that lasts less than
+    /// half a second is waited out). Opening reads one small
     /// record per feed; it never replays entries.
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
@@ -592,14 +593,28 @@ fn lock_folder(dir: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(Error::io(format!("locking {}", path.display()), e))
+    // The lock (flock) belongs to the open file, which a child process forked by another
+    // thread of this process shares until it execs: a folder just closed here can stay locked
+    // for that instant. Such a lock is waited out briefly; a folder in use stays an error.
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked(dir.to_path_buf()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("locking {}", path.display()), e));
+            }
         }
     }
 }
+
+/// How long opening waits for a lock that may be held only for an instant.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Opens (or creates) the database, checks its format and reads every feed's record.
 fn open_database(path: &Path, cache_bytes: Option<usize>) -> Result<(Database, Registry)> {
