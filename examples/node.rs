@@ -282,6 +282,8 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
                     "merged": w.merged,
                 }));
             }
+            let hash = mb.state_hash().map_err(|e| e.to_string())?;
+            fields.insert("state_hash".into(), json!(hex::encode(hash)));
             fields.insert("peer_id".into(), json!(served.peer_id().to_string()));
             fields.insert("diff_key".into(), json!(mb.diff_key().to_string()));
             fields.insert(
@@ -423,6 +425,9 @@ async fn print_db_events(mut events: tokio::sync::broadcast::Receiver<DbEvent>, 
             }
             DbEvent::WriterFrozen { writer } => {
                 json!({"event": "writer_frozen", "writer": writer.to_string()})
+            }
+            DbEvent::Merged { writer, merged } => {
+                json!({"event": "merged", "writer": writer.to_string(), "merged": merged})
             }
             _ => continue,
         };

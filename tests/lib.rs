@@ -6,4 +6,5 @@ mod node;
 mod partition;
 mod readme;
 mod restart;
+mod torture;
 mod two_peers;

@@ -1,6 +1,7 @@
 //! The node example as a user runs it: real processes on loopback, driven through stdin and
 //! stdout. Every process is killed when its guard drops, on every exit path.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -31,6 +32,10 @@ pub struct Node {
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<Json>,
     pub ready: Json,
+    /// The newest value each change event reported, by key.
+    seen: HashMap<String, Json>,
+    /// The newest merged length each `merged` event reported, by writer.
+    merged: HashMap<String, u64>,
 }
 
 impl Drop for Node {
@@ -77,6 +82,8 @@ impl Node {
             stdin: Some(stdin),
             lines,
             ready: Json::Null,
+            seen: HashMap::new(),
+            merged: HashMap::new(),
         };
         node.ready = node.next_matching(|l| l["event"] == "ready");
         node
@@ -90,16 +97,55 @@ impl Node {
         self.ready["listen"][0].as_str().unwrap().to_string()
     }
 
-    /// The next stdout line `matches` accepts (skipping others), within the patience.
+    /// The next stdout line `matches` accepts (skipping others, but remembering what change
+    /// and merge events they reported), within the patience.
     fn next_matching(&mut self, matches: impl Fn(&Json) -> bool) -> Json {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if matches(&line) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no expected line from the node: {e}"),
+            let line = self.next_line(deadline);
+            if matches(&line) {
+                return line;
             }
+        }
+    }
+
+    fn next_line(&mut self, deadline: Instant) -> Json {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match self.lines.recv_timeout(left) {
+            Ok(line) => line,
+            Err(e) => panic!("no expected line from the node: {e}"),
+        };
+        match line["event"].as_str() {
+            Some("change") => {
+                let key = line["key"].as_str().unwrap_or_default().to_string();
+                self.seen.insert(key, line["value"].clone());
+            }
+            Some("merged") => {
+                let writer = line["writer"].as_str().unwrap_or_default().to_string();
+                let merged = line["merged"].as_u64().unwrap_or_default();
+                let slot = self.merged.entry(writer).or_default();
+                *slot = (*slot).max(merged);
+            }
+            _ => {}
+        }
+        line
+    }
+
+    /// Waits until this node has merged `length` diffs of `writer`.
+    pub fn wait_merged(&mut self, writer: &str, length: u64) {
+        let status = self.ok("status");
+        let merged = status["feeds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["key"] == writer)
+            .and_then(|f| f["merged"].as_u64())
+            .unwrap_or(0);
+        let slot = self.merged.entry(writer.to_string()).or_default();
+        *slot = (*slot).max(merged);
+        let deadline = Instant::now() + PATIENCE;
+        while self.merged.get(writer).copied().unwrap_or(0) < length {
+            self.next_line(deadline);
         }
     }
 
@@ -111,6 +157,13 @@ impl Node {
         self.next_matching(|l| l.get("ok").is_some())
     }
 
+    /// Sends a command line without waiting for its answer.
+    pub fn send(&mut self, line: &str) -> std::io::Result<()> {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}")?;
+        stdin.flush()
+    }
+
     /// Sends a command that must succeed.
     pub fn ok(&mut self, line: &str) -> Json {
         let answer = self.cmd(line);
@@ -118,12 +171,15 @@ impl Node {
         answer
     }
 
-    /// Waits for a change event that sets `key` to `value` (checking the current value first).
+    /// Waits until `key` holds `value` (a change event says so, or it already does).
     pub fn wait_value(&mut self, key: &str, value: Json) {
         if self.ok(&format!("get {key}"))["value"] == value {
             return;
         }
-        self.next_matching(|l| l["event"] == "change" && l["key"] == key && l["value"] == value);
+        let deadline = Instant::now() + PATIENCE;
+        while self.seen.get(key) != Some(&value) {
+            self.next_line(deadline);
+        }
     }
 
     /// Closes stdin and waits for a clean exit.
