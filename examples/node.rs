@@ -429,7 +429,6 @@ async fn print_db_events(mut events: tokio::sync::broadcast::Receiver<DbEvent>, 
             DbEvent::Merged { writer, merged } => {
                 json!({"event": "merged", "writer": writer.to_string(), "merged": merged})
             }
-            _ => continue,
         };
         out.send(line).await;
     }
