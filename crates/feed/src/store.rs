@@ -67,12 +67,65 @@ pub struct Options {
     pub limits: Limits,
     /// The most memory redb may use to cache pages (`None`: redb's default, 1 GiB).
     pub cache_bytes: Option<usize>,
+    /// The storage under the database file (`None`: the file itself). For fault injection in
+    /// tests and for custom storage.
+    pub backend: Option<Backend>,
+}
+
+/// Opens the storage of a store's database file (see [`Options::backend`]).
+#[derive(Clone)]
+pub struct Backend(
+    /// Given the database file's path, the storage to use for it.
+    #[allow(clippy::type_complexity)]
+    pub Arc<dyn Fn(&Path) -> std::io::Result<Box<dyn redb::StorageBackend>> + Send + Sync>,
+);
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Backend(..)")
+    }
+}
+
+/// A boxed backend, as redb takes a sized one.
+#[derive(Debug)]
+struct Boxed(Box<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for Boxed {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(offset, data)
+    }
+
+    fn close(&self) -> std::io::Result<()> {
+        self.0.close()
+    }
 }
 
 impl Options {
     /// Options with the given sync mode.
     pub fn sync(mut self, sync: SyncMode) -> Self {
         self.sync = sync;
+        self
+    }
+
+    /// Options with the database stored through `backend` (see [`Options::backend`]).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = Some(backend);
         self
     }
 
@@ -212,7 +265,10 @@ impl Store {
         let path = dir.join(DB_FILE);
         // redb panics on some damaged files instead of returning an error; a damaged file is
         // input we do not control, so it becomes an error here.
-        let opened = std::panic::catch_unwind(|| open_database(&path, options.cache_bytes));
+        // The backend factory is only called, never observed half-updated after a panic.
+        let backend = std::panic::AssertUnwindSafe(&options.backend);
+        let opened =
+            std::panic::catch_unwind(|| open_database(&path, options.cache_bytes, &backend));
         let (db, registry) = opened.unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<&str>()
@@ -617,14 +673,24 @@ fn lock_folder(dir: &Path) -> Result<std::fs::File> {
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Opens (or creates) the database, checks its format and reads every feed's record.
-fn open_database(path: &Path, cache_bytes: Option<usize>) -> Result<(Database, Registry)> {
+fn open_database(
+    path: &Path,
+    cache_bytes: Option<usize>,
+    backend: &Option<Backend>,
+) -> Result<(Database, Registry)> {
     let mut builder = Database::builder();
     if let Some(bytes) = cache_bytes {
         builder.set_cache_size(bytes);
     }
-    let db = builder
-        .create(path)
-        .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+    let db = match backend {
+        None => builder.create(path),
+        Some(Backend(open)) => {
+            let storage =
+                open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+            builder.create_with_backend(Boxed(storage))
+        }
+    }
+    .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
     restrict_to_owner(path)?;
     init_schema(&db)?;
     let registry = load_registry(&db)?;

@@ -5,5 +5,6 @@ mod bad_input;
 mod basic;
 mod common;
 mod crash;
+mod faults;
 mod ingest;
 mod proofs;
