@@ -5,5 +5,6 @@ mod bad_input;
 mod basic;
 mod common;
 mod crash;
+mod fuzz_decode;
 mod ingest;
 mod proofs;
