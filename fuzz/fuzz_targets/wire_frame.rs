@@ -32,13 +32,18 @@ fuzz_target!(|data: &[u8]| {
                 length: 10,
             });
             let frame = wire::encode(&have, 1 << 16).expect("encodes");
-            client.receive(&frame[wire::PREFIX_BYTES..], |_| Ok(())).expect("accepted");
+            client
+                .receive(&frame[wire::PREFIX_BYTES..], |_| Ok(()))
+                .expect("accepted");
         }
         for body in data.split(|&b| b == 0xFE) {
             let _ = client.receive(body, |batch| {
                 proof::verify(&batch.feed, batch.start, &batch.entries, &[], &batch.proof)
                     .map(drop)
-                    .map_err(|reason| multibee_feed::Error::Rejected { feed: batch.feed, reason })
+                    .map_err(|reason| multibee_feed::Error::Rejected {
+                        feed: batch.feed,
+                        reason,
+                    })
             });
         }
     }
