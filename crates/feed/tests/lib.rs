@@ -6,5 +6,6 @@ mod basic;
 mod common;
 mod crash;
 mod faults;
+mod fuzz_decode;
 mod ingest;
 mod proofs;

@@ -4,6 +4,7 @@
 mod common;
 mod discovery;
 mod fork;
+mod fuzz_decode;
 mod limits;
 mod misbehaving;
 mod relay;

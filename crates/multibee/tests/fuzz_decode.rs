@@ -1,0 +1,109 @@
+//! "Arbitrary bytes never panic": `DiffRecord::decode`, `DiffRecord::from_entry` and
+//! `Value::from_stored` on random bytes and on mutations of real encodings. Only the absence of
+//! a panic is asserted; `fuzz/` runs the same for longer.
+
+use multibee_multibee::{Change, DiffRecord, FieldOp, Hlc, Value, diff_key};
+use proptest::prelude::*;
+use serde_json::json;
+
+/// Byte-level edits: (kind, position, byte).
+fn edits() -> impl Strategy<Value = Vec<(u8, prop::sample::Index, u8)>> {
+    prop::collection::vec((0u8..4, any::<prop::sample::Index>(), any::<u8>()), 1..8)
+}
+
+/// Applies flips, overwrites, insertions, deletions and a truncation to `bytes`.
+fn mutate(mut bytes: Vec<u8>, edits: &[(u8, prop::sample::Index, u8)]) -> Vec<u8> {
+    for (kind, at, byte) in edits {
+        let i = at.index(bytes.len() + 1);
+        match kind {
+            0 if i < bytes.len() => bytes[i] ^= 1 << (byte % 8),
+            1 if i < bytes.len() => bytes[i] = *byte,
+            2 => bytes.insert(i, *byte),
+            3 if i < bytes.len() => {
+                bytes.remove(i);
+            }
+            _ => bytes.truncate(i),
+        }
+    }
+    bytes
+}
+
+/// A real record of each change kind.
+fn records() -> Vec<DiffRecord> {
+    let ts = Hlc::new(1_700_000_000_000, 3);
+    let context = vec![([1; 32], 4), ([9; 32], 12)];
+    let changes = [
+        Change::Set(Value::Json(json!({"a": [1, 2.5, "x"], "b": {"c": null}}))),
+        Change::Set(Value::Bytes(b"raw\0bytes".to_vec())),
+        Change::Fields(vec![
+            FieldOp::Set {
+                path: vec!["a".into(), "b".into()],
+                value: json!(true),
+            },
+            FieldOp::Remove {
+                path: vec!["z".into()],
+            },
+        ]),
+        Change::Delete,
+    ];
+    changes
+        .into_iter()
+        .map(|change| DiffRecord {
+            key: b"doc\0key".to_vec(),
+            ts,
+            context: context.clone(),
+            change,
+        })
+        .collect()
+}
+
+/// Decodes `bytes` as a record, an entry and a stored value.
+fn decode_all(bytes: &[u8]) {
+    if let Ok(record) = DiffRecord::decode(bytes) {
+        let _ = record.saw(&[1; 32]);
+    }
+    if let Ok((record, value)) = DiffRecord::from_entry(bytes) {
+        assert_eq!(DiffRecord::decode(&value), Ok(record));
+    }
+    if let Ok(value) = Value::from_stored(bytes) {
+        assert!(Value::from_stored(&value.to_stored()).is_ok());
+    }
+}
+
+#[test]
+fn the_samples_decode() {
+    for r in records() {
+        let entry = DiffRecord::entry(&diff_key(&r.key, r.ts), r.encode());
+        assert_eq!(DiffRecord::from_entry(&entry).unwrap().0, r);
+    }
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        decode_all(&bytes);
+        // As the value of a well-formed bee put, so that the record decoder sees it.
+        let entry = DiffRecord::entry(&diff_key(b"k", Hlc(5)), bytes);
+        decode_all(&entry);
+    }
+
+    #[test]
+    fn mutated_records_never_panic(which in 0usize..4, edits in edits()) {
+        let r = &records()[which];
+        let encoded = r.encode();
+        decode_all(&mutate(encoded.clone(), &edits));
+        decode_all(&mutate(DiffRecord::entry(&diff_key(&r.key, r.ts), encoded.clone()), &edits));
+        // A mutated record inside an intact entry envelope.
+        decode_all(&DiffRecord::entry(&diff_key(&r.key, r.ts), mutate(encoded, &edits)));
+        if let Change::Set(v) = &r.change {
+            decode_all(&mutate(v.to_stored(), &edits));
+        }
+    }
+
+    #[test]
+    fn mutated_json_values_never_panic(text in "[\\[\\]{}\",:0-9a-z.eE+\\-\\\\ ]{0,64}") {
+        let mut stored = vec![1u8];
+        stored.extend_from_slice(text.as_bytes());
+        decode_all(&stored);
+    }
+}
