@@ -321,6 +321,24 @@ impl MultiBee {
         Ok(out)
     }
 
+    /// The state of one writer, if this peer knows it (a point read, for the ingest path).
+    fn writer_state(&self, key: &FeedKey) -> Result<Option<WriterState>> {
+        let txn = self.inner.store.begin_read()?;
+        let table = match txn.open_table(WRITERS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match table.get(key.0)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                WriterRow::decode(v.value())
+                    .ok_or_else(|| corrupt("a writer row"))?
+                    .state,
+            )),
+        }
+    }
+
     /// Verifies a batch of a writer's diff feed, stores it and merges it in one transaction.
     pub async fn ingest(&self, batch: Batch) -> Result<u64> {
         let key = batch.feed;
@@ -329,11 +347,7 @@ impl MultiBee {
             .store
             .feed(&key)
             .ok_or(Error::UnknownWriter(key))?;
-        let active = self
-            .writers()?
-            .iter()
-            .any(|w| w.key == key && w.state == WriterState::Active);
-        if !active {
+        if self.writer_state(&key)? != Some(WriterState::Active) {
             return Err(Error::UnknownWriter(key));
         }
         let verified = feed.verify(batch)?;
