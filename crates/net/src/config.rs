@@ -34,6 +34,9 @@ pub struct Config {
     pub pipeline_depth: usize,
     /// How long a connection without streams stays open.
     pub idle_timeout: Duration,
+    /// How long a frame may take to arrive once its first byte did, and a peer to send its
+    /// request on a stream it opened: a peer slower than this is rejected (slowloris).
+    pub frame_timeout: Duration,
     /// How often wanted feeds are asked for again from connected peers that are not serving
     /// them (a stream that ended, a peer that did not hold the feed yet) and looked up in the
     /// DHT when no peer serves them.
@@ -56,6 +59,7 @@ impl Default for Config {
             pipeline_depth: 2,
             idle_timeout: Duration::from_secs(60),
             resync_interval: Duration::from_secs(30),
+            frame_timeout: Duration::from_secs(30),
         }
     }
 }

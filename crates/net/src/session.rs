@@ -21,9 +21,12 @@ use crate::io::{ReadError, read_frame, write_frame, write_message};
 use crate::protocol::{self, Client, ClientAction, Server, ServerAction};
 use crate::wire::{ANNOUNCE_PROTOCOL, REPLICATE_PROTOCOL, Refusal};
 
-/// How long a peer has to send its request on a stream it opened, or its first answer on a
-/// stream opened to it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest request frame a server reads: a `Want` is under 100 bytes.
+const MAX_REQUEST_BYTES: usize = 256;
+/// The most data frames being built or written at once to one peer, over all its streams:
+/// with frames of ~2 MiB (at most the frame limit), what a peer that stops reading can make
+/// this node hold is bounded by this many frames.
+const FRAMES_IN_FLIGHT_PER_PEER: usize = 4;
 /// The most announce streams handled at once, from all peers.
 const MAX_ANNOUNCE_TASKS: usize = 256;
 
@@ -81,6 +84,10 @@ impl Context {
         self.config.limits.max_frame_bytes
     }
 
+    fn frame_timeout(&self) -> Duration {
+        self.config.frame_timeout
+    }
+
     async fn report(&self, peer: PeerId, reason: Violation) {
         tracing::warn!(%peer, %reason, "peer broke the protocol");
         let _ = self
@@ -108,6 +115,7 @@ impl From<ReadError> for SessionEnd {
         match e {
             ReadError::Io(e) => SessionEnd::Closed(e.to_string()),
             ReadError::Frame(e) => SessionEnd::Violation(e.into()),
+            ReadError::Slow(waited) => SessionEnd::Violation(Violation::TooSlow(waited)),
         }
     }
 }
@@ -137,7 +145,7 @@ pub(crate) async fn accept_replicate(
     cx: Arc<Context>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let open: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    let open: Arc<Mutex<HashMap<PeerId, PeerSlots>>> = Arc::default();
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
@@ -147,13 +155,13 @@ pub(crate) async fn accept_replicate(
                 let slot = StreamSlot::take(&open, peer, cx.config.max_streams_per_peer);
                 let cx = cx.clone();
                 tasks.spawn(async move {
-                    let Some(_slot) = slot else {
+                    let Some(slot) = slot else {
                         refuse_busy(stream, &cx).await;
                         return;
                     };
                     let gone = cx.gone(peer);
                     let served = tokio::select! {
-                        served = serve(peer, stream, &cx) => served,
+                        served = serve(peer, stream, &cx, &slot.frames) => served,
                         () = gone => Err(SessionEnd::Closed("the peer disconnected".into())),
                     };
                     if let Err(end) = served {
@@ -170,34 +178,51 @@ pub(crate) async fn accept_replicate(
     tasks.shutdown().await;
 }
 
+/// What a peer's serving streams share.
+struct PeerSlots {
+    /// Streams open.
+    count: usize,
+    /// Permits to build and write a data frame (see [`FRAMES_IN_FLIGHT_PER_PEER`]).
+    frames: Arc<Semaphore>,
+}
+
 /// One of a peer's stream slots, given back when dropped.
 struct StreamSlot {
-    open: Arc<Mutex<HashMap<PeerId, usize>>>,
+    open: Arc<Mutex<HashMap<PeerId, PeerSlots>>>,
     peer: PeerId,
+    frames: Arc<Semaphore>,
 }
 
 impl StreamSlot {
-    fn take(open: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId, max: usize) -> Option<Self> {
-        let mut counts = lock(open);
-        let count = counts.entry(peer).or_default();
-        if *count >= max {
+    fn take(
+        open: &Arc<Mutex<HashMap<PeerId, PeerSlots>>>,
+        peer: PeerId,
+        max: usize,
+    ) -> Option<Self> {
+        let mut slots = lock(open);
+        let slots = slots.entry(peer).or_insert_with(|| PeerSlots {
+            count: 0,
+            frames: Arc::new(Semaphore::new(FRAMES_IN_FLIGHT_PER_PEER)),
+        });
+        if slots.count >= max {
             return None;
         }
-        *count += 1;
+        slots.count += 1;
         Some(StreamSlot {
             open: open.clone(),
             peer,
+            frames: slots.frames.clone(),
         })
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        let mut counts = lock(&self.open);
-        if let Some(count) = counts.get_mut(&self.peer) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.peer);
+        let mut slots = lock(&self.open);
+        if let Some(peer) = slots.get_mut(&self.peer) {
+            peer.count -= 1;
+            if peer.count == 0 {
+                slots.remove(&self.peer);
             }
         }
     }
@@ -217,15 +242,22 @@ async fn refuse_busy(mut stream: Stream, cx: &Context) {
 
 /// Serves one replicate stream: the request, then the entries asked for, then live ones until
 /// the peer closes the stream.
-async fn serve(peer: PeerId, stream: Stream, cx: &Context) -> Result<(), SessionEnd> {
+async fn serve(
+    peer: PeerId,
+    stream: Stream,
+    cx: &Context,
+    frames: &Semaphore,
+) -> Result<(), SessionEnd> {
     let (mut reader, mut writer) = stream.split();
     let mut buf = Vec::new();
     let request = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        read_frame(&mut reader, cx.max_frame(), &mut buf),
+        cx.frame_timeout(),
+        read_frame(&mut reader, MAX_REQUEST_BYTES, &mut buf, cx.frame_timeout()),
     );
     let Ok(read) = request.await else {
-        return Err(SessionEnd::Closed("no request in time".into()));
+        return Err(SessionEnd::Violation(Violation::TooSlow(
+            cx.frame_timeout(),
+        )));
     };
     if !read? {
         return Ok(());
@@ -254,16 +286,20 @@ async fn serve(peer: PeerId, stream: Stream, cx: &Context) -> Result<(), Session
     if let Some(have) = server.have(feed.length()) {
         write_message(&mut writer, &have, cx.max_frame()).await?;
     }
-    let max_frame = cx.max_frame();
+    let frame_timeout = cx.frame_timeout();
     // The client sends nothing after its request: the next frame read must be the end.
     let mut ended = Box::pin(async move {
         let mut buf = Vec::new();
-        read_frame(&mut reader, max_frame, &mut buf).await
+        read_frame(&mut reader, MAX_REQUEST_BYTES, &mut buf, frame_timeout).await
     });
     loop {
         let length = status.borrow_and_update().length;
         while let Some(range) = server.next_range(length) {
             let count = range.end - range.start;
+            let _permit = tokio::select! {
+                permit = frames.acquire() => permit.map_err(|_| SessionEnd::Closed("stopped".into()))?,
+                end = &mut ended => return client_end(end),
+            };
             let Some(frame) = server.data_frame(feed.proof(range)?) else {
                 if count == 1 {
                     return Err(SessionEnd::Local(multibee_feed::Error::InvalidArgument(
@@ -272,8 +308,10 @@ async fn serve(peer: PeerId, stream: Stream, cx: &Context) -> Result<(), Session
                 }
                 continue;
             };
+            // A peer that stops reading is cut off once a frame has waited this long.
+            let write = tokio::time::timeout(cx.frame_timeout(), write_frame(&mut writer, &frame));
             tokio::select! {
-                written = write_frame(&mut writer, &frame) => written?,
+                written = write => written.map_err(|_| SessionEnd::Violation(Violation::TooSlow(cx.frame_timeout())))??,
                 end = &mut ended => return client_end(end),
             }
             Counters::add(&cx.counters.sent, count);
@@ -340,11 +378,11 @@ async fn fetch_stream(
     let receive = async {
         let mut buf = Vec::new();
         loop {
-            let read = read_frame(&mut reader, cx.max_frame(), &mut buf);
+            let read = read_frame(&mut reader, cx.max_frame(), &mut buf, cx.frame_timeout());
             // The first answer must come in time: until it does, this stream holds the permit
             // that every other stream to the peer waits for.
             let read = match permit.is_some() {
-                true => tokio::time::timeout(REQUEST_TIMEOUT, read)
+                true => tokio::time::timeout(cx.frame_timeout(), read)
                     .await
                     .map_err(|_| SessionEnd::Closed("no answer in time".into()))?,
                 false => read.await,
@@ -438,13 +476,15 @@ pub(crate) async fn accept_announce(
                 tasks.spawn(async move {
                     let mut buf = Vec::new();
                     let read = tokio::time::timeout(
-                        REQUEST_TIMEOUT,
-                        read_frame(&mut stream, cx.max_frame(), &mut buf),
+                        cx.frame_timeout(),
+                        read_frame(&mut stream, cx.max_frame(), &mut buf, cx.frame_timeout()),
                     );
                     let message = match read.await {
                         Ok(Ok(true)) => protocol::receive_announce(&buf),
                         Ok(Err(ReadError::Frame(e))) => Err(e.into()),
-                        _ => return,
+                        Ok(Err(ReadError::Slow(waited))) => Err(Violation::TooSlow(waited)),
+                        Err(_) => Err(Violation::TooSlow(cx.frame_timeout())),
+                        Ok(Ok(false) | Err(ReadError::Io(_))) => return,
                     };
                     match message {
                         Ok(keys) => {

@@ -6,7 +6,6 @@ mod discovery;
 mod fork;
 mod fuzz_decode;
 mod limits;
-mod misbehaving;
 mod relay;
 mod replicate;
 mod restart;
