@@ -57,8 +57,24 @@ impl Node {
 
     /// Starts a node with exactly `args` and waits for its ready line.
     pub fn start_with(args: &[String]) -> Node {
-        let mut child = Command::new(node_binary())
-            .args(args)
+        let mut command = Command::new(node_binary());
+        command.args(args);
+        Node::spawn(command)
+    }
+
+    /// Starts a node in the network namespace `netns` (with `ip netns exec`, which becomes the
+    /// node's process) with exactly `args`, and waits for its ready line.
+    pub fn start_in_netns(netns: &str, args: &[String]) -> Node {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", netns])
+            .arg(node_binary())
+            .args(args);
+        Node::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Node {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
