@@ -87,24 +87,51 @@ fn torture(seed: u64, rounds: u64) {
     // Every write answered ok: key -> value (each key is written once).
     let mut acked: BTreeMap<String, Json> = BTreeMap::new();
     for round in 0..rounds {
-        let i = rng.below(N as u64) as usize;
-        let node = nodes[i].as_mut().unwrap();
-        for j in 0..1 + rng.below(4) {
-            let key = format!("n{i}-r{round}-{j}");
-            let value = json!({"round": round, "j": j, "by": i});
-            node.ok(&format!("put {key} {value}"));
-            acked.insert(key, value);
-        }
-        if rng.below(3) == 0 {
-            // SIGKILL a random node, half the time right after sending it a write it may not
-            // have answered.
-            let victim = rng.below(N as u64) as usize;
-            let mut node = nodes[victim].take().unwrap();
-            if rng.below(2) == 0 {
-                let key = format!("n{victim}-r{round}-unacked");
-                let _ = node.send(&format!("put {key} {{\"maybe\":true}}"));
+        // Some nodes write at the same time (one thread each) while, a third of the rounds, a
+        // victim is SIGKILLed in the middle of it, half the time right after it was sent a
+        // write it may not have answered.
+        let victim = (rng.below(3) == 0).then(|| rng.below(N as u64) as usize);
+        let writes: Vec<u64> = (0..N)
+            .map(|i| match Some(i) == victim || rng.below(2) == 0 {
+                true => 0,
+                false => 1 + rng.below(4),
+            })
+            .collect();
+        let unacked = victim.map(|_| rng.below(2) == 0);
+        let written: Vec<(String, Json)> = std::thread::scope(|scope| {
+            let mut writers = Vec::new();
+            let mut doomed = None;
+            for (i, slot) in nodes.iter_mut().enumerate() {
+                if Some(i) == victim {
+                    doomed = slot.take();
+                    continue;
+                }
+                let node = slot.as_mut().unwrap();
+                let count = writes[i];
+                writers.push(scope.spawn(move || {
+                    (0..count)
+                        .map(|j| {
+                            let key = format!("n{i}-r{round}-{j}");
+                            let value = json!({"round": round, "j": j, "by": i});
+                            node.ok(&format!("put {key} {value}"));
+                            (key, value)
+                        })
+                        .collect::<Vec<_>>()
+                }));
             }
-            node.kill();
+            if let (Some(i), Some(mut node)) = (victim, doomed) {
+                if unacked == Some(true) {
+                    let _ = node.send(&format!("put n{i}-r{round}-unacked {{\"maybe\":true}}"));
+                }
+                node.kill();
+            }
+            writers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        acked.extend(written);
+        if let Some(victim) = victim {
             let restarted = start(dirs[victim].path(), &nodes, &[]);
             nodes[victim] = Some(restarted);
         }
@@ -157,7 +184,41 @@ fn torture(seed: u64, rounds: u64) {
         hashes.iter().all(|h| *h == hashes[0]),
         "stores differ: {hashes:?}"
     );
+
+    // The merged store rebuilt from the diff feeds alone: a fresh peer that merges every
+    // writer's whole feed reaches the same state.
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let mut fresh = start(fresh_dir.path(), &nodes, &keys);
+    for (j, key) in keys.iter().enumerate() {
+        fresh.wait_merged(key, lengths[j]);
+    }
+    assert_eq!(
+        fresh.ok("status")["state_hash"],
+        hashes[0],
+        "a rebuilt store differs"
+    );
+    fresh.stop();
     for node in nodes.into_iter().flatten() {
         node.stop();
+    }
+
+    // Every store's index equals one rebuilt from its store feed.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for dir in &dirs {
+        runtime.block_on(async {
+            let mb = multibee::MultiBee::open(dir.path()).await.unwrap();
+            let indexed = mb.state_hash().unwrap();
+            let version = mb.store_bee().version().unwrap();
+            mb.store_bee().rebuild().await.unwrap();
+            assert_eq!(
+                mb.state_hash().unwrap(),
+                indexed,
+                "{}",
+                dir.path().display()
+            );
+            assert_eq!(mb.store_bee().version().unwrap(), version);
+            assert_eq!(json!(hex::encode(indexed)), hashes[0]);
+            mb.close().await;
+        });
     }
 }
