@@ -1,0 +1,257 @@
+//! Sustained load: four served peers in one process, connected in a full mesh over loopback
+//! TCP, each writing single durable puts as fast as it can while replicating and merging the
+//! other three. Reports writes/s per peer, replication lag (a put committed on one peer to the
+//! change in another peer's live `changes()`), the process's resident memory every second
+//! (flat: no growth beyond 10% after the first 10 s), and, as the baseline in the same run, one
+//! peer writing alone without the network.
+//!
+//! `cargo bench -p multibee --bench load [-- SECONDS] [relaxed]` (default 60 s, durable).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use multibee::{ChangesOptions, Config, MultiBee, Options, Served, SyncMode, Value, serve};
+
+const PEERS: usize = 4;
+/// redb's page cache per peer (its default of 1 GiB per database would read as growth).
+const CACHE_BYTES: usize = 8 << 20;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let seconds = args
+        .iter()
+        .find_map(|a| a.parse::<u64>().ok())
+        .unwrap_or(60);
+    let sync = match args.iter().any(|a| a == "relaxed") {
+        true => SyncMode::Relaxed,
+        false => SyncMode::Durable,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let alone = baseline(sync, seconds.min(10)).await;
+        println!("baseline: one peer alone, no network: {alone:.0} puts/s ({sync:?})");
+        load(sync, seconds).await;
+    });
+}
+
+fn options(sync: SyncMode) -> Options {
+    Options::default().sync(sync).cache_bytes(CACHE_BYTES)
+}
+
+/// Microseconds since the epoch: the peers share this machine's clock.
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// A 100-byte value that carries the moment it was written.
+fn stamped() -> Value {
+    let mut bytes = vec![0u8; 100];
+    bytes[..8].copy_from_slice(&now_us().to_le_bytes());
+    Value::Bytes(bytes)
+}
+
+async fn baseline(sync: SyncMode, seconds: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let mb = MultiBee::open_with(dir.path(), options(sync))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        mb.put(format!("alone/{n:010}"), stamped()).await.unwrap();
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    mb.close().await;
+    rate
+}
+
+/// Resident memory of this process, from /proc.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+async fn load(sync: SyncMode, seconds: u64) {
+    let dirs: Vec<_> = (0..PEERS).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut peers: Vec<(MultiBee, Served)> = Vec::new();
+    for dir in &dirs {
+        let mb = MultiBee::open_with(dir.path(), options(sync))
+            .await
+            .unwrap();
+        let served = serve(&mb, Config::loopback().kademlia(false))
+            .await
+            .unwrap();
+        peers.push((mb, served));
+    }
+    for (i, (_, served)) in peers.iter().enumerate() {
+        for (j, (other, _)) in peers.iter().enumerate() {
+            if i != j {
+                served.add_peer(other.diff_key()).await.unwrap();
+            }
+        }
+    }
+    for i in 0..PEERS {
+        for j in i + 1..PEERS {
+            let addr = peers[j].1.listen_addrs().await.unwrap();
+            let tcp = addr
+                .into_iter()
+                .find(|a| a.to_string().contains("/tcp/"))
+                .unwrap();
+            peers[i].1.dial(tcp).await.unwrap();
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let written: Arc<Vec<AtomicU64>> = Arc::new((0..PEERS).map(|_| AtomicU64::new(0)).collect());
+    let seen: Arc<Vec<AtomicU64>> = Arc::new((0..PEERS).map(|_| AtomicU64::new(0)).collect());
+
+    // Observers: every remote change seen, with its lag, until told to stop.
+    let (done, finished) = tokio::sync::watch::channel(false);
+    let mut observers = Vec::new();
+    for (i, (mb, _)) in peers.iter().enumerate() {
+        let own = format!("p{i}/").into_bytes();
+        let mut changes = mb
+            .changes(ChangesOptions {
+                live: true,
+                ..Default::default()
+            })
+            .unwrap();
+        let seen = seen.clone();
+        let mut finished = finished.clone();
+        observers.push(tokio::spawn(async move {
+            let mut lags = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+            loop {
+                let change = tokio::select! {
+                    change = changes.next() => change,
+                    _ = finished.wait_for(|f| *f) => break,
+                };
+                let Some(change) = change else { break };
+                let change = change.unwrap();
+                if change.key.starts_with(&own) {
+                    continue;
+                }
+                if let Some(Value::Bytes(bytes)) = &change.value {
+                    let at = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+                    lags.saturating_record(now_us().saturating_sub(at).max(1));
+                }
+                seen[i].fetch_add(1, Ordering::Relaxed);
+            }
+            lags
+        }));
+    }
+    // Writers.
+    let start = Instant::now();
+    let mut writers = Vec::new();
+    for (i, (mb, _)) in peers.iter().enumerate() {
+        let (mb, stop, written) = (mb.clone(), stop.clone(), written.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                mb.put(format!("p{i}/{n:010}"), stamped()).await.unwrap();
+                n += 1;
+                written[i].store(n, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Memory, once a second.
+    let mut rss = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    for second in 1..=seconds {
+        ticker.tick().await;
+        rss.push(rss_bytes());
+        let total: u64 = written.iter().map(|w| w.load(Ordering::Relaxed)).sum();
+        let behind: u64 = (0..PEERS)
+            .map(|i| {
+                let others = total - written[i].load(Ordering::Relaxed);
+                others.saturating_sub(seen[i].load(Ordering::Relaxed))
+            })
+            .sum();
+        eprintln!(
+            "{second:>3} s: {total} puts, {behind} remote changes not yet seen, rss {} MiB",
+            rss.last().unwrap() >> 20
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let counts: Vec<u64> = written.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+    let total: u64 = counts.iter().sum();
+    // Drain: every peer sees every other peer's writes.
+    let drain = Instant::now();
+    let drained = tokio::time::timeout(Duration::from_secs(600), async {
+        loop {
+            let done = (0..PEERS).all(|i| seen[i].load(Ordering::Relaxed) >= total - counts[i]);
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let drain = drain.elapsed();
+    let mut lags = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+    done.send(true).unwrap();
+    for o in observers {
+        lags.add(o.await.unwrap()).unwrap();
+    }
+    for (mb, served) in peers {
+        served.shutdown().await;
+        mb.close().await;
+    }
+
+    println!(
+        "load: {PEERS} peers, {seconds} s, {sync:?} single puts of 100 B, full mesh over loopback TCP"
+    );
+    for (i, c) in counts.iter().enumerate() {
+        println!("  peer {i}: {c} puts, {:.0} puts/s", *c as f64 / elapsed);
+    }
+    println!(
+        "  all peers: {:.0} puts/s; every peer merged the others' {} puts",
+        total as f64 / elapsed,
+        total - counts.iter().min().unwrap()
+    );
+    match drained {
+        Ok(()) => println!(
+            "  caught up {:.2} s after the writers stopped",
+            drain.as_secs_f64()
+        ),
+        Err(_) => println!("  NOT caught up 600 s after the writers stopped"),
+    }
+    let ms = |q: f64| lags.value_at_quantile(q) as f64 / 1e3;
+    println!(
+        "  replication lag (commit on one peer -> change in another's changes()): p50 {:.1} ms, \
+         p99 {:.1} ms, max {:.1} ms over {} changes",
+        ms(0.5),
+        ms(0.99),
+        lags.max() as f64 / 1e3,
+        lags.len()
+    );
+    let settled = rss.get(9).copied().unwrap_or(0).max(1);
+    let peak_after = rss.iter().skip(10).copied().max().unwrap_or(settled);
+    println!(
+        "  resident memory of the process (4 peers): at 10 s {} MiB, peak after {} MiB ({:+.1}%), \
+         peak overall {} MiB",
+        settled >> 20,
+        peak_after >> 20,
+        (peak_after as f64 / settled as f64 - 1.0) * 100.0,
+        rss.iter().max().copied().unwrap_or(0) >> 20
+    );
+}
