@@ -308,7 +308,7 @@ fn scenarios(m: &Material) -> Vec<Scenario> {
             rejected(is_invalid),
         ),
         scenario(
-            "entries starting at 2^64 - 1",
+            "entries starting at 2^64 - 2",
             serve(answer(vec![hello(), ok(at_the_end)])),
             rejected(out_of_order),
         ),
