@@ -34,8 +34,9 @@ pub struct Config {
     pub pipeline_depth: usize,
     /// How long a connection without streams stays open.
     pub idle_timeout: Duration,
-    /// How long a frame may take to arrive once its first byte did, and a peer to send its
-    /// request on a stream it opened: a peer slower than this is rejected (slowloris).
+    /// How long each 64 KiB of a begun frame (or the rest of it, if less) may take to move,
+    /// read or written, and a peer to send its request on a stream it opened: a peer slower
+    /// than this is rejected (a slowloris, or a reader that stopped reading).
     pub frame_timeout: Duration,
     /// How often wanted feeds are asked for again from connected peers that are not serving
     /// them (a stream that ended, a peer that did not hold the feed yet) and looked up in the

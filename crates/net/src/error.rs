@@ -64,9 +64,9 @@ pub enum Violation {
     /// proof, over a limit, or proof that the writer equivocated).
     #[error("invalid entries: {0}")]
     Invalid(VerifyError),
-    /// A frame that had begun, or a request on a new stream, did not arrive within the
-    /// configured [`crate::Config::frame_timeout`] (a slowloris).
-    #[error("too slow: a frame took longer than {0:?}")]
+    /// A frame that had begun stopped moving, or a request on a new stream did not come,
+    /// within [`crate::Config::frame_timeout`] (a slowloris, or a reader that stopped reading).
+    #[error("too slow: no progress for {0:?}")]
     TooSlow(std::time::Duration),
     /// An announcement of more feeds than allowed.
     #[error("announcement of {0} feeds is over the limit")]

@@ -7,68 +7,87 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::error::FrameError;
 use crate::wire::{self, Message, PREFIX_BYTES};
 
-/// Reading a frame failed.
+/// Moving a frame failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ReadError {
+pub(crate) enum StreamError {
     /// The stream failed or ended inside a frame.
     #[error("stream error: {0}")]
     Io(#[from] std::io::Error),
-    /// The prefix announced a frame over the limit.
+    /// The prefix announced a frame over the limit, or a message could not be encoded.
     #[error(transparent)]
     Frame(#[from] FrameError),
-    /// A frame that had begun did not arrive whole within the deadline.
-    #[error("a frame took longer than {0:?} to arrive")]
+    /// A frame that had begun did not move on within the deadline.
+    #[error("a frame made no progress for {0:?}")]
     Slow(Duration),
 }
+
+/// How much of a begun frame must move, in either direction, within the frame deadline: a
+/// peer on a slow link passes if it moves this much per deadline (2 KiB/s with the default
+/// 30 s), a slowloris or a peer that stopped reading does not.
+pub(crate) const PROGRESS_BYTES: usize = 64 << 10;
 
 /// Reads one frame body into `buf`; `Ok(false)` on a clean end of stream between frames.
 ///
 /// Waiting for a frame to begin has no deadline (a live stream may be quiet for hours), but
-/// once its first byte arrived the rest must arrive within `deadline`. The body buffer grows as
-/// bytes arrive, never ahead of them: a prefix that claims a large frame costs nothing until
-/// the bytes are sent.
+/// once its first byte arrived, each further [`PROGRESS_BYTES`] of it (or the rest, if less)
+/// must arrive within `deadline`. The body buffer grows as bytes arrive, never ahead of them:
+/// a prefix that claims a large frame costs nothing until the bytes are sent.
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_frame_bytes: usize,
     buf: &mut Vec<u8>,
     deadline: Duration,
-) -> Result<bool, ReadError> {
+) -> Result<bool, StreamError> {
     let mut prefix = [0u8; PREFIX_BYTES];
     if reader.read(&mut prefix[..1]).await? == 0 {
         return Ok(false);
     }
-    let rest = async {
-        reader.read_exact(&mut prefix[1..]).await?;
-        let length = wire::body_length(prefix, max_frame_bytes)?;
-        buf.clear();
-        let read = reader.take(length as u64).read_to_end(buf).await?;
-        if read < length {
+    in_time(deadline, reader.read_exact(&mut prefix[1..])).await?;
+    let length = wire::body_length(prefix, max_frame_bytes)?;
+    buf.clear();
+    while buf.len() < length {
+        let chunk = (length - buf.len()).min(PROGRESS_BYTES) as u64;
+        let read = in_time(deadline, reader.take(chunk).read_to_end(buf)).await?;
+        if read == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
-        Ok(true)
-    };
-    tokio::time::timeout(deadline, rest)
-        .await
-        .map_err(|_| ReadError::Slow(deadline))?
+    }
+    Ok(true)
 }
 
-/// Writes one whole frame (prefix included) and flushes it.
+/// Writes one whole frame (prefix included) and flushes it, each [`PROGRESS_BYTES`] of it
+/// within `deadline`.
 pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
     writer: &mut W,
     frame: &[u8],
-) -> std::io::Result<()> {
-    writer.write_all(frame).await?;
-    writer.flush().await
+    deadline: Duration,
+) -> Result<(), StreamError> {
+    for chunk in frame.chunks(PROGRESS_BYTES) {
+        in_time(deadline, writer.write_all(chunk)).await?;
+    }
+    in_time(deadline, writer.flush()).await
 }
 
-/// Encodes and writes one message.
+/// Runs one IO step, failing as [`StreamError::Slow`] if it takes longer than `deadline`.
+async fn in_time<T>(
+    deadline: Duration,
+    step: impl Future<Output = std::io::Result<T>>,
+) -> Result<T, StreamError> {
+    match tokio::time::timeout(deadline, step).await {
+        Ok(done) => Ok(done?),
+        Err(_) => Err(StreamError::Slow(deadline)),
+    }
+}
+
+/// Encodes and writes one message, like [`write_frame`].
 pub(crate) async fn write_message<W: AsyncWrite + Unpin>(
     writer: &mut W,
     message: &Message,
     max_frame_bytes: usize,
-) -> std::io::Result<()> {
-    let frame = wire::encode(message, max_frame_bytes).map_err(std::io::Error::other)?;
-    write_frame(writer, &frame).await
+    deadline: Duration,
+) -> Result<(), StreamError> {
+    let frame = wire::encode(message, max_frame_bytes)?;
+    write_frame(writer, &frame, deadline).await
 }
 
 #[cfg(test)]
@@ -120,7 +139,7 @@ mod tests {
                 PATIENCE,
             )
             .await;
-            assert!(matches!(read, Err(ReadError::Io(_))), "cut at {cut}");
+            assert!(matches!(read, Err(StreamError::Io(_))), "cut at {cut}");
         }
     }
 
@@ -133,7 +152,7 @@ mod tests {
         let read = read_frame(&mut reader, DEFAULT_MAX_FRAME_BYTES, &mut buf, PATIENCE).await;
         assert!(matches!(
             read,
-            Err(ReadError::Frame(FrameError::TooLarge { .. }))
+            Err(StreamError::Frame(FrameError::TooLarge { .. }))
         ));
         assert!(buf.capacity() < 1024, "nothing was allocated for the body");
     }
@@ -158,12 +177,61 @@ mod tests {
             deadline,
         )
         .await;
-        assert!(matches!(read, Err(ReadError::Slow(_))), "{read:?}");
+        assert!(matches!(read, Err(StreamError::Slow(_))), "{read:?}");
         assert!(
             buf.capacity() < 4096,
             "{} bytes held for 100 received",
             buf.capacity()
         );
+    }
+
+    /// A writer whose reader never reads: it takes `room` bytes, then nothing.
+    struct Stalled {
+        room: usize,
+    }
+
+    impl futures::AsyncWrite for Stalled {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            match self.room.min(buf.len()) {
+                0 => std::task::Poll::Pending,
+                n => {
+                    self.room -= n;
+                    std::task::Poll::Ready(Ok(n))
+                }
+            }
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_the_reader_stops_taking_fails_as_slow() {
+        let frame = vec![0u8; 3 * PROGRESS_BYTES];
+        let mut roomy = Stalled { room: frame.len() };
+        write_frame(&mut roomy, &frame, Duration::from_millis(50))
+            .await
+            .unwrap();
+        let mut stalled = Stalled {
+            room: PROGRESS_BYTES + 10,
+        };
+        let written = write_frame(&mut stalled, &frame, Duration::from_millis(50)).await;
+        assert!(matches!(written, Err(StreamError::Slow(_))), "{written:?}");
     }
 
     #[tokio::test]

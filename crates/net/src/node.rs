@@ -441,10 +441,14 @@ impl EventLoop {
     }
 
     fn announce_to(&mut self, peer: PeerId, keys: Vec<DiscoveryKey>) {
-        let max_frame = self.cx.config.limits.max_frame_bytes;
         let (control, opener) = (self.control.clone(), self.opener(peer));
-        self.tasks
-            .spawn(session::announce(control, peer, keys, max_frame, opener));
+        self.tasks.spawn(session::announce(
+            control,
+            peer,
+            keys,
+            self.cx.clone(),
+            opener,
+        ));
     }
 
     fn opener(&mut self, peer: PeerId) -> Arc<Semaphore> {

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::error::{ReceiveError, Violation};
 use crate::event::{Counters, Event};
-use crate::io::{ReadError, read_frame, write_frame, write_message};
+use crate::io::{StreamError, read_frame, write_frame, write_message};
 use crate::protocol::{self, Client, ClientAction, Server, ServerAction};
 use crate::wire::{ANNOUNCE_PROTOCOL, REPLICATE_PROTOCOL, Refusal};
 
@@ -110,12 +110,12 @@ pub(crate) enum SessionEnd {
     Local(multibee_feed::Error),
 }
 
-impl From<ReadError> for SessionEnd {
-    fn from(e: ReadError) -> Self {
+impl From<StreamError> for SessionEnd {
+    fn from(e: StreamError) -> Self {
         match e {
-            ReadError::Io(e) => SessionEnd::Closed(e.to_string()),
-            ReadError::Frame(e) => SessionEnd::Violation(e.into()),
-            ReadError::Slow(waited) => SessionEnd::Violation(Violation::TooSlow(waited)),
+            StreamError::Io(e) => SessionEnd::Closed(e.to_string()),
+            StreamError::Frame(e) => SessionEnd::Violation(e.into()),
+            StreamError::Slow(waited) => SessionEnd::Violation(Violation::TooSlow(waited)),
         }
     }
 }
@@ -236,7 +236,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 async fn refuse_busy(mut stream: Stream, cx: &Context) {
-    let _ = write_message(&mut stream, &Server::busy(), cx.max_frame()).await;
+    let _ = write_message(
+        &mut stream,
+        &Server::busy(),
+        cx.max_frame(),
+        cx.frame_timeout(),
+    )
+    .await;
     let _ = stream.close().await;
 }
 
@@ -272,7 +278,7 @@ async fn serve(
     });
     let key = match action.map_err(SessionEnd::Violation)? {
         ServerAction::Refuse(message) => {
-            write_message(&mut writer, &message, cx.max_frame()).await?;
+            write_message(&mut writer, &message, cx.max_frame(), cx.frame_timeout()).await?;
             writer.close().await?;
             return Ok(());
         }
@@ -284,7 +290,7 @@ async fn serve(
         .ok_or(SessionEnd::Local(multibee_feed::Error::UnknownFeed(key)))?;
     let mut status = feed.subscribe();
     if let Some(have) = server.have(feed.length()) {
-        write_message(&mut writer, &have, cx.max_frame()).await?;
+        write_message(&mut writer, &have, cx.max_frame(), cx.frame_timeout()).await?;
     }
     let frame_timeout = cx.frame_timeout();
     // The client sends nothing after its request: the next frame read must be the end.
@@ -308,10 +314,9 @@ async fn serve(
                 }
                 continue;
             };
-            // A peer that stops reading is cut off once a frame has waited this long.
-            let write = tokio::time::timeout(cx.frame_timeout(), write_frame(&mut writer, &frame));
+            // A peer that stops reading is cut off once the frame stops moving.
             tokio::select! {
-                written = write => written.map_err(|_| SessionEnd::Violation(Violation::TooSlow(cx.frame_timeout())))??,
+                written = write_frame(&mut writer, &frame, cx.frame_timeout()) => written?,
                 end = &mut ended => return client_end(end),
             }
             Counters::add(&cx.counters.sent, count);
@@ -324,7 +329,7 @@ async fn serve(
 }
 
 /// What the client's side of a served stream did after its request.
-fn client_end(read: Result<bool, ReadError>) -> Result<(), SessionEnd> {
+fn client_end(read: Result<bool, StreamError>) -> Result<(), SessionEnd> {
     match read? {
         false => Ok(()),
         true => Err(SessionEnd::Violation(Violation::Unexpected {
@@ -371,7 +376,14 @@ async fn fetch_stream(
     };
     let (mut reader, mut writer) = stream.split();
     let mut client = Client::new(feed.key(), &cx.local.to_bytes(), &peer.to_bytes());
-    if let Err(e) = write_message(&mut writer, &client.want(feed.length()), cx.max_frame()).await {
+    if let Err(e) = write_message(
+        &mut writer,
+        &client.want(feed.length()),
+        cx.max_frame(),
+        cx.frame_timeout(),
+    )
+    .await
+    {
         return e.into();
     }
     let (batches, mut to_store) = mpsc::channel::<VerifiedBatch>(cx.config.pipeline_depth.max(1));
@@ -436,7 +448,7 @@ pub(crate) async fn announce(
     mut control: Control,
     peer: PeerId,
     keys: Vec<DiscoveryKey>,
-    max_frame: usize,
+    cx: Arc<Context>,
     opener: Arc<Semaphore>,
 ) {
     let sent = async {
@@ -448,8 +460,9 @@ pub(crate) async fn announce(
             .open_stream(peer, announce_protocol())
             .await
             .map_err(std::io::Error::other)?;
-        write_message(&mut stream, &protocol::announce(keys), max_frame).await?;
-        stream.close().await
+        let message = protocol::announce(keys);
+        write_message(&mut stream, &message, cx.max_frame(), cx.frame_timeout()).await?;
+        Ok::<(), StreamError>(stream.close().await?)
     };
     if let Err(e) = sent.await {
         tracing::debug!(%peer, %e, "announcing failed");
@@ -481,10 +494,10 @@ pub(crate) async fn accept_announce(
                     );
                     let message = match read.await {
                         Ok(Ok(true)) => protocol::receive_announce(&buf),
-                        Ok(Err(ReadError::Frame(e))) => Err(e.into()),
-                        Ok(Err(ReadError::Slow(waited))) => Err(Violation::TooSlow(waited)),
+                        Ok(Err(StreamError::Frame(e))) => Err(e.into()),
+                        Ok(Err(StreamError::Slow(waited))) => Err(Violation::TooSlow(waited)),
                         Err(_) => Err(Violation::TooSlow(cx.frame_timeout())),
-                        Ok(Ok(false) | Err(ReadError::Io(_))) => return,
+                        Ok(Ok(false) | Err(StreamError::Io(_))) => return,
                     };
                     match message {
                         Ok(keys) => {
