@@ -3,8 +3,8 @@
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    Swarm, SwarmBuilder, allow_block_list, autonat, dcutr, identify, identity::Keypair, kad, mdns,
-    noise, ping, relay, tcp, yamux,
+    Swarm, SwarmBuilder, allow_block_list, autonat, connection_limits, dcutr, identify,
+    identity::Keypair, kad, mdns, noise, ping, relay, tcp, yamux,
 };
 
 use crate::config::Config;
@@ -15,9 +15,13 @@ const IDENTIFY_VERSION: &str = "/multibee/0.1.0";
 /// The Kademlia protocol of multibee's DHT (kept apart from the public IPFS DHT).
 const KAD_PROTOCOL: &str = "/multibee/kad/1.0.0";
 
+/// Connections to one peer at once (TCP, QUIC and relayed ones may coexist for a while).
+const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+
 /// Every behaviour a node runs.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    pub(crate) limits: connection_limits::Behaviour,
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) stream: libp2p_stream::Behaviour,
     pub(crate) identify: identify::Behaviour,
@@ -37,6 +41,10 @@ pub(crate) fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, Error> {
         .unwrap_or_else(Keypair::generate_ed25519);
     let mdns_on = config.mdns;
     let kad_on = config.kademlia;
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established_incoming(Some(config.max_incoming_connections))
+        .with_max_pending_incoming(Some(config.max_incoming_connections))
+        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER));
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -48,7 +56,11 @@ pub(crate) fn build_swarm(config: &Config) -> Result<Swarm<Behaviour>, Error> {
         .with_quic()
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| Error::transport("setting up the relay client", e))?
-        .with_behaviour(|key, relay| behaviour(key, relay, mdns_on, kad_on))
+        .with_behaviour(|key, relay| {
+            let mut behaviour = behaviour(key, relay, mdns_on, kad_on)?;
+            behaviour.limits = connection_limits::Behaviour::new(limits);
+            Ok(behaviour)
+        })
         .map_err(|e| Error::transport("setting up the behaviours", e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         .build();
@@ -74,6 +86,7 @@ fn behaviour(
         kad
     });
     Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(Default::default()),
         blocked: Default::default(),
         stream: libp2p_stream::Behaviour::new(),
         identify: identify::Behaviour::new(identify::Config::new(

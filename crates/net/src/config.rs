@@ -30,6 +30,10 @@ pub struct Config {
     /// replicates from this node. Keep it below the transports' stream limits (QUIC: 256 per
     /// connection, Yamux: 512).
     pub max_streams_per_peer: usize,
+    /// The most connections other peers may have open to this node at once (and being set up
+    /// at once): peer identities cost nothing to make, so this is what bounds a crowd of them.
+    /// Connections this node dials do not count.
+    pub max_incoming_connections: u32,
     /// Batches received and verified but not yet stored, per stream (back-pressure beyond this).
     pub pipeline_depth: usize,
     /// How long a connection without streams stays open.
@@ -57,6 +61,7 @@ impl Default for Config {
             identity: None,
             limits: Limits::default(),
             max_streams_per_peer: 200,
+            max_incoming_connections: 256,
             pipeline_depth: 2,
             idle_timeout: Duration::from_secs(60),
             resync_interval: Duration::from_secs(30),

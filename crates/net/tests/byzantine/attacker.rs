@@ -63,11 +63,13 @@ impl Attacker {
         .await;
         if let Some(dial) = dial {
             swarm.dial(dial).unwrap();
+            // Connected, or turned away (a node at its connection limit closes at once).
             within(async {
                 loop {
-                    if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await
-                    {
-                        return;
+                    match swarm.select_next_some().await {
+                        SwarmEvent::ConnectionEstablished { .. }
+                        | SwarmEvent::OutgoingConnectionError { .. } => return,
+                        _ => {}
                     }
                 }
             })

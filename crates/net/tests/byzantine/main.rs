@@ -42,6 +42,9 @@ const HEAP_BOUND: usize = 48 << 20;
 /// How long a frame may take once begun: short, so that slowloris scenarios end quickly.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The honest node's connection limit: small, for the crowd scenario.
+const MAX_INCOMING: u32 = 16;
+
 /// Feeds the attacker draws on.
 struct Material {
     _dirs: Vec<TempDir>,
@@ -142,6 +145,8 @@ enum Request {
     NeverRead(usize),
     /// Sends these bytes on an announce stream.
     Announce(Vec<u8>),
+    /// This many more identities connect at once.
+    Crowd(usize),
 }
 
 enum Attack {
@@ -402,6 +407,11 @@ fn scenarios(m: &Material) -> Vec<Scenario> {
             rejected(|v| matches!(v, Violation::TooSlow(_))),
         ),
         scenario(
+            "a crowd of 100 identities connecting at once",
+            Attack::Request(Request::Crowd(100)),
+            Expect::Served,
+        ),
+        scenario(
             "announcement of too many feeds",
             Attack::Request(Request::Announce(announce_too_many)),
             rejected(|v| matches!(v, Violation::AnnounceTooLarge(_))),
@@ -423,6 +433,7 @@ struct Honest {
 async fn honest(m: &Material, held: u64) -> Honest {
     let mut settings = config().kademlia(false);
     settings.frame_timeout = FRAME_TIMEOUT;
+    settings.max_incoming_connections = MAX_INCOMING;
     let node = Peer::start(settings).await;
     let replica = node.node.handle().replicate(m.one.key()).await.unwrap();
     if held > 0 {
@@ -469,11 +480,19 @@ fn want(key: FeedKey, attacker: PeerId, honest: PeerId) -> Vec<u8> {
     frame(&client.want(0))
 }
 
-/// Carries out a request; returns the streams to keep open until the scenario ends.
-async fn request(request: &Request, a: &mut Attacker, h: &Honest) -> Vec<Stream> {
+/// What an attack keeps open until its scenario ends.
+#[derive(Default)]
+struct Held {
+    streams: Vec<Stream>,
+    crowd: Vec<Attacker>,
+}
+
+/// Carries out a request; returns what to keep open until the scenario ends.
+async fn request(request: &Request, a: &mut Attacker, h: &Honest) -> Held {
     let them = h.node.node.peer_id();
     let served = want(h.served.key(), a.id, them);
-    let mut kept = Vec::new();
+    let mut held = Held::default();
+    let kept = &mut held.streams;
     match request {
         Request::Raw(bytes) | Request::Announce(bytes) => {
             let protocol = match request {
@@ -534,8 +553,13 @@ async fn request(request: &Request, a: &mut Attacker, h: &Honest) -> Vec<Stream>
                 kept.push(stream);
             }
         }
+        Request::Crowd(n) => {
+            let addr = h.node.addr(Transport::Tcp).await;
+            let joining = (0..*n).map(|_| Attacker::start(None, Some(addr.clone())));
+            held.crowd = futures::future::join_all(joining).await;
+        }
     }
-    kept
+    held
 }
 
 /// Runs one scenario; returns what the honest node did, for the table.
@@ -557,7 +581,7 @@ async fn run(s: &Scenario, m: &Material) -> String {
                 .dial(attacker.addr.clone())
                 .await
                 .unwrap();
-            (attacker, Vec::new())
+            (attacker, Held::default())
         }
         Attack::Request(r) => {
             let addr = h.node.addr(Transport::Tcp).await;
@@ -588,7 +612,24 @@ async fn run(s: &Scenario, m: &Material) -> String {
             within(attacker.asked.wait_for(|n| *n >= 2)).await.unwrap();
             "stream dropped, asked again".to_string()
         }
-        Expect::Served => format!("served within its caps: {} streams answered", kept.len()),
+        Expect::Served => {
+            let connected = h.node.node.handle().connected_peers().await.unwrap().len();
+            assert!(
+                connected <= MAX_INCOMING as usize,
+                "{}: {connected} peers",
+                s.name
+            );
+            match kept.crowd.len() {
+                0 => format!(
+                    "served within its caps: {} streams answered",
+                    kept.streams.len()
+                ),
+                n => format!(
+                    "served within its caps: {connected} of {} peers connected",
+                    n + 2
+                ),
+            }
+        }
     };
     drop(kept);
 
