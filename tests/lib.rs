@@ -2,6 +2,7 @@
 //! End-to-end tests of multibee peers served over the network (loopback only).
 
 mod common;
+mod hostile_writer;
 mod netns;
 mod node;
 mod partition;

@@ -418,7 +418,7 @@ fn signed_length(record: &FeedRecord) -> u64 {
     record.head.as_ref().map_or(0, |h| h.length)
 }
 
-fn decode_u64(bytes: &[u8]) -> Result<u64> {
+pub(crate) fn decode_u64(bytes: &[u8]) -> Result<u64> {
     let array: [u8; 8] = bytes
         .try_into()
         .map_err(|_| Error::Corrupt("a counter is not 8 bytes".into()))?;
