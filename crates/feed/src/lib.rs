@@ -36,6 +36,7 @@
 
 pub mod crypto;
 mod error;
+pub mod faults;
 mod keys;
 mod nodes;
 pub mod proof;

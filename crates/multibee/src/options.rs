@@ -14,6 +14,9 @@ pub struct Options {
     pub sync: SyncMode,
     /// The most memory the database may use to cache pages (default: redb's, 1 GiB).
     pub cache_bytes: Option<usize>,
+    /// The storage under the database file (default: the file itself); see
+    /// [`multibee_feed::faults`] for one that injects I/O faults.
+    pub backend: Option<multibee_feed::Backend>,
     /// The physical clock under the HLC (default: the system clock).
     pub clock: Arc<dyn Clock>,
     /// How far ahead of the local clock a remote timestamp may be and still advance the HLC
@@ -35,6 +38,7 @@ impl Default for Options {
         Options {
             sync: SyncMode::Durable,
             cache_bytes: None,
+            backend: None,
             clock: Arc::new(SystemClock),
             max_drift_ms: 60_000,
             merge: Arc::new(LastWriterWins),
@@ -54,6 +58,12 @@ impl Options {
     /// Caps the database's page cache at `bytes`.
     pub fn cache_bytes(mut self, bytes: usize) -> Self {
         self.cache_bytes = Some(bytes);
+        self
+    }
+
+    /// Puts `backend` under the database file.
+    pub fn backend(mut self, backend: multibee_feed::Backend) -> Self {
+        self.backend = Some(backend);
         self
     }
 

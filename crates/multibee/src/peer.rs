@@ -73,6 +73,9 @@ impl MultiBee {
         if let Some(bytes) = options.cache_bytes {
             feed_options = feed_options.cache_bytes(bytes);
         }
+        if let Some(backend) = options.backend.clone() {
+            feed_options = feed_options.backend(backend);
+        }
         let store = Store::open_with(dir, feed_options)?;
         let (store_feed, diff_feed) = match read_meta(&store)? {
             Some((s, d)) => {
