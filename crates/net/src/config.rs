@@ -42,6 +42,9 @@ pub struct Config {
     /// read or written, and a peer to send its request on a stream it opened: a peer slower
     /// than this is rejected (a slowloris, or a reader that stopped reading).
     pub frame_timeout: Duration,
+    /// How long a peer rejected for being too slow stays blocked (default 10 minutes); peers
+    /// rejected for anything else stay blocked for the life of the node.
+    pub slow_peer_block: Duration,
     /// How often wanted feeds are asked for again from connected peers that are not serving
     /// them (a stream that ended, a peer that did not hold the feed yet) and looked up in the
     /// DHT when no peer serves them.
@@ -66,6 +69,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             resync_interval: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(30),
+            slow_peer_block: Duration::from_secs(600),
         }
     }
 }

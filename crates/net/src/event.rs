@@ -37,8 +37,9 @@ pub enum Event {
         /// The peer they came from.
         peer: PeerId,
     },
-    /// A peer broke the protocol: it was disconnected and is blocked for the life of the node;
-    /// nothing it sent in the offending message was stored.
+    /// A peer broke the protocol: it was disconnected and is blocked, for the life of the node
+    /// or, if it was only too slow, for [`crate::Config::slow_peer_block`]; nothing it sent in
+    /// the offending message was stored.
     PeerRejected {
         /// The peer.
         peer: PeerId,

@@ -519,6 +519,9 @@ impl EventLoop {
     fn on_internal(&mut self, message: Internal) {
         match message {
             Internal::Violation { peer, reason } => self.reject(peer, reason),
+            Internal::Unblock { peer } => {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
             Internal::Announced { peer, keys } => {
                 for dk in keys {
                     if !self.wanted.contains_key(&dk) {
@@ -533,10 +536,19 @@ impl EventLoop {
         }
     }
 
-    /// Disconnects a peer that broke the protocol and blocks it for the life of the node.
+    /// Disconnects a peer that broke the protocol and blocks it: for the life of the node, or
+    /// for [`Config::slow_peer_block`](crate::Config::slow_peer_block) if it was only too slow
+    /// (a bad link looks the same as a slowloris).
     fn reject(&mut self, peer: PeerId, reason: Violation) {
         tracing::warn!(%peer, %reason, "rejecting peer");
         self.swarm.behaviour_mut().blocked.block_peer(peer);
+        if let Violation::TooSlow(_) = reason {
+            let (internal, wait) = (self.cx.internal.clone(), self.cx.config.slow_peer_block);
+            self.tasks.spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = internal.send(Internal::Unblock { peer }).await;
+            });
+        }
         let _ = self.cx.events.send(Event::PeerRejected { peer, reason });
     }
 

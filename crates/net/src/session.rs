@@ -50,6 +50,8 @@ pub(crate) enum Internal {
         peer: PeerId,
         keys: Vec<DiscoveryKey>,
     },
+    /// A peer blocked for being too slow has served its time.
+    Unblock { peer: PeerId },
 }
 
 /// What every stream task shares.

@@ -10,3 +10,4 @@ mod relay;
 mod replicate;
 mod restart;
 mod topology;
+mod unblock;
