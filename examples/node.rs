@@ -407,7 +407,15 @@ async fn print_node_events(mut events: tokio::sync::broadcast::Receiver<NetEvent
 
 /// Prints what merging reports (future timestamps, invalid diffs, frozen writers).
 async fn print_db_events(mut events: tokio::sync::broadcast::Receiver<DbEvent>, out: Out) {
-    while let Ok(event) = events.recv().await {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "merge reports were dropped");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
         let line = match event {
             DbEvent::FutureTimestamp {
                 writer,
@@ -429,6 +437,8 @@ async fn print_db_events(mut events: tokio::sync::broadcast::Receiver<DbEvent>, 
             DbEvent::Merged { writer, merged } => {
                 json!({"event": "merged", "writer": writer.to_string(), "merged": merged})
             }
+            // Writers added and removed: the `writer` command answers those.
+            _ => continue,
         };
         out.send(line).await;
     }

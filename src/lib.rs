@@ -8,8 +8,8 @@
 //! stored by the node are merged in the background (with [`Options::auto_merge`], the default),
 //! so remote changes show up in [`MultiBee::changes`] and [`MultiBee::get`] as they arrive.
 //!
-//! Add writers through [`Served::add_peer`] (it counts the writer and replicates its feed) once
-//! a peer is served; writers added before are picked up by [`serve`].
+//! Writers counted before [`serve`] are replicated from the start; a writer counted later,
+//! through [`Served::add_peer`] or [`MultiBee::add_peer`] alike, is replicated from then on.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -79,18 +79,63 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// and every handle taken from it are dropped); the [`MultiBee`] stays open either way.
 pub async fn serve(mb: &MultiBee, config: Config) -> Result<Served> {
     let node = Node::start(mb.feed_store().clone(), config).await?;
-    let served = Served {
+    let handle = node.handle();
+    // Subscribed before the writers are listed, so that none added meanwhile is missed.
+    let events = mb.events();
+    handle.announce(mb.diff_key()).await?;
+    replicate_writers(mb, &handle).await?;
+    let follow = tokio::spawn(follow_writers(mb.clone(), handle, events));
+    Ok(Served {
         mb: mb.clone(),
         node,
-    };
-    let handle = served.node.handle();
-    handle.announce(mb.diff_key()).await?;
+        _follow: AbortOnDrop(follow),
+    })
+}
+
+/// Replicates the diff feed of every active writer of `mb`.
+async fn replicate_writers(mb: &MultiBee, handle: &NodeHandle) -> Result<()> {
     for writer in mb.writers()? {
         if writer.state == WriterState::Active {
             handle.replicate(writer.key).await?;
         }
     }
-    Ok(served)
+    Ok(())
+}
+
+/// Replicates every writer `mb` counts from now on, until the node or the peer stops.
+async fn follow_writers(
+    mb: MultiBee,
+    handle: NodeHandle,
+    mut events: broadcast::Receiver<db::Event>,
+) {
+    loop {
+        let followed = match events.recv().await {
+            Ok(db::Event::WriterAdded { writer }) => handle
+                .replicate(writer)
+                .await
+                .map(drop)
+                .map_err(Error::from),
+            Ok(_) => Ok(()),
+            // Missed events: look at every writer again.
+            Err(broadcast::error::RecvError::Lagged(_)) => replicate_writers(&mb, &handle).await,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        match followed {
+            Ok(()) => {}
+            Err(Error::Net(multibee_net::Error::Stopped)) => return,
+            Err(e) => tracing::warn!(error = %e, "replicating a new writer failed"),
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A [`MultiBee`] served by a running [`net::Node`] (see [`serve`]).
@@ -98,6 +143,8 @@ pub async fn serve(mb: &MultiBee, config: Config) -> Result<Served> {
 pub struct Served {
     mb: MultiBee,
     node: Node,
+    /// Replicates writers added after `serve`.
+    _follow: AbortOnDrop,
 }
 
 impl Served {
@@ -135,9 +182,7 @@ impl Served {
     /// Starts counting the writer whose diff feed is `key` ([`MultiBee::add_peer`]) and
     /// replicates that feed live from every peer that has it.
     pub async fn add_peer(&self, key: FeedKey) -> Result<()> {
-        self.mb.add_peer(key).await?;
-        self.node.handle().replicate(key).await?;
-        Ok(())
+        Ok(self.mb.add_peer(key).await?)
     }
 
     /// Stops counting the writer `key` ([`MultiBee::remove_peer`]). The node keeps the feed it
@@ -162,6 +207,7 @@ impl Served {
     /// [`MultiBee`] stays open (close it with [`MultiBee::close`]); replicated diffs already
     /// stored are merged as usual.
     pub async fn shutdown(self) {
+        drop(self._follow);
         self.node.shutdown().await;
     }
 }

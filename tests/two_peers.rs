@@ -44,3 +44,17 @@ async fn writes_show_up_live_and_concurrent_edits_merge() {
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_counted_through_the_multibee_after_serving_is_replicated() {
+    let a = Peer::start().await;
+    let b = Peer::start().await;
+    b.connect(&a).await;
+    // Counted on the MultiBee itself, not through `Served`, after both are served.
+    b.mb.add_peer(a.key()).await.unwrap();
+    let doc = json(json!({"from": "a"}));
+    a.mb.put("doc", doc.clone()).await.unwrap();
+    wait_change(&b.mb, "doc", &doc).await;
+    b.stop().await;
+    a.stop().await;
+}

@@ -98,8 +98,10 @@ impl Options {
     }
 }
 
-/// Something a peer noticed while merging, reported through [`crate::MultiBee::events`].
+/// Something a peer noticed while merging, or a change to the writers it counts, reported
+/// through [`crate::MultiBee::events`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A diff's timestamp is further ahead of the local clock than `max_drift_ms`. It was
     /// merged in its place; the local clock did not follow it.
@@ -122,6 +124,17 @@ pub enum Event {
     },
     /// A writer was caught signing two histories: it is frozen and its diffs no longer count.
     WriterFrozen {
+        /// The writer.
+        writer: FeedKey,
+    },
+    /// A writer is counted ([`crate::MultiBee::add_peer`]): a network layer serving this peer
+    /// starts replicating its diff feed.
+    WriterAdded {
+        /// The writer.
+        writer: FeedKey,
+    },
+    /// A writer is no longer counted ([`crate::MultiBee::remove_peer`]).
+    WriterRemoved {
         /// The writer.
         writer: FeedKey,
     },

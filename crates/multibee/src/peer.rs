@@ -179,7 +179,8 @@ impl MultiBee {
         Ok(self.inner.store_bee.version()?)
     }
 
-    /// A receiver of what merging reports (future timestamps, invalid diffs, frozen writers).
+    /// A receiver of what merging reports (future timestamps, invalid diffs, frozen writers,
+    /// merged lengths) and of writers added and removed, from now on.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
     }
@@ -277,6 +278,7 @@ impl MultiBee {
             self.watch_writer(key);
             self.inner.wake.notify_one();
         }
+        self.report(vec![Event::WriterAdded { writer: key }]);
         Ok(())
     }
 
@@ -295,10 +297,11 @@ impl MultiBee {
                 Ok(true)
             })
             .await?;
-        match known {
-            true => Ok(()),
-            false => Err(Error::UnknownWriter(key)),
+        if !known {
+            return Err(Error::UnknownWriter(key));
         }
+        self.report(vec![Event::WriterRemoved { writer: key }]);
+        Ok(())
     }
 
     /// The writers this peer knows, in key order.
@@ -420,8 +423,10 @@ impl MultiBee {
     fn report(&self, events: Vec<Event>) {
         for event in events {
             match &event {
-                Event::Merged { .. } => {}
-                other => tracing::warn!(?other, "merge report"),
+                Event::FutureTimestamp { .. }
+                | Event::InvalidDiff { .. }
+                | Event::WriterFrozen { .. } => tracing::warn!(?event, "merge report"),
+                _ => tracing::debug!(?event, "peer event"),
             }
             // No receiver is not an error.
             let _ = self.inner.events.send(event);
