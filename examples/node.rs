@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Once listening it prints `{"event":"ready","peer_id":..,"diff_key":..,"listen":[..]}`. Then:
-//! `put KEY JSON`, `get KEY`, `del KEY`, `list [PREFIX]`, `writer add KEY`, `writer remove KEY`,
+//! `put KEY JSON`, `patch KEY JSON` (a JSON merge patch), `get KEY`, `del KEY`, `list [PREFIX]`, `writer add KEY`, `writer remove KEY`,
 //! `dial ADDR`, `conflicts KEY`, `history KEY`, `status`, `quit`. Answers carry `"ok"`; other
 //! lines carry `"event"` (a change to the merged store, a peer connected or rejected). End of
 //! input, SIGINT and SIGTERM shut it down cleanly. Logs go to stderr (`RUST_LOG`).
@@ -204,11 +204,16 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
     let rest = rest.trim();
     let mut fields = Fields::new();
     match verb {
-        "put" => {
-            let (key, doc) = rest.split_once(' ').ok_or("usage: put KEY JSON")?;
+        "put" | "patch" => {
+            let usage = format!("usage: {verb} KEY JSON");
+            let (key, doc) = rest.split_once(' ').ok_or(usage)?;
             let doc: Json = serde_json::from_str(doc.trim())
                 .map_err(|e| format!("the value is not JSON: {e}"))?;
-            let version = mb.put(key, doc).await.map_err(|e| e.to_string())?;
+            let written = match verb {
+                "put" => mb.put(key, doc).await,
+                _ => mb.patch(key, doc).await,
+            };
+            let version = written.map_err(|e| e.to_string())?;
             fields.insert("version".into(), json!(version));
         }
         "get" => {

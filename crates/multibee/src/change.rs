@@ -19,6 +19,48 @@ pub enum Change {
     Delete,
 }
 
+/// `target` with the JSON merge patch `patch` applied (RFC 7386): an object patch sets its
+/// fields, recursively for object values, and removes those it sets to `null`; any other
+/// patch replaces the value. Only the fields the patch names differ from `target`, so the
+/// change a patch makes ([`Change::between`]) touches only those paths.
+pub fn merge_patch(target: Option<&Value>, patch: &Json) -> Value {
+    match patch {
+        Json::Object(fields) => {
+            let mut doc = match target {
+                Some(Value::Json(Json::Object(map))) => map.clone(),
+                _ => Map::new(),
+            };
+            patch_object(&mut doc, fields);
+            Value::Json(Json::Object(doc))
+        }
+        other => Value::Json(other.clone()),
+    }
+}
+
+fn patch_object(doc: &mut Map<String, Json>, patch: &Map<String, Json>) {
+    for (name, value) in patch {
+        match value {
+            Json::Null => {
+                doc.remove(name);
+            }
+            Json::Object(inner) => {
+                let field = doc
+                    .entry(name.clone())
+                    .or_insert_with(|| Json::Object(Map::new()));
+                if !field.is_object() {
+                    *field = Json::Object(Map::new());
+                }
+                if let Json::Object(map) = field {
+                    patch_object(map, inner);
+                }
+            }
+            other => {
+                doc.insert(name.clone(), other.clone());
+            }
+        }
+    }
+}
+
 /// One field operation of [`Change::Fields`]; `path` is never empty.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum FieldOp {
@@ -186,6 +228,42 @@ mod tests {
 
     fn j(v: Json) -> Value {
         Value::Json(v)
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        let doc = j(json!({"a": "b", "c": {"d": "e", "f": "g"}, "keep": 0}));
+        let patched = merge_patch(Some(&doc), &json!({"a": "z", "c": {"f": null, "h": 1}}));
+        assert_eq!(
+            patched,
+            j(json!({"a": "z", "c": {"d": "e", "h": 1}, "keep": 0}))
+        );
+        // Objects are created along the way, and replace non-objects.
+        let patched = merge_patch(Some(&j(json!({"a": 1}))), &json!({"a": {"b": {"c": 2}}}));
+        assert_eq!(patched, j(json!({"a": {"b": {"c": 2}}})));
+        // Removing what is missing changes nothing; a non-object patch replaces the value.
+        assert_eq!(merge_patch(None, &json!({"x": null})), j(json!({})));
+        assert_eq!(merge_patch(Some(&doc), &json!([1, 2])), j(json!([1, 2])));
+        let bytes = Value::Bytes(vec![1]);
+        assert_eq!(
+            merge_patch(Some(&bytes), &json!({"x": 1})),
+            j(json!({"x": 1}))
+        );
+    }
+
+    #[test]
+    fn a_patch_changes_only_the_paths_it_names() {
+        let doc = j(json!({"title": "t", "tags": [], "meta": {"x": 1, "y": 2}}));
+        let patched = merge_patch(Some(&doc), &json!({"tags": ["a"], "meta": {"y": null}}));
+        let Some(Change::Fields(ops)) = Change::between(Some(&doc), Some(&patched)) else {
+            panic!("a field change");
+        };
+        let mut paths: Vec<Vec<String>> = ops.iter().map(|op| op.path().to_vec()).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            vec![vec!["meta".to_string(), "y".into()], vec!["tags".into()]]
+        );
     }
 
     #[test]

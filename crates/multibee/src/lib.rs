@@ -76,7 +76,7 @@ pub mod fuzzing {
     }
 }
 
-pub use change::{Change, FieldOp};
+pub use change::{Change, FieldOp, merge_patch};
 pub use changes::{Changes, ChangesOptions, Conflict, HistoryEntry, StoreChange};
 pub use diff::{DiffRecord, diff_key};
 pub use error::{Error, Result};

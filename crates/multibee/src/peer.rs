@@ -219,6 +219,17 @@ impl MultiBee {
             .await
     }
 
+    /// Applies the JSON merge patch `patch` (RFC 7386) to `key`'s current value: the fields it
+    /// names are set, `null` ones removed, objects patched recursively; fields it does not name
+    /// are left alone. Prefer it to `put` of a whole document read earlier: a `put` writes
+    /// every field that differs from the value at the time of the write, so it reverts fields
+    /// that another peer changed since the read; a patch touches only its own fields. A patch
+    /// that is not an object replaces the value. Returns the store version.
+    pub async fn patch(&self, key: impl AsRef<[u8]>, patch: serde_json::Value) -> Result<u64> {
+        self.batch(vec![BatchOp::Patch(key.as_ref().to_vec(), patch)])
+            .await
+    }
+
     /// Deletes `key` (a tombstone that replicates); returns the store version.
     pub async fn del(&self, key: impl AsRef<[u8]>) -> Result<u64> {
         self.batch(vec![BatchOp::Del(key.as_ref().to_vec())]).await

@@ -8,7 +8,7 @@ use multibee_bee::{BatchOp as BeeOp, Bee};
 use multibee_feed::{FeedKey, WriteTxn};
 use redb::{ReadableTable, WriteTransaction};
 
-use crate::change::Change;
+use crate::change::{Change, merge_patch};
 use crate::diff::{DiffRecord, diff_key};
 use crate::fold::{Added, Fold, Folded, Loaded, bee_error, corrupt, storage};
 use crate::hlc::{Clock, Hlc};
@@ -37,12 +37,15 @@ pub enum BatchOp {
     Put(Vec<u8>, Value),
     /// Deletes a key.
     Del(Vec<u8>),
+    /// Applies a JSON merge patch (RFC 7386) to a key's current value: see
+    /// [`crate::MultiBee::patch`].
+    Patch(Vec<u8>, serde_json::Value),
 }
 
 impl BatchOp {
     fn key(&self) -> &[u8] {
         match self {
-            BatchOp::Put(k, _) | BatchOp::Del(k) => k,
+            BatchOp::Put(k, _) | BatchOp::Del(k) | BatchOp::Patch(k, _) => k,
         }
     }
 }
@@ -92,9 +95,14 @@ impl Ctx<'_> {
             for op in ops {
                 let key = op.key();
                 let old = fold.state(key)?;
+                let patched;
                 let new = match op {
                     BatchOp::Put(_, v) => Some(v),
                     BatchOp::Del(_) => None,
+                    BatchOp::Patch(_, patch) => {
+                        patched = merge_patch(old.as_ref(), patch);
+                        Some(&patched)
+                    }
                 };
                 let Some(change) = Change::between(old.as_ref(), new) else {
                     continue;

@@ -20,6 +20,8 @@ enum Step {
         k: usize,
         doc: Option<Value>,
     },
+    /// Writer `w` applies a JSON merge patch to key `k`.
+    Patch { w: usize, k: usize, patch: Json },
     /// Writer `w`'s clock moves by `delta` ms (0: the same millisecond, negative: backwards).
     Tick { w: usize, delta: i64 },
     /// `to` receives up to `count` diffs of `writer` from `holder` (forwarding when `holder`
@@ -72,9 +74,20 @@ fn doc() -> impl Strategy<Value = Option<Value>> {
     ]
 }
 
+/// A merge patch: mostly objects whose fields are set, removed (`null`) or patched further.
+fn patch() -> impl Strategy<Value = Json> {
+    let field = prop_oneof![3 => field_value(), 1 => Just(Json::Null)];
+    prop_oneof![
+        6 => proptest::collection::btree_map(prop::sample::select(vec!["f", "g", "n"]), field, 0..3)
+            .prop_map(|m| Json::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+        1 => leaf(),
+    ]
+}
+
 fn step(n: usize) -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (0..n, 0..KEYS.len(), doc()).prop_map(|(w, k, doc)| Step::Write { w, k, doc }),
+        2 => (0..n, 0..KEYS.len(), patch()).prop_map(|(w, k, patch)| Step::Patch { w, k, patch }),
         2 => (0..n, -2..3i64).prop_map(|(w, delta)| Step::Tick { w, delta }),
         4 => (0..n, 0..n, 0..n, 1..6u64)
             .prop_map(|(holder, to, writer, count)| Step::Deliver { holder, to, writer, count }),
@@ -127,6 +140,9 @@ async fn play(n: usize, steps: &[Step]) -> Result<(), TestCaseError> {
                     Some(v) => mb.put(KEYS[*k], v.clone()).await.unwrap(),
                     None => mb.del(KEYS[*k]).await.unwrap(),
                 };
+            }
+            Step::Patch { w, k, patch } => {
+                peers[*w].mb.patch(KEYS[*k], patch.clone()).await.unwrap();
             }
             Step::Tick { w, delta } => peers[*w].clock.advance(*delta),
             Step::Deliver {

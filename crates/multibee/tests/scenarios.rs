@@ -858,3 +858,40 @@ fn diffs_stored_at_the_feed_level_are_merged_in_the_background() {
         b.close().await;
     });
 }
+
+#[test]
+fn a_patch_made_on_a_stale_read_keeps_fields_changed_elsewhere_where_a_put_reverts_them() {
+    run(async {
+        let peers = cluster(2).await;
+        let (a, b) = (&peers[0], &peers[1]);
+        let doc = json!({"title": "draft", "tags": [], "meta": {"x": 1, "y": 2}});
+        for key in ["patched", "put"] {
+            a.mb.put(key, doc.clone()).await.unwrap();
+        }
+        sync_all(&peers).await;
+        // B's application reads the documents; then A's new titles arrive.
+        let stale = b.json("put").unwrap();
+        for key in ["patched", "put"] {
+            a.mb.patch(key, json!({"title": "final"})).await.unwrap();
+        }
+        sync_all(&peers).await;
+        // B edits from what it read: a patch of the tags, and a put of the whole document.
+        b.mb.patch(
+            "patched",
+            json!({"tags": ["x"], "meta": {"y": null, "z": 3}}),
+        )
+        .await
+        .unwrap();
+        let mut whole = stale;
+        whole["tags"] = json!(["x"]);
+        b.mb.put("put", whole).await.unwrap();
+        sync_all(&peers).await;
+        for p in &peers {
+            let patched = json!({"title": "final", "tags": ["x"], "meta": {"x": 1, "z": 3}});
+            assert_eq!(p.json("patched"), Some(patched));
+            let reverted = json!({"title": "draft", "tags": ["x"], "meta": {"x": 1, "y": 2}});
+            assert_eq!(p.json("put"), Some(reverted));
+        }
+        converged(&peers);
+    });
+}
