@@ -200,7 +200,32 @@ impl FeedShared {
     }
 }
 
-pub(crate) type Registry = HashMap<FeedKey, Arc<FeedShared>>;
+/// The feeds held, by key and by discovery key (a peer names a feed by its discovery key, so
+/// that lookup must not cost a scan).
+#[derive(Default)]
+pub(crate) struct Registry {
+    feeds: HashMap<FeedKey, Arc<FeedShared>>,
+    discovery: HashMap<DiscoveryKey, FeedKey>,
+}
+
+impl Registry {
+    pub(crate) fn get(&self, key: &FeedKey) -> Option<&Arc<FeedShared>> {
+        self.feeds.get(key)
+    }
+
+    pub(crate) fn insert(&mut self, key: FeedKey, shared: Arc<FeedShared>) {
+        self.discovery.insert(shared.discovery, key);
+        self.feeds.insert(key, shared);
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &FeedKey> {
+        self.feeds.keys()
+    }
+
+    fn by_discovery(&self, discovery: &DiscoveryKey) -> Option<&Arc<FeedShared>> {
+        self.feeds.get(self.discovery.get(discovery)?)
+    }
+}
 
 struct Inner {
     dir: PathBuf,
@@ -351,11 +376,7 @@ impl Store {
 
     /// The feed whose discovery key this is, if held.
     pub fn feed_by_discovery_key(&self, discovery: &DiscoveryKey) -> Option<Feed> {
-        let registry = lock(&self.inner.registry);
-        let shared = registry
-            .values()
-            .find(|s| &s.discovery == discovery)?
-            .clone();
+        let shared = lock(&self.inner.registry).by_discovery(discovery)?.clone();
         Some(Feed {
             store: self.clone(),
             shared,
@@ -748,7 +769,7 @@ fn init_schema(db: &Database) -> Result<()> {
 fn load_registry(db: &Database) -> Result<Registry> {
     let txn = db.begin_read()?;
     let feeds = txn.open_table(FEEDS)?;
-    let mut registry = Registry::new();
+    let mut registry = Registry::default();
     for row in feeds.iter()? {
         let (key, value) = row?;
         let key = FeedKey(key.value());

@@ -211,3 +211,28 @@ fn a_store_with_a_tiny_page_cache_reads_back_what_it_wrote() {
         assert_eq!(back, entries);
     });
 }
+
+#[test]
+fn feeds_are_found_by_discovery_key_own_replicated_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (own, replica) = run(async {
+        let store = Store::open(dir.path()).unwrap();
+        let own = store.create_feed().await.unwrap().key();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let other = Store::open(elsewhere.path()).unwrap();
+        let replica = other.create_feed().await.unwrap().key();
+        store.replica(replica).await.unwrap();
+        for key in [own, replica] {
+            let found = store.feed_by_discovery_key(&key.discovery_key()).unwrap();
+            assert_eq!(found.key(), key);
+        }
+        (own, replica)
+    });
+    let store = Store::open(dir.path()).unwrap();
+    for key in [own, replica] {
+        let found = store.feed_by_discovery_key(&key.discovery_key()).unwrap();
+        assert_eq!(found.key(), key);
+    }
+    let unknown = FeedKey([7; 32]).discovery_key();
+    assert!(store.feed_by_discovery_key(&unknown).is_none());
+}
