@@ -1,10 +1,13 @@
 //! Partitions on real links: four node processes, each in its own network namespace, joined
 //! pairwise by veth links (a full mesh, one subnet per link). All of them write at once while
-//! connected; then the links between {0, 1} and {2, 3} are cut while the links left up are
-//! throttled with a token bucket (queueing delay and drops), and everyone writes again; then
-//! the links come back and every store must converge, with every acknowledged write present.
+//! connected; then, each round, the peers are split in two at random: the links across go down,
+//! the links left inside each side are throttled with a token bucket (queueing delay and drops)
+//! and everyone writes again; each side must converge alone and hold nothing of the other's
+//! writes; then the links come back and every store must converge, with every acknowledged
+//! write present.
 //!
-//! Needs root and iproute2 (`ip netns`); elsewhere it prints why it skipped and passes.
+//! `MULTIBEE_NETNS_ROUNDS` sets the rounds (default 2), `MULTIBEE_NETNS_SEED` replays the
+//! splits. Needs root and iproute2 (`ip netns`); elsewhere it prints why it skipped and passes.
 //! The kernel here has no `netem` qdisc, so delay and loss come from `tbf` (a slow link whose
 //! queue overflows); with the `nft` command present, 3% random loss is added on top.
 
@@ -14,6 +17,7 @@ use std::process::Command;
 use serde_json::{Value as Json, json};
 
 use crate::node::Node;
+use crate::torture::{Rng, env_u64};
 
 const PEERS: usize = 4;
 
@@ -189,15 +193,14 @@ fn dial_links(mesh: &Mesh, nodes: &mut [Node], group: &[usize]) {
     }
 }
 
-/// Every node of `nodes` (node `first` and those after it) writes `count` keys of its own and
-/// to five shared keys, all at once; returns the writes to its own keys, all answered ok.
-fn write_all(nodes: &mut [Node], first: usize, phase: &str, count: usize) -> Vec<(String, Json)> {
+/// Every node writes `count` keys of its own and to five shared keys, all at once; returns
+/// the writes to its own keys, all answered ok.
+fn write_all(nodes: &mut [Node], phase: &str, count: usize) -> Vec<(String, Json)> {
     std::thread::scope(|scope| {
         let writers: Vec<_> = nodes
             .iter_mut()
             .enumerate()
             .map(|(i, node)| {
-                let i = first + i;
                 scope.spawn(move || {
                     let mut acked = Vec::new();
                     for k in 0..count {
@@ -216,6 +219,15 @@ fn write_all(nodes: &mut [Node], first: usize, phase: &str, count: usize) -> Vec
             .flat_map(|w| w.join().unwrap())
             .collect()
     })
+}
+
+/// The writes among `written` made by a node of `group`.
+fn by(group: &[usize], written: &[(String, Json)]) -> Vec<(String, Json)> {
+    written
+        .iter()
+        .filter(|(_, v)| group.contains(&(v["by"].as_u64().unwrap() as usize)))
+        .cloned()
+        .collect()
 }
 
 /// Waits until every node of `group` merged every other member's whole diff feed; then their
@@ -296,62 +308,80 @@ fn partitioned_mesh_in_network_namespaces_converges_after_heal() {
 
     // Connected: everyone writes at once.
     dial_links(&mesh, &mut nodes, &everyone);
-    acked.extend(write_all(&mut nodes, 0, "connected", 15));
+    acked.extend(write_all(&mut nodes, "connected", 15));
     converge(&mut nodes, &everyone, &acked);
 
-    // Partitioned into {0, 1} and {2, 3}; the links inside each side are slow and lossy.
-    let (left, right) = ([0, 1], [2, 3]);
-    for a in left {
-        for b in right {
-            mesh.set(a, b, false);
+    let rounds = env_u64("MULTIBEE_NETNS_ROUNDS").unwrap_or(2);
+    let seed = env_u64("MULTIBEE_NETNS_SEED").unwrap_or_else(|| std::process::id() as u64 | 1);
+    println!("partition seed {seed} (MULTIBEE_NETNS_SEED={seed} replays it), {rounds} rounds");
+    let mut rng = Rng(seed);
+    for round in 0..rounds {
+        // A random split; the links across it go down, the links inside each side are
+        // throttled and (with nft) lossy.
+        let mut left: Vec<usize> = Vec::new();
+        while left.is_empty() || left.len() == PEERS {
+            let mask = rng.below(1 << PEERS);
+            left = (0..PEERS).filter(|i| mask & (1 << i) != 0).collect();
         }
-    }
-    mesh.throttle(0, 1, true);
-    mesh.throttle(2, 3, true);
-    let lossy = (0..PEERS).all(|i| mesh.lossy(i));
-    println!(
-        "partition: links between {{0,1}} and {{2,3}} down; 0-1 and 2-3 throttled (tbf 2 Mbit/s, \
-         50 ms queue){}",
+        let right: Vec<usize> = (0..PEERS).filter(|i| !left.contains(i)).collect();
+        let inside: Vec<(usize, usize)> = mesh
+            .links
+            .iter()
+            .map(|l| (l.ends[0], l.ends[1]))
+            .filter(|(a, b)| left.contains(a) == left.contains(b))
+            .collect();
+        for &a in &left {
+            for &b in &right {
+                mesh.set(a, b, false);
+            }
+        }
+        for &(a, b) in &inside {
+            mesh.throttle(a, b, true);
+        }
+        let lossy = (0..PEERS).all(|i| mesh.lossy(i));
+        println!(
+            "round {round}: {left:?} | {right:?}, links inside throttled (tbf 2 Mbit/s, 50 ms \
+             queue){}",
+            if lossy {
+                ", 3% loss (nft)"
+            } else {
+                "; no nft, so no random loss"
+            }
+        );
+        let written = write_all(&mut nodes, &format!("r{round}"), 10);
+        // Each side converges on its own, through its slow links...
+        for side in [&left, &right] {
+            let mut side_acked = acked.clone();
+            side_acked.extend(by(side, &written));
+            converge(&mut nodes, side, &side_acked);
+        }
+        // ... and the partition held: neither side has the other's writes.
+        let (l, r) = (left[0], right[0]);
+        assert_eq!(
+            nodes[l].ok(&format!("get n{r}-r{round}-0"))["value"],
+            Json::Null
+        );
+        assert_eq!(
+            nodes[r].ok(&format!("get n{l}-r{round}-0"))["value"],
+            Json::Null
+        );
+
+        // Healed: links up, throttles and loss lifted, every link dialed again.
+        for &a in &left {
+            for &b in &right {
+                mesh.set(a, b, true);
+            }
+        }
+        for &(a, b) in &inside {
+            mesh.throttle(a, b, false);
+        }
         if lossy {
-            ", 3% loss (nft)"
-        } else {
-            "; no nft, so no random loss"
+            (0..PEERS).for_each(|i| mesh.lossless(i));
         }
-    );
-    let (written_left, written_right) = {
-        let (l, r) = nodes.split_at_mut(2);
-        std::thread::scope(|scope| {
-            let left = scope.spawn(|| write_all(l, 0, "left", 20));
-            let right = write_all(r, 2, "right", 20);
-            (left.join().unwrap(), right)
-        })
-    };
-    // Each side converges on its own, through its slow links.
-    let mut left_acked = acked.clone();
-    left_acked.extend(written_left.iter().cloned());
-    converge(&mut nodes, &left, &left_acked);
-    let mut right_acked = acked.clone();
-    right_acked.extend(written_right.iter().cloned());
-    converge(&mut nodes, &right, &right_acked);
-    // ... and the partition held: neither side has the other's writes.
-    assert_eq!(nodes[0].ok("get n2-right-0")["value"], Json::Null);
-    assert_eq!(nodes[3].ok("get n1-left-0")["value"], Json::Null);
-
-    // Healed: links up, throttles lifted, every link dialed again.
-    for a in left {
-        for b in right {
-            mesh.set(a, b, true);
-        }
+        dial_links(&mesh, &mut nodes, &everyone);
+        acked.extend(written);
+        converge(&mut nodes, &everyone, &acked);
     }
-    mesh.throttle(0, 1, false);
-    mesh.throttle(2, 3, false);
-    if lossy {
-        (0..PEERS).for_each(|i| mesh.lossless(i));
-    }
-    dial_links(&mesh, &mut nodes, &everyone);
-    acked.extend(written_left);
-    acked.extend(written_right);
-    converge(&mut nodes, &everyone, &acked);
     for node in nodes {
         node.stop();
     }
