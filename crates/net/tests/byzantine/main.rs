@@ -39,8 +39,9 @@ static HEAP: &PeakMemAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 /// unread frame goes far beyond it.
 const HEAP_BOUND: usize = 48 << 20;
 
-/// How long a frame may take once begun: short, so that slowloris scenarios end quickly.
-const FRAME_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a frame may take once begun: short, so that slowloris scenarios end quickly, yet
+/// long enough that a loaded 2-core machine never stalls an honest frame that long.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The honest node's connection limit: small, for the crowd scenario.
 const MAX_INCOMING: u32 = 16;
@@ -500,17 +501,15 @@ async fn request(request: &Request, a: &mut Attacker, h: &Honest) -> Held {
                 _ => wire::REPLICATE_PROTOCOL,
             };
             let mut stream = a.open(them, protocol).await.unwrap();
-            stream.write_all(bytes).await.unwrap();
-            stream.flush().await.unwrap();
+            // The honest node may hang up before the last byte: that is its answer.
+            let _ = stream.write_all(bytes).await;
+            let _ = stream.flush().await;
             kept.push(stream);
         }
         Request::WantThen(bytes) => {
             let mut stream = a.open(them, wire::REPLICATE_PROTOCOL).await.unwrap();
-            stream
-                .write_all(&[&served[..], bytes].concat())
-                .await
-                .unwrap();
-            stream.flush().await.unwrap();
+            let _ = stream.write_all(&[&served[..], bytes].concat()).await;
+            let _ = stream.flush().await;
             kept.push(stream);
         }
         Request::SlowWant => {
