@@ -102,7 +102,8 @@ async fn replicate_writers(mb: &MultiBee, handle: &NodeHandle) -> Result<()> {
     Ok(())
 }
 
-/// Replicates every writer `mb` counts from now on, until the node or the peer stops.
+/// Replicates every writer `mb` counts from now on, and stops fetching writers it no longer
+/// counts, until the node or the peer stops.
 async fn follow_writers(
     mb: MultiBee,
     handle: NodeHandle,
@@ -115,6 +116,9 @@ async fn follow_writers(
                 .await
                 .map(drop)
                 .map_err(Error::from),
+            Ok(db::Event::WriterRemoved { writer }) => {
+                handle.stop_replicating(writer).await.map_err(Error::from)
+            }
             Ok(_) => Ok(()),
             // Missed events: look at every writer again.
             Err(broadcast::error::RecvError::Lagged(_)) => replicate_writers(&mb, &handle).await,
@@ -182,14 +186,21 @@ impl Served {
     /// Starts counting the writer whose diff feed is `key` ([`MultiBee::add_peer`]) and
     /// replicates that feed live from every peer that has it.
     pub async fn add_peer(&self, key: FeedKey) -> Result<()> {
-        Ok(self.mb.add_peer(key).await?)
+        self.mb.add_peer(key).await?;
+        // The node follows the peer's writers on its own; asking here as well means the
+        // replication has started when this returns.
+        self.node.handle().replicate(key).await?;
+        Ok(())
     }
 
-    /// Stops counting the writer `key` ([`MultiBee::remove_peer`]). The node keeps the feed it
-    /// already holds and goes on serving (and, until it restarts, fetching) it for peers that
-    /// still count that writer; the writer's diffs no longer count here.
+    /// Stops counting the writer `key` ([`MultiBee::remove_peer`], which a served peer follows
+    /// alike) and stops fetching its feed. The node keeps what it already holds of the feed and
+    /// goes on serving it to peers that still count that writer; its diffs no longer count here.
     pub async fn remove_peer(&self, key: FeedKey) -> Result<()> {
-        Ok(self.mb.remove_peer(key).await?)
+        self.mb.remove_peer(key).await?;
+        // As for `add_peer`: stopped when this returns, not only soon after.
+        self.node.handle().stop_replicating(key).await?;
+        Ok(())
     }
 
     /// A subscription to the node's events from now on.

@@ -58,3 +58,31 @@ async fn a_writer_counted_through_the_multibee_after_serving_is_replicated() {
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_writer_is_no_longer_fetched() {
+    let a = Peer::start().await;
+    let b = Peer::start().await;
+    b.served.add_peer(a.key()).await.unwrap();
+    b.connect(&a).await;
+    let first = json(json!(1));
+    a.mb.put("first", first.clone()).await.unwrap();
+    wait_change(&b.mb, "first", &first).await;
+
+    b.served.remove_peer(a.key()).await.unwrap();
+    let held = b.mb.feed_store().feed(&a.key()).unwrap().length();
+    a.mb.put("second", json(json!(2))).await.unwrap();
+    // A live push of "second" would come first on the connection: a feed A writes after it,
+    // replicated to B, shows what would have arrived by then.
+    let probe = a.mb.feed_store().create_feed().await.unwrap();
+    probe.append(b"after".to_vec()).await.unwrap();
+    let there = b.served.node().replicate(probe.key()).await.unwrap();
+    let mut status = there.subscribe();
+    crate::common::within(status.wait_for(|s| s.length >= 1))
+        .await
+        .unwrap();
+    assert_eq!(b.mb.feed_store().feed(&a.key()).unwrap().length(), held);
+    assert_eq!(b.mb.get("second").unwrap(), None);
+    b.stop().await;
+    a.stop().await;
+}

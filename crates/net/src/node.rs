@@ -35,6 +35,7 @@ enum Command {
     Dial(Multiaddr, oneshot::Sender<Result<(), Error>>),
     Disconnect(PeerId, oneshot::Sender<bool>),
     Replicate(Feed),
+    StopReplicating(DiscoveryKey, oneshot::Sender<()>),
     Announce(FeedKey),
     Shutdown,
 }
@@ -188,6 +189,13 @@ impl NodeHandle {
         Ok(feed)
     }
 
+    /// Stops fetching the feed `key` from peers; once this returns, nothing more of it is
+    /// received (what is stored stays, and is still served to peers that ask for it).
+    pub async fn stop_replicating(&self, key: FeedKey) -> Result<(), Error> {
+        let dk = key.discovery_key();
+        self.ask(|reply| Command::StopReplicating(dk, reply)).await
+    }
+
     /// Announces a feed of the store that was created after the node started (every feed is
     /// served when asked for; announcing tells connected peers and the DHT).
     pub async fn announce(&self, key: FeedKey) -> Result<(), Error> {
@@ -222,7 +230,12 @@ impl NodeHandle {
 }
 
 /// The replication of one feed from one peer: whether to start again when it ends.
-type Retry = bool;
+/// A replication stream being fetched from a peer.
+struct Fetching {
+    /// The peer announced the feed while the stream was being refused: ask again.
+    retry: bool,
+    task: tokio::task::AbortHandle,
+}
 
 struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -232,7 +245,7 @@ struct EventLoop {
     internal: mpsc::Receiver<Internal>,
     listen_addrs: Vec<Multiaddr>,
     wanted: HashMap<DiscoveryKey, Feed>,
-    fetching: HashMap<(PeerId, DiscoveryKey), Retry>,
+    fetching: HashMap<(PeerId, DiscoveryKey), Fetching>,
     fetches: JoinSet<(PeerId, DiscoveryKey, SessionEnd)>,
     /// Per connected peer: the permit to open a stream (streams are opened one at a time).
     openers: HashMap<PeerId, Arc<Semaphore>>,
@@ -345,6 +358,7 @@ impl EventLoop {
                 Some(message) = self.internal.recv() => self.on_internal(message),
                 Some(done) = self.fetches.join_next() => match done {
                     Ok((peer, dk, end)) => self.on_fetch_end(peer, dk, end),
+                    Err(e) if e.is_cancelled() => {}
                     Err(e) => tracing::error!(%e, "a replication task failed"),
                 },
                 Some(due) = self.retries.join_next() => {
@@ -379,6 +393,10 @@ impl EventLoop {
                 let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
             }
             Command::Replicate(feed) => self.replicate(feed),
+            Command::StopReplicating(dk, done) => {
+                self.stop_replicating(dk);
+                let _ = done.send(());
+            }
             Command::Announce(key) => self.announce_everywhere(key.discovery_key()),
             Command::Shutdown => {}
         }
@@ -406,6 +424,18 @@ impl EventLoop {
         for peer in peers {
             self.start_fetch(peer, dk);
         }
+    }
+
+    /// Forgets a wanted feed and ends the streams fetching it.
+    fn stop_replicating(&mut self, dk: DiscoveryKey) {
+        self.wanted.remove(&dk);
+        self.fetching.retain(|(_, fetched), fetching| {
+            let keep = *fetched != dk;
+            if !keep {
+                fetching.task.abort();
+            }
+            keep
+        });
     }
 
     /// Asks connected peers again for wanted feeds they are not serving, and looks up in the
@@ -465,16 +495,20 @@ impl EventLoop {
         if self.fetching.contains_key(&(peer, dk)) {
             return;
         }
-        self.fetching.insert((peer, dk), false);
         let (control, cx, opener) = (self.control.clone(), self.cx.clone(), self.opener(peer));
-        self.fetches.spawn(async move {
+        let task = self.fetches.spawn(async move {
             let end = session::fetch(control, peer, feed, cx, opener).await;
             (peer, dk, end)
         });
+        let fetching = Fetching { retry: false, task };
+        self.fetching.insert((peer, dk), fetching);
     }
 
     fn on_fetch_end(&mut self, peer: PeerId, dk: DiscoveryKey, end: SessionEnd) {
-        let retry = self.fetching.remove(&(peer, dk)).unwrap_or(false);
+        let retry = self
+            .fetching
+            .remove(&(peer, dk))
+            .is_some_and(|fetching| fetching.retry);
         match &end {
             SessionEnd::Local(e) => tracing::warn!(%peer, %e, "replication failed locally"),
             SessionEnd::Closed(why) => {
@@ -528,7 +562,7 @@ impl EventLoop {
                         continue;
                     }
                     match self.fetching.get_mut(&(peer, dk)) {
-                        Some(retry) => *retry = true,
+                        Some(fetching) => fetching.retry = true,
                         None => self.start_fetch(peer, dk),
                     }
                 }

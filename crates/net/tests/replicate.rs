@@ -136,3 +136,35 @@ async fn a_reconnected_peer_catches_up_and_goes_live_again() {
         "only the new entries were sent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_no_longer_replicated_stops_growing_while_others_go_on() {
+    let a = Peer::start(config()).await;
+    let (dropped, kept) = (
+        a.store.create_feed().await.unwrap(),
+        a.store.create_feed().await.unwrap(),
+    );
+    append(&dropped, 0, 10).await;
+    append(&kept, 0, 10).await;
+    let b = Peer::start(config()).await;
+    let handle = b.node.handle();
+    handle.dial(a.addr(Transport::Tcp).await).await.unwrap();
+    let (dropped_there, kept_there) = (
+        handle.replicate(dropped.key()).await.unwrap(),
+        handle.replicate(kept.key()).await.unwrap(),
+    );
+    wait_length(&dropped_there, 10).await;
+    wait_length(&kept_there, 10).await;
+
+    handle.stop_replicating(dropped.key()).await.unwrap();
+    append(&dropped, 10, 20).await;
+    append(&kept, 10, 20).await;
+    wait_length(&kept_there, 20).await;
+    assert_eq!(
+        dropped_there.length(),
+        10,
+        "nothing more of the dropped feed"
+    );
+    // It is still served from what is held.
+    assert_eq!(b.store.feed(&dropped.key()).unwrap().length(), 10);
+}
