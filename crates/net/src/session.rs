@@ -335,7 +335,7 @@ fn client_end(read: Result<bool, StreamError>) -> Result<(), SessionEnd> {
     match read? {
         false => Ok(()),
         true => Err(SessionEnd::Violation(Violation::Unexpected {
-            message: "any",
+            message: "second",
             detail: "the client sends nothing after its Want",
         })),
     }
