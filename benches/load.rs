@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
+use multibee::db::Event;
 use multibee::{ChangesOptions, Config, MultiBee, Options, Served, SyncMode, Value, serve};
 
 const PEERS: usize = 4;
@@ -120,6 +121,15 @@ async fn load(sync: SyncMode, seconds: u64) {
     let written: Arc<Vec<AtomicU64>> = Arc::new((0..PEERS).map(|_| AtomicU64::new(0)).collect());
     let seen: Arc<Vec<AtomicU64>> = Arc::new((0..PEERS).map(|_| AtomicU64::new(0)).collect());
 
+    // When each put's diff was committed on its writer, by writer and sequence number (every
+    // put writes one diff), for the second lag figure.
+    let committed: Arc<Vec<std::sync::Mutex<Vec<u64>>>> = Arc::new(
+        (0..PEERS)
+            .map(|_| std::sync::Mutex::new(Vec::new()))
+            .collect(),
+    );
+    let keys: Vec<_> = peers.iter().map(|(mb, _)| mb.diff_key()).collect();
+
     // Observers: every remote change seen, with its lag, until told to stop.
     let (done, finished) = tokio::sync::watch::channel(false);
     let mut observers = Vec::new();
@@ -154,15 +164,32 @@ async fn load(sync: SyncMode, seconds: u64) {
             lags
         }));
     }
+    // Lag from the writer's commit to each diff being stored here (net's `FeedProgressed`)
+    // and merged here (`Merged`): the replication and merge path alone.
+    let mut stage_observers = Vec::new();
+    for (mb, served) in &peers {
+        let stored = served.subscribe();
+        let merged = mb.events();
+        let (committed, keys) = (committed.clone(), keys.clone());
+        stage_observers.push(tokio::spawn(observe_stages(
+            stored,
+            merged,
+            committed,
+            keys,
+            finished.clone(),
+        )));
+    }
     // Writers.
     let start = Instant::now();
     let mut writers = Vec::new();
     for (i, (mb, _)) in peers.iter().enumerate() {
         let (mb, stop, written) = (mb.clone(), stop.clone(), written.clone());
+        let committed = committed.clone();
         writers.push(tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 mb.put(format!("p{i}/{n:010}"), stamped()).await.unwrap();
+                committed[i].lock().unwrap().push(now_us());
                 n += 1;
                 written[i].store(n, Ordering::Relaxed);
             }
@@ -212,6 +239,13 @@ async fn load(sync: SyncMode, seconds: u64) {
     for o in observers {
         lags.add(o.await.unwrap()).unwrap();
     }
+    let mut stored_lags = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+    let mut merge_lags = stored_lags.clone();
+    for o in stage_observers {
+        let (stored, merged) = o.await.unwrap();
+        stored_lags.add(stored).unwrap();
+        merge_lags.add(merged).unwrap();
+    }
     for (mb, served) in peers {
         served.shutdown().await;
         mb.close().await;
@@ -237,13 +271,24 @@ async fn load(sync: SyncMode, seconds: u64) {
     }
     let ms = |q: f64| lags.value_at_quantile(q) as f64 / 1e3;
     println!(
-        "  replication lag (commit on one peer -> change in another's changes()): p50 {:.1} ms, \
+        "  replication lag (put called on one peer -> change in another's changes()): p50 {:.1} ms, \
          p99 {:.1} ms, max {:.1} ms over {} changes",
         ms(0.5),
         ms(0.99),
         lags.max() as f64 / 1e3,
         lags.len()
     );
+    for (stage, h) in [("stored", &stored_lags), ("merged", &merge_lags)] {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+        println!(
+            "  put committed on one peer -> {stage} on another: p50 {:.1} ms, p99 {:.1} ms, \
+             max {:.1} ms over {} diffs",
+            ms(0.5),
+            ms(0.99),
+            h.max() as f64 / 1e3,
+            h.len()
+        );
+    }
     let settled = rss.get(9).copied().unwrap_or(0).max(1);
     let peak_after = rss.iter().skip(10).copied().max().unwrap_or(settled);
     println!(
@@ -254,4 +299,52 @@ async fn load(sync: SyncMode, seconds: u64) {
         (peak_after as f64 / settled as f64 - 1.0) * 100.0,
         rss.iter().max().copied().unwrap_or(0) >> 20
     );
+}
+
+/// Records, for every diff stored (net's `FeedProgressed`) and merged (`Merged`) on one peer,
+/// how long after its writer committed it that happened.
+async fn observe_stages(
+    mut stored: tokio::sync::broadcast::Receiver<multibee::net::Event>,
+    mut merged: tokio::sync::broadcast::Receiver<Event>,
+    committed: Arc<Vec<std::sync::Mutex<Vec<u64>>>>,
+    keys: Vec<multibee::FeedKey>,
+    mut finished: tokio::sync::watch::Receiver<bool>,
+) -> (Histogram<u64>, Histogram<u64>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let new = || Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+    let (mut stored_lags, mut merged_lags) = (new(), new());
+    let (mut stored_so_far, mut merged_so_far) = ([0u64; PEERS], [0u64; PEERS]);
+    let record = |lags: &mut Histogram<u64>, so_far: &mut [u64; PEERS], writer, length| {
+        let Some(w) = keys.iter().position(|k| *k == writer) else {
+            return;
+        };
+        let now = now_us();
+        let times = committed[w].lock().unwrap();
+        for seq in so_far[w]..length {
+            if let Some(&at) = times.get(seq as usize) {
+                lags.saturating_record(now.saturating_sub(at).max(1));
+            }
+        }
+        so_far[w] = so_far[w].max(length);
+    };
+    loop {
+        tokio::select! {
+            event = stored.recv() => match event {
+                Ok(multibee::net::Event::FeedProgressed { key, length, .. }) => {
+                    record(&mut stored_lags, &mut stored_so_far, key, length)
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => break,
+            },
+            event = merged.recv() => match event {
+                Ok(Event::Merged { writer, merged }) => {
+                    record(&mut merged_lags, &mut merged_so_far, writer, merged)
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => break,
+            },
+            _ = finished.wait_for(|f| *f) => break,
+        }
+    }
+    (stored_lags, merged_lags)
 }
