@@ -83,7 +83,7 @@ pub async fn serve(mb: &MultiBee, config: Config) -> Result<Served> {
     // Subscribed before the writers are listed, so that none added meanwhile is missed.
     let events = mb.events();
     handle.announce(mb.diff_key()).await?;
-    replicate_writers(mb, &handle).await?;
+    sync_writers(mb, &handle).await?;
     let follow = tokio::spawn(follow_writers(mb.clone(), handle, events));
     Ok(Served {
         mb: mb.clone(),
@@ -92,11 +92,12 @@ pub async fn serve(mb: &MultiBee, config: Config) -> Result<Served> {
     })
 }
 
-/// Replicates the diff feed of every active writer of `mb`.
-async fn replicate_writers(mb: &MultiBee, handle: &NodeHandle) -> Result<()> {
+/// Fetches the diff feed of every active writer of `mb`, and of no other writer.
+async fn sync_writers(mb: &MultiBee, handle: &NodeHandle) -> Result<()> {
     for writer in mb.writers()? {
-        if writer.state == WriterState::Active {
-            handle.replicate(writer.key).await?;
+        match writer.state {
+            WriterState::Active => drop(handle.replicate(writer.key).await?),
+            _ => handle.stop_replicating(writer.key).await?,
         }
     }
     Ok(())
@@ -121,7 +122,7 @@ async fn follow_writers(
             }
             Ok(_) => Ok(()),
             // Missed events: look at every writer again.
-            Err(broadcast::error::RecvError::Lagged(_)) => replicate_writers(&mb, &handle).await,
+            Err(broadcast::error::RecvError::Lagged(_)) => sync_writers(&mb, &handle).await,
             Err(broadcast::error::RecvError::Closed) => return,
         };
         match followed {

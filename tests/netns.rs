@@ -234,20 +234,7 @@ fn by(group: &[usize], written: &[(String, Json)]) -> Vec<(String, Json)> {
 /// state hashes must be equal and every acknowledged write present.
 fn converge(nodes: &mut [Node], group: &[usize], acked: &BTreeMap<String, Json>) {
     let keys: Vec<String> = nodes.iter().map(Node::diff_key).collect();
-    let lengths: Vec<u64> = nodes
-        .iter_mut()
-        .map(|n| {
-            let key = n.diff_key();
-            n.ok("status")["feeds"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|f| f["key"] == key.as_str())
-                .unwrap()["length"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let lengths: Vec<u64> = nodes.iter_mut().map(Node::own_length).collect();
     for &i in group {
         for &j in group {
             if i != j {

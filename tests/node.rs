@@ -147,6 +147,19 @@ impl Node {
         line
     }
 
+    /// The length of this node's own diff feed, from `status`.
+    pub fn own_length(&mut self) -> u64 {
+        let key = self.diff_key();
+        let status = self.ok("status");
+        status["feeds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["key"] == key.as_str())
+            .and_then(|f| f["length"].as_u64())
+            .expect("status lists the node's own diff feed")
+    }
+
     /// Waits until this node has merged `length` diffs of `writer`.
     pub fn wait_merged(&mut self, writer: &str, length: u64) {
         let status = self.ok("status");

@@ -147,19 +147,7 @@ fn torture(seed: u64, rounds: u64) {
     }
     let lengths: Vec<u64> = nodes
         .iter_mut()
-        .map(|n| {
-            let n = n.as_mut().unwrap();
-            let key = n.diff_key();
-            let status = n.ok("status");
-            status["feeds"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|f| f["key"] == key.as_str())
-                .unwrap()["length"]
-                .as_u64()
-                .unwrap()
-        })
+        .map(|n| n.as_mut().unwrap().own_length())
         .collect();
     for (i, node) in nodes.iter_mut().enumerate() {
         let node = node.as_mut().unwrap();

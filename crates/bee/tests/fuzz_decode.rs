@@ -5,27 +5,9 @@ use multibee_bee::keyspace::Keyspace;
 use multibee_bee::op::{self, Op};
 use proptest::prelude::*;
 
-/// Byte-level edits: (kind, position, byte).
-fn edits() -> impl Strategy<Value = Vec<(u8, prop::sample::Index, u8)>> {
-    prop::collection::vec((0u8..4, any::<prop::sample::Index>(), any::<u8>()), 1..8)
-}
-
-/// Applies flips, overwrites, insertions, deletions and a truncation to `bytes`.
-fn mutate(mut bytes: Vec<u8>, edits: &[(u8, prop::sample::Index, u8)]) -> Vec<u8> {
-    for (kind, at, byte) in edits {
-        let i = at.index(bytes.len() + 1);
-        match kind {
-            0 if i < bytes.len() => bytes[i] ^= 1 << (byte % 8),
-            1 if i < bytes.len() => bytes[i] = *byte,
-            2 => bytes.insert(i, *byte),
-            3 if i < bytes.len() => {
-                bytes.remove(i);
-            }
-            _ => bytes.truncate(i),
-        }
-    }
-    bytes
-}
+#[path = "../../feed/tests/mutations.rs"]
+mod mutations;
+use mutations::{edits, mutate};
 
 /// Decodes an entry and uses what decodes.
 fn decode(bytes: &[u8]) {

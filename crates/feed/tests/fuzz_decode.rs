@@ -9,6 +9,10 @@ use proptest::prelude::*;
 
 use crate::common::{entry, run};
 
+#[path = "mutations.rs"]
+mod mutations;
+use mutations::{edits, mutate};
+
 /// A real batch (entries 3..7 of a 10-entry feed) and the feed's signed head.
 fn sample() -> &'static (Batch, SignedHead) {
     static SAMPLE: OnceLock<(Batch, SignedHead)> = OnceLock::new();
@@ -23,28 +27,6 @@ fn sample() -> &'static (Batch, SignedHead) {
             (feed.proof(3..7).unwrap(), feed.head().unwrap().unwrap())
         })
     })
-}
-
-/// Byte-level edits: (kind, position, byte).
-fn edits() -> impl Strategy<Value = Vec<(u8, prop::sample::Index, u8)>> {
-    prop::collection::vec((0u8..4, any::<prop::sample::Index>(), any::<u8>()), 1..8)
-}
-
-/// Applies flips, overwrites, insertions, deletions and a truncation to `bytes`.
-fn mutate(mut bytes: Vec<u8>, edits: &[(u8, prop::sample::Index, u8)]) -> Vec<u8> {
-    for (kind, at, byte) in edits {
-        let i = at.index(bytes.len() + 1);
-        match kind {
-            0 if i < bytes.len() => bytes[i] ^= 1 << (byte % 8),
-            1 if i < bytes.len() => bytes[i] = *byte,
-            2 => bytes.insert(i, *byte),
-            3 if i < bytes.len() => {
-                bytes.remove(i);
-            }
-            _ => bytes.truncate(i),
-        }
-    }
-    bytes
 }
 
 /// Decodes `bytes` as every feed wire type and checks whatever decodes.

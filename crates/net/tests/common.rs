@@ -127,3 +127,69 @@ pub fn check_entries(feed: &Feed, length: u64) {
         assert_eq!(e, entry(i));
     }
 }
+
+/// Copies the files of the folder `from` into `to` (a store "restored from a backup").
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for file in std::fs::read_dir(from).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+    }
+}
+
+/// A bare swarm over TCP+Noise+Yamux that speaks only `libp2p-stream`: a peer that frames
+/// protocol messages by hand (to misbehave, or to probe a node's limits).
+pub fn bare_swarm() -> libp2p::Swarm<libp2p_stream::Behaviour> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build()
+}
+
+/// Dials `addr` from `swarm` and drives it until the connection is up (`true`) or the dial
+/// failed (`false`: a node at its connection limit turns it away).
+pub async fn dial_bare(
+    swarm: &mut libp2p::Swarm<libp2p_stream::Behaviour>,
+    addr: Multiaddr,
+) -> bool {
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    swarm.dial(addr).unwrap();
+    within(async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => return true,
+                SwarmEvent::OutgoingConnectionError { .. } => return false,
+                _ => {}
+            }
+        }
+    })
+    .await
+}
+
+/// Makes `swarm` listen on loopback TCP (port from the OS) and returns the address.
+pub async fn listen_loopback<B: libp2p::swarm::NetworkBehaviour>(
+    swarm: &mut libp2p::Swarm<B>,
+) -> Multiaddr {
+    use futures::StreamExt;
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    within(async {
+        loop {
+            if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+                swarm.select_next_some().await
+            {
+                return address;
+            }
+        }
+    })
+    .await
+}

@@ -5,14 +5,7 @@
 use multibee_feed::{Store, VerifyError};
 use multibee_net::{Event, Violation};
 
-use crate::common::{Peer, Transport, append, config, wait_length};
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    for file in std::fs::read_dir(from).unwrap() {
-        let file = file.unwrap();
-        std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
-    }
-}
+use crate::common::{Peer, Transport, append, config, copy_dir, wait_length};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_equivocating_writer_is_detected_and_its_peer_rejected() {

@@ -9,6 +9,10 @@ use multibee_net::protocol::{Client, Limits, Server, announce, receive_announce}
 use multibee_net::wire::{self, Data, Have, Message};
 use proptest::prelude::*;
 
+#[path = "../../feed/tests/mutations.rs"]
+mod mutations;
+use mutations::{edits, mutate};
+
 const LOCAL: &[u8] = b"local peer";
 const REMOTE: &[u8] = b"remote peer";
 const MAX: usize = 1 << 16;
@@ -56,28 +60,6 @@ fn frames() -> Vec<Vec<u8>> {
         .iter()
         .map(|m| wire::encode(m, MAX).unwrap())
         .collect()
-}
-
-/// Byte-level edits: (kind, position, byte).
-fn edits() -> impl Strategy<Value = Vec<(u8, prop::sample::Index, u8)>> {
-    prop::collection::vec((0u8..4, any::<prop::sample::Index>(), any::<u8>()), 1..8)
-}
-
-/// Applies flips, overwrites, insertions, deletions and a truncation to `bytes`.
-fn mutate(mut bytes: Vec<u8>, edits: &[(u8, prop::sample::Index, u8)]) -> Vec<u8> {
-    for (kind, at, byte) in edits {
-        let i = at.index(bytes.len() + 1);
-        match kind {
-            0 if i < bytes.len() => bytes[i] ^= 1 << (byte % 8),
-            1 if i < bytes.len() => bytes[i] = *byte,
-            2 => bytes.insert(i, *byte),
-            3 if i < bytes.len() => {
-                bytes.remove(i);
-            }
-            _ => bytes.truncate(i),
-        }
-    }
-    bytes
 }
 
 /// The stateless checks a receiving node runs on a batch.

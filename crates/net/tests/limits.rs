@@ -2,11 +2,11 @@
 //! Concurrent streams per peer are capped: beyond the cap a request is refused as busy.
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::{Stream, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
+use libp2p::{Stream, StreamProtocol};
 use multibee_net::protocol::Client;
 use multibee_net::wire::{self, Message, Refusal};
 
-use crate::common::{Peer, Transport, append, config, within};
+use crate::common::{Peer, Transport, append, bare_swarm, config, dial_bare, within};
 
 async fn read_message(stream: &mut Stream) -> Message {
     let mut prefix = [0u8; wire::PREFIX_BYTES];
@@ -25,30 +25,10 @@ async fn streams_beyond_the_cap_are_refused_as_busy() {
     let feed = server.store.create_feed().await.unwrap();
     append(&feed, 0, 3).await;
 
-    let mut swarm: Swarm<libp2p_stream::Behaviour> = SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .build();
+    let mut swarm = bare_swarm();
     let me = *swarm.local_peer_id();
     let mut control = swarm.behaviour().new_control();
-    swarm.dial(server.addr(Transport::Tcp).await).unwrap();
-    within(async {
-        loop {
-            if let libp2p::swarm::SwarmEvent::ConnectionEstablished { .. } =
-                swarm.select_next_some().await
-            {
-                return;
-            }
-        }
-    })
-    .await;
+    assert!(dial_bare(&mut swarm, server.addr(Transport::Tcp).await).await);
     tokio::spawn(async move {
         loop {
             swarm.select_next_some().await;

@@ -2,11 +2,11 @@
 //! Replication through a circuit relay: A listens only through a relay, B reaches it there.
 
 use futures::StreamExt;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::NetworkBehaviour;
 use libp2p::{Multiaddr, SwarmBuilder, identify, noise, relay, tcp, yamux};
 use multibee_net::Event;
 
-use crate::common::{Peer, append, check_entries, config, wait_length, within};
+use crate::common::{Peer, append, check_entries, config, listen_loopback, wait_length};
 
 #[derive(NetworkBehaviour)]
 struct RelayServer {
@@ -41,17 +41,7 @@ async fn relay_server() -> Multiaddr {
         })
         .unwrap()
         .build();
-    swarm
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let addr = within(async {
-        loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-                return address;
-            }
-        }
-    })
-    .await;
+    let addr = listen_loopback(&mut swarm).await;
     swarm.add_external_address(addr.clone());
     let id = *swarm.local_peer_id();
     tokio::spawn(async move {

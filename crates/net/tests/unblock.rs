@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use futures::{AsyncWriteExt, StreamExt};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
+use libp2p::StreamProtocol;
 use multibee_net::wire;
 use multibee_net::{Event, Violation};
 
-use crate::common::{Peer, Transport, config, within};
+use crate::common::{Peer, Transport, bare_swarm, config, dial_bare, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_too_slow_is_blocked_for_a_while_then_let_back() {
@@ -19,29 +18,10 @@ async fn a_peer_too_slow_is_blocked_for_a_while_then_let_back() {
     let mut honest = Peer::start(settings).await;
     let addr = honest.addr(Transport::Tcp).await;
 
-    let mut swarm: Swarm<libp2p_stream::Behaviour> = SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let mut swarm = bare_swarm();
     let slow = *swarm.local_peer_id();
     let mut control = swarm.behaviour().new_control();
-    swarm.dial(addr.clone()).unwrap();
-    within(async {
-        loop {
-            if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
-                return;
-            }
-        }
-    })
-    .await;
+    assert!(dial_bare(&mut swarm, addr.clone()).await);
     // The swarm runs on its own; once told, it dials the node again and again.
     let (redial, mut redialing) = tokio::sync::watch::channel(false);
     let driver = tokio::spawn(async move {

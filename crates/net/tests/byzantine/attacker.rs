@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use multibee_net::wire;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::common::within;
+use crate::common::{bare_swarm, dial_bare, listen_loopback};
 
 /// What the attacker does with each replicate stream the honest node opens to it.
 pub type Script = Arc<dyn Fn(Stream) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -38,42 +37,11 @@ impl Attacker {
     /// Starts listening on loopback; answers replicate streams with `script` if given, and
     /// dials `dial` if given (returning once connected).
     pub async fn start(script: Option<Script>, dial: Option<Multiaddr>) -> Attacker {
-        let mut swarm: Swarm<libp2p_stream::Behaviour> = SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-            .build();
-        swarm
-            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-            .unwrap();
-        let addr = within(async {
-            loop {
-                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-                    return address;
-                }
-            }
-        })
-        .await;
+        let mut swarm = bare_swarm();
+        let addr = listen_loopback(&mut swarm).await;
         if let Some(dial) = dial {
-            swarm.dial(dial).unwrap();
-            // Connected, or turned away (a node at its connection limit closes at once).
-            within(async {
-                loop {
-                    match swarm.select_next_some().await {
-                        SwarmEvent::ConnectionEstablished { .. }
-                        | SwarmEvent::OutgoingConnectionError { .. } => return,
-                        _ => {}
-                    }
-                }
-            })
-            .await;
+            // Connected, or turned away (a node at its connection limit): either is an answer.
+            dial_bare(&mut swarm, dial).await;
         }
         let id = *swarm.local_peer_id();
         let control = swarm.behaviour().new_control();

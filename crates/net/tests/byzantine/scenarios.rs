@@ -9,7 +9,7 @@ use multibee_net::{FrameError, Violation};
 use tempfile::TempDir;
 
 use crate::attacker::{self, Script, answer, dribble, send_and_close};
-use crate::common::append;
+use crate::common::{append, copy_dir};
 
 /// Feeds the attacker draws on.
 pub struct Material {
@@ -24,13 +24,6 @@ pub struct Material {
     pub at_40: Batch,
     /// Feeds the honest node asks the attacker for in the claims scenario.
     pub claimed: Vec<FeedKey>,
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    for file in std::fs::read_dir(from).unwrap() {
-        let file = file.unwrap();
-        std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
-    }
 }
 
 pub async fn material() -> Material {
