@@ -339,6 +339,7 @@ fn change_json(change: &Change) -> Json {
                         json!({"set": path, "value": value})
                     }
                     multibee::db::FieldOp::Remove { path } => json!({"remove": path}),
+                    multibee::db::FieldOp::Object { path } => json!({"object": path}),
                 })
                 .collect(),
         ),

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
-use crate::value::{Value, json_text};
+use crate::value::{MAX_DEPTH, Value, json_depth, json_text};
 
 /// What one diff does to a key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,7 +64,7 @@ fn patch_object(doc: &mut Map<String, Json>, patch: &Map<String, Json>) {
 /// One field operation of [`Change::Fields`]; `path` is never empty.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum FieldOp {
-    /// Sets the field at `path` to a value.
+    /// Sets the field at `path` to a value (never an object: see [`FieldOp::Object`]).
     Set {
         /// Object keys from the document's root.
         path: Vec<String>,
@@ -77,21 +77,39 @@ pub enum FieldOp {
         /// Object keys from the document's root.
         path: Vec<String>,
     },
+    /// Makes the field at `path` an object: kept if it is one, an empty object otherwise.
+    /// The fields of a new object follow as their own ops, so that two peers creating the same
+    /// object concurrently both keep their fields.
+    Object {
+        /// Object keys from the document's root.
+        path: Vec<String>,
+    },
 }
 
 impl FieldOp {
     /// The path this op touches.
     pub fn path(&self) -> &[String] {
         match self {
-            FieldOp::Set { path, .. } | FieldOp::Remove { path } => path,
+            FieldOp::Set { path, .. } | FieldOp::Remove { path } | FieldOp::Object { path } => path,
+        }
+    }
+
+    /// How deep the op reaches: its path's length plus the depth of the value it sets.
+    fn depth(&self) -> usize {
+        match self {
+            FieldOp::Set { path, value } => path.len() + json_depth(value),
+            FieldOp::Remove { path } => path.len(),
+            FieldOp::Object { path } => path.len() + 1,
         }
     }
 }
 
 impl Change {
     /// The change that turns `old` into `new` (`None` for a delete); `None` if nothing changes.
-    /// Objects are compared per field, recursively; a value that is present is never confused
-    /// with a missing one, whatever it is (`0`, `""`, `false`, `null`).
+    /// Objects are compared per field, recursively, and an object is never written as one
+    /// value: a new object is an [`FieldOp::Object`] followed by its fields, so that objects
+    /// created concurrently merge field by field at every depth. A value that is present is
+    /// never confused with a missing one, whatever it is (`0`, `""`, `false`, `null`).
     pub fn between(old: Option<&Value>, new: Option<&Value>) -> Option<Change> {
         match (old, new) {
             (None, None) => None,
@@ -101,16 +119,10 @@ impl Change {
                 diff_objects(&mut Vec::new(), a, b, &mut ops);
                 (!ops.is_empty()).then_some(Change::Fields(ops))
             }
-            // An object where there was none: set each field, so that concurrent creations of
-            // the same key merge per field.
+            // An object where there was none: its fields, recursively, from an empty object.
             (_, Some(Value::Json(Json::Object(b)))) => {
-                let ops = b
-                    .iter()
-                    .map(|(k, v)| FieldOp::Set {
-                        path: vec![k.clone()],
-                        value: v.clone(),
-                    })
-                    .collect();
+                let mut ops = Vec::new();
+                diff_objects(&mut Vec::new(), &Map::new(), b, &mut ops);
                 Some(Change::Fields(ops))
             }
             (old, Some(new)) => (old != Some(new)).then(|| Change::Set(new.clone())),
@@ -130,6 +142,7 @@ impl Change {
                 for op in ops {
                     match op {
                         FieldOp::Set { path, value } => set_path(&mut doc, path, value.clone()),
+                        FieldOp::Object { path } => object_path(&mut doc, path),
                         FieldOp::Remove { path } => remove_path(&mut doc, path),
                     }
                 }
@@ -146,19 +159,58 @@ impl Change {
         }
     }
 
-    /// Whether this is well-formed (every field path non-empty).
-    pub(crate) fn is_valid(&self) -> bool {
-        match self {
-            Change::Fields(ops) => ops.iter().all(|op| !op.path().is_empty()),
-            Change::Set(_) | Change::Delete => true,
+    /// Checks that this is well-formed: every field path non-empty, nothing nested deeper
+    /// than [`MAX_DEPTH`]. The error says what is wrong.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let deepest = match self {
+            Change::Delete => 0,
+            Change::Set(v) => v.depth(),
+            Change::Fields(ops) => {
+                if ops.iter().any(|op| op.path().is_empty()) {
+                    return Err("a field operation with an empty path".into());
+                }
+                ops.iter().map(FieldOp::depth).max().unwrap_or(0)
+            }
+        };
+        if deepest > MAX_DEPTH {
+            return Err(format!(
+                "the change nests {deepest} levels deep (at most {MAX_DEPTH})"
+            ));
         }
+        Ok(())
+    }
+
+    /// Whether a later change `later` overwrites something of this one when both are applied
+    /// (see `docs/merge.md`, "Conflicts").
+    pub fn clobbered_by(&self, later: &Change) -> bool {
+        let ops = |c: &Change| -> Vec<(bool, Vec<String>)> {
+            match c {
+                Change::Set(_) | Change::Delete => vec![(false, Vec::new())],
+                Change::Fields(ops) => ops
+                    .iter()
+                    .map(|op| (matches!(op, FieldOp::Object { .. }), op.path().to_vec()))
+                    .collect(),
+            }
+        };
+        let later = ops(later);
+        ops(self)
+            .iter()
+            .any(|a| later.iter().any(|b| clobbers(a, b)))
     }
 }
 
-/// Whether two paths overlap: one is a prefix of the other.
-pub(crate) fn overlaps(a: &[String], b: &[String]) -> bool {
+/// Whether two ops (`(is an Object op, path)`) overwrite one another.
+fn clobbers((a_object, a): &(bool, Vec<String>), (b_object, b): &(bool, Vec<String>)) -> bool {
     let n = a.len().min(b.len());
-    a[..n] == b[..n]
+    if a[..n] != b[..n] {
+        return false;
+    }
+    match (a_object, b_object) {
+        (true, true) => false,
+        (true, false) => b.len() <= a.len(),
+        (false, true) => a.len() <= b.len(),
+        (false, false) => true,
+    }
 }
 
 fn diff_objects(
@@ -171,6 +223,10 @@ fn diff_objects(
         path.push(k.clone());
         match (a.get(k), new) {
             (Some(Json::Object(x)), Json::Object(y)) => diff_objects(path, x, y, ops),
+            (_, Json::Object(y)) => {
+                ops.push(FieldOp::Object { path: path.clone() });
+                diff_objects(path, &Map::new(), y, ops);
+            }
             (Some(old), new) if old == new => {}
             (_, new) => ops.push(FieldOp::Set {
                 path: path.clone(),
@@ -187,24 +243,32 @@ fn diff_objects(
 }
 
 fn set_path(doc: &mut Map<String, Json>, path: &[String], value: Json) {
-    let Some((last, parents)) = path.split_last() else {
-        return;
-    };
-    let mut map = doc;
-    for k in parents {
-        let slot = map
-            .entry(k.clone())
-            .or_insert_with(|| Json::Object(Map::new()));
-        if !slot.is_object() {
-            *slot = Json::Object(Map::new());
-        }
-        map = match slot {
-            Json::Object(m) => m,
-            // Made an object just above.
-            _ => return,
-        };
+    if let Some((last, parents)) = path.split_last() {
+        in_object(doc, parents, |map| {
+            map.insert(last.clone(), value);
+        });
     }
-    map.insert(last.clone(), value);
+}
+
+fn object_path(doc: &mut Map<String, Json>, path: &[String]) {
+    in_object(doc, path, |_| {});
+}
+
+/// Runs `f` on the object at `path`, making each field along it an object where it is missing
+/// or is not one.
+fn in_object(map: &mut Map<String, Json>, path: &[String], f: impl FnOnce(&mut Map<String, Json>)) {
+    let Some((first, rest)) = path.split_first() else {
+        return f(map);
+    };
+    let slot = map
+        .entry(first.clone())
+        .or_insert_with(|| Json::Object(Map::new()));
+    if !slot.is_object() {
+        *slot = Json::Object(Map::new());
+    }
+    if let Json::Object(inner) = slot {
+        in_object(inner, rest, f);
+    }
 }
 
 fn remove_path(doc: &mut Map<String, Json>, path: &[String]) {
@@ -320,10 +384,48 @@ mod tests {
     }
 
     #[test]
-    fn paths_overlap_when_one_is_a_prefix() {
-        let p = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(overlaps(&p(&["a"]), &p(&["a", "b"])));
-        assert!(overlaps(&p(&[]), &p(&["a"])));
-        assert!(!overlaps(&p(&["a"]), &p(&["b"])));
+    fn what_clobbers_what() {
+        let ch = |v: Json| match Change::between(None, Some(&j(v))).unwrap() {
+            Change::Fields(ops) => Change::Fields(ops),
+            other => other,
+        };
+        let meta_a = ch(json!({"meta": {"a": 1}}));
+        let meta_b = ch(json!({"meta": {"b": 2}}));
+        let meta_5 = ch(json!({"meta": 5}));
+        assert!(
+            !meta_a.clobbered_by(&meta_b),
+            "sibling fields in a new object"
+        );
+        assert!(meta_a.clobbered_by(&meta_5), "a scalar replaces the object");
+        assert!(
+            meta_5.clobbered_by(&meta_a),
+            "an object replaces the scalar"
+        );
+        assert!(meta_a.clobbered_by(&Change::Delete));
+        assert!(meta_a.clobbered_by(&ch(json!({"meta": {"a": 2}}))));
+    }
+
+    #[test]
+    fn new_objects_are_written_field_by_field_at_every_depth() {
+        let base = j(json!({"title": "t"}));
+        let a = merge_patch(Some(&base), &json!({"meta": {"a": 1}}));
+        let b = merge_patch(Some(&base), &json!({"meta": {"b": 2}}));
+        let left = Change::between(Some(&base), Some(&a)).unwrap();
+        let right = Change::between(Some(&base), Some(&b)).unwrap();
+        let want = Some(j(json!({"meta": {"a": 1, "b": 2}, "title": "t"})));
+        assert_eq!(right.apply(left.apply(Some(base.clone()))), want);
+        assert_eq!(left.apply(right.apply(Some(base))), want);
+        // The smallest case the random schedules found.
+        let p0 = j(json!({"f": {"x": 1}, "g": [], "h": [1, 2]}));
+        let p1 = merge_patch(None, &json!({"": {"y": null}, "f": {"y": {"w": null}}}));
+        let c0 = Change::between(None, Some(&p0)).unwrap();
+        let c1 = Change::between(None, Some(&p1)).unwrap();
+        let merged = c1.apply(c0.apply(None));
+        assert_eq!(
+            merged,
+            Some(j(
+                json!({"": {}, "f": {"x": 1, "y": {}}, "g": [], "h": [1, 2]})
+            ))
+        );
     }
 }

@@ -4,7 +4,7 @@
 use multibee_bee::{HistoryOptions, LiveHistory};
 use multibee_feed::FeedKey;
 
-use crate::change::{Change, overlaps};
+use crate::change::Change;
 use crate::diff::DiffRecord;
 use crate::error::{Error, Result};
 use crate::fold::corrupt;
@@ -135,12 +135,9 @@ impl MultiBee {
         let heads = self.diffs_of(key, true)?;
         let mut out = Vec::new();
         for (i, h) in heads.iter().enumerate() {
-            let lost = heads[i + 1..].iter().any(|later| {
-                h.change
-                    .paths()
-                    .iter()
-                    .any(|a| later.change.paths().iter().any(|b| overlaps(a, b)))
-            });
+            let lost = heads[i + 1..]
+                .iter()
+                .any(|later| h.change.clobbered_by(&later.change));
             if lost {
                 out.push(Conflict {
                     writer: h.writer,

@@ -8,36 +8,66 @@ use serde::{Deserialize, Serialize};
 use crate::change::Change;
 use crate::hlc::Hlc;
 
+/// One diff of one writer: the writer's diff feed key and the diff's sequence number in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Dot {
+    /// The writer's diff feed key.
+    pub writer: [u8; 32],
+    /// The entry's sequence number in that feed.
+    pub seq: u64,
+}
+
 /// What a writer records for one change to one key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DiffRecord {
     /// The user key.
     pub key: Vec<u8>,
-    /// The writer's HLC when it wrote the change; unique per writer.
+    /// The diff's stamp: its place in the merge order (with the writer's key). The writer's
+    /// HLC, raised above every diff of the key the writer had merged, so that a change made
+    /// after another comes after it everywhere (see `docs/merge.md`). Unique per writer and key.
     pub ts: Hlc,
-    /// Causal context: for every other writer whose diffs this writer had merged, the length
-    /// of that writer's diff feed it had merged (sorted by feed key, no duplicates).
-    pub context: Vec<([u8; 32], u64)>,
+    /// Causal context: the other writers' diffs of this key that were heads (not yet
+    /// overwritten by a diff that had seen them) when the writer wrote this one, sorted, no
+    /// duplicates. Its size depends on how many concurrent writes the key has, never on how
+    /// many writers the database has.
+    pub parents: Vec<Dot>,
     /// The change.
     pub change: Change,
 }
 
+/// The first format, whose context was a version vector of every writer's merged length.
+#[derive(Deserialize)]
+struct RecordV1 {
+    key: Vec<u8>,
+    ts: Hlc,
+    _context: Vec<([u8; 32], u64)>,
+    change: Change,
+}
+
 #[derive(Serialize, Deserialize)]
-enum Stored<T> {
-    V1(T),
+enum Stored<A, B> {
+    V1(A),
+    V2(B),
 }
 
 impl DiffRecord {
     /// The record's bytes (the value of the diff bee's put).
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain data into a Vec cannot fail.
-        postcard::to_stdvec(&Stored::V1(self)).unwrap_or_default()
+        postcard::to_stdvec(&Stored::<(), _>::V2(self)).unwrap_or_default()
     }
 
-    /// Decodes a record; the error says why it is not one.
+    /// Decodes a record; the error says why it is not one. A record of the first format reads
+    /// with no parents (its writes stay merged; only the conflicts it could show are lost).
     pub fn decode(bytes: &[u8]) -> Result<DiffRecord, String> {
-        match postcard::from_bytes::<Stored<DiffRecord>>(bytes) {
-            Ok(Stored::V1(r)) => Ok(r),
+        match postcard::from_bytes::<Stored<RecordV1, DiffRecord>>(bytes) {
+            Ok(Stored::V2(r)) => Ok(r),
+            Ok(Stored::V1(r)) => Ok(DiffRecord {
+                key: r.key,
+                ts: r.ts,
+                parents: Vec::new(),
+                change: r.change,
+            }),
             Err(e) => Err(format!("not a diff record: {e}")),
         }
     }
@@ -64,20 +94,16 @@ impl DiffRecord {
         if Keyspace::default().encode(&diff_key(&record.key, record.ts)) != key {
             return Err("the entry's key does not match the record's key and timestamp".into());
         }
-        if !record.context.windows(2).all(|w| w[0].0 < w[1].0) {
-            return Err("the causal context is not sorted by writer".into());
+        if !record.parents.windows(2).all(|w| w[0] < w[1]) {
+            return Err("the parents are not sorted".into());
         }
-        if !record.change.is_valid() {
-            return Err("a field operation with an empty path".into());
-        }
+        record.change.check()?;
         Ok((record, value))
     }
 
-    /// The merged length of `writer`'s feed this diff's writer had seen.
-    pub fn saw(&self, writer: &[u8; 32]) -> u64 {
-        self.context
-            .binary_search_by(|(w, _)| w.cmp(writer))
-            .map_or(0, |i| self.context[i].1)
+    /// Whether `dot` is one of this diff's parents.
+    pub fn has_parent(&self, dot: &Dot) -> bool {
+        self.parents.binary_search(dot).is_ok()
     }
 }
 
@@ -105,7 +131,16 @@ mod tests {
         DiffRecord {
             key: b"k".to_vec(),
             ts: Hlc::new(5, 1),
-            context: vec![([1; 32], 3), ([2; 32], 9)],
+            parents: vec![
+                Dot {
+                    writer: [1; 32],
+                    seq: 3,
+                },
+                Dot {
+                    writer: [2; 32],
+                    seq: 9,
+                },
+            ],
             change: Change::Set(Value::Bytes(b"v".to_vec())),
         }
     }
@@ -123,15 +158,44 @@ mod tests {
         let r = record();
         let (back, _) = DiffRecord::from_entry(&entry(diff_key(&r.key, r.ts), &r)).unwrap();
         assert_eq!(back, r);
-        assert_eq!(r.saw(&[2; 32]), 9);
-        assert_eq!(r.saw(&[3; 32]), 0);
+        assert!(r.has_parent(&Dot {
+            writer: [2; 32],
+            seq: 9
+        }));
+        assert!(!r.has_parent(&Dot {
+            writer: [2; 32],
+            seq: 8
+        }));
         assert!(DiffRecord::from_entry(&entry(diff_key(b"other", r.ts), &r)).is_err());
         assert!(DiffRecord::from_entry(&entry(diff_key(&r.key, Hlc(1)), &r)).is_err());
         let mut unsorted = r.clone();
-        unsorted.context.reverse();
+        unsorted.parents.reverse();
         assert!(DiffRecord::from_entry(&entry(diff_key(&r.key, r.ts), &unsorted)).is_err());
         assert!(DiffRecord::from_entry(b"garbage").is_err());
-        assert!(DiffRecord::decode(&[1, 2, 3]).is_err(), "unknown version");
+        assert!(DiffRecord::decode(&[7, 2, 3]).is_err(), "unknown version");
+    }
+
+    #[test]
+    fn first_format_records_still_read() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            key: &'a [u8],
+            ts: Hlc,
+            context: Vec<([u8; 32], u64)>,
+            change: &'a Change,
+        }
+        let change = Change::Set(Value::Bytes(b"v".to_vec()));
+        let old = V1 {
+            key: b"k",
+            ts: Hlc(9),
+            context: vec![([1; 32], 2)],
+            change: &change,
+        };
+        let bytes = postcard::to_stdvec(&Stored::<_, ()>::V1(old)).unwrap();
+        let back = DiffRecord::decode(&bytes).unwrap();
+        assert_eq!((back.key.as_slice(), back.ts), (&b"k"[..], Hlc(9)));
+        assert!(back.parents.is_empty());
+        assert_eq!(back.change, change);
     }
 
     #[test]

@@ -24,6 +24,21 @@ pub enum Error {
     /// A wrong argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A value nests deeper than [`crate::MAX_DEPTH`].
+    #[error("the value nests {depth} levels deep; at most {max} are allowed")]
+    TooDeep {
+        /// How deep the value nests.
+        depth: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No fresh timestamp is left for a write of this key (the clock, or the key's newest
+    /// diff, is at the largest timestamp): the write is refused rather than reusing one.
+    #[error("no timestamp is left after {after} for a write of this key")]
+    ClockExhausted {
+        /// The newest timestamp in the way.
+        after: crate::Hlc,
+    },
 }
 
 impl From<multibee_bee::Error> for Error {

@@ -9,7 +9,7 @@ use multibee_bee::{Bee, HeadReader};
 use multibee_feed::{Error as FeedError, FeedKey};
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use crate::diff::DiffRecord;
+use crate::diff::{DiffRecord, Dot};
 use crate::merge::{Diff, Merge};
 use crate::tables::{self, CHECKPOINTS, DIFFS, DiffId, Head, KEYS, KeyState};
 use crate::value::Value;
@@ -57,9 +57,18 @@ impl Loaded {
         (self.ts, self.writer)
     }
 
-    /// Whether the writer of `self` had seen diff `seq` of `writer` when it wrote `self`.
-    fn covers(&self, writer: &[u8; 32], seq: u64) -> bool {
-        tables::covers(&self.writer, self.seq, &self.record.context, writer, seq)
+    /// Whether `self` covers the diff `head` of the same key: it comes after it in merge order
+    /// and its writer had merged it (a parent, or an earlier diff of the same writer).
+    fn covers(&self, head: &Head) -> bool {
+        (head.ts, head.writer) < self.id()
+            && if head.writer == self.writer {
+                head.seq < self.seq
+            } else {
+                self.record.has_parent(&Dot {
+                    writer: head.writer,
+                    seq: head.seq,
+                })
+            }
     }
 
     fn to_diff(&self) -> Diff {
@@ -75,7 +84,6 @@ impl Loaded {
             ts: self.ts,
             writer: self.writer,
             seq: self.seq,
-            context: self.record.context.clone(),
         }
     }
 }
@@ -148,6 +156,26 @@ impl<'t> Fold<'t> {
             .transpose()
     }
 
+    /// What a local write of `key` needs for its causal metadata: the stamp of the key's
+    /// newest merged diff, and the key's heads (as dots, sorted).
+    pub(crate) fn causal(&self, key: &[u8]) -> FeedResult<(Option<u64>, Vec<Dot>)> {
+        Ok(match self.key_state(key)? {
+            None => (None, Vec::new()),
+            Some(state) => {
+                let mut heads: Vec<Dot> = state
+                    .heads
+                    .iter()
+                    .map(|h| Dot {
+                        writer: h.writer,
+                        seq: h.seq,
+                    })
+                    .collect();
+                heads.sort_unstable();
+                (Some(state.last.0), heads)
+            }
+        })
+    }
+
     fn key_state(&self, key: &[u8]) -> FeedResult<Option<KeyState>> {
         match self.keys.get(key).map_err(storage)? {
             None => Ok(None),
@@ -179,10 +207,9 @@ impl<'t> Fold<'t> {
             }
             state => (self.append(key, &new, state)?, false),
         };
-        // Heads the new diff had seen are heads no more; it is one unless a diff saw it.
-        state.heads.retain(|h| !new.covers(&h.writer, h.seq));
-        let covered = covered_later || state.heads.iter().any(|h| h.covers(&new.writer, new.seq));
-        if !covered {
+        // Heads the new diff had seen are heads no more; it is one unless a later diff saw it.
+        state.heads.retain(|h| !new.covers(h));
+        if !covered_later {
             let at = state.heads.partition_point(|h| (h.ts, h.writer) < new.id());
             state.heads.insert(at, new.head());
         }
@@ -245,9 +272,7 @@ impl<'t> Fold<'t> {
             Some(((ts, w), value)) => (Bound::Excluded((key, ts, w)), value),
         };
         let later = self.load((start, Bound::Included(hi(key))))?;
-        let covered = later
-            .iter()
-            .any(|e| e.id() > new.id() && e.covers(&new.writer, new.seq));
+        let covered = later.iter().any(|e| e.covers(&new.head()));
         ks.since_checkpoint = self.fold_from(key, value, &later)?;
         Ok((ks, covered))
     }
@@ -341,20 +366,22 @@ impl<'t> Fold<'t> {
         let last = last.id();
         self.original(key)?;
         let since_checkpoint = self.fold_from(key, None, &all)?;
-        // Newest first: `seen[w]` is the highest seq of writer `w` a later diff had seen (for
-        // `w` itself, its own later seq), so a diff is a head iff nothing later saw it.
-        let mut seen: HashMap<[u8; 32], u64> = HashMap::new();
+        // Newest first: a diff is a head unless a later one covers it, which is one whose
+        // parents name it or a later diff of its own writer.
+        let mut named = std::collections::HashSet::new();
+        let mut newest_seq: HashMap<[u8; 32], u64> = HashMap::new();
         let mut heads = Vec::new();
         for d in all.iter().rev() {
-            if seen.get(&d.writer).is_none_or(|&s| s <= d.seq) {
+            let dot = Dot {
+                writer: d.writer,
+                seq: d.seq,
+            };
+            if !named.contains(&dot) && newest_seq.get(&d.writer).is_none_or(|&s| s <= d.seq) {
                 heads.push(d.head());
             }
-            let own = seen.entry(d.writer).or_default();
+            let own = newest_seq.entry(d.writer).or_default();
             *own = (*own).max(d.seq);
-            for (w, len) in &d.record.context {
-                let s = seen.entry(*w).or_default();
-                *s = (*s).max(*len);
-            }
+            named.extend(d.record.parents.iter().copied());
         }
         heads.reverse();
         let state = KeyState {

@@ -36,14 +36,20 @@ impl Hlc {
 
     /// The next timestamp after `self` at physical time `now_ms`: the physical time if it is
     /// ahead, otherwise one more tick of the counter (which carries into the milliseconds when
-    /// it overflows, so the clock never repeats or goes backwards).
-    pub fn tick(self, now_ms: u64) -> Hlc {
+    /// it overflows, so the clock never repeats or goes backwards). `None` at the end of time:
+    /// `self` is the largest timestamp and the physical time is not ahead of it.
+    pub fn tick(self, now_ms: u64) -> Option<Hlc> {
         let now = Hlc::new(now_ms, 0);
         if now > self {
-            now
+            Some(now)
         } else {
-            Hlc(self.0.saturating_add(1))
+            self.0.checked_add(1).map(Hlc)
         }
+    }
+
+    /// The smallest timestamp after `self`; `None` if `self` is the largest.
+    pub fn next(self) -> Option<Hlc> {
+        self.0.checked_add(1).map(Hlc)
     }
 }
 
@@ -108,7 +114,7 @@ mod tests {
     fn ticks_are_strictly_increasing_even_when_the_clock_stalls_or_goes_back() {
         let mut t = Hlc::new(1000, 0);
         for now in [1000, 999, 0, 1000, 1001, 5] {
-            let next = t.tick(now);
+            let next = t.tick(now).unwrap();
             assert!(next > t);
             t = next;
         }
@@ -118,7 +124,17 @@ mod tests {
     #[test]
     fn counter_overflow_carries_into_the_milliseconds() {
         let t = Hlc::new(7, u16::MAX);
-        assert_eq!(t.tick(7), Hlc::new(8, 0));
+        assert_eq!(t.tick(7), Some(Hlc::new(8, 0)));
         assert_eq!(Hlc::new(u64::MAX, 3).millis(), Hlc::MAX_MILLIS);
+    }
+
+    #[test]
+    fn the_end_of_time_gives_no_timestamp_rather_than_a_repeated_one() {
+        let end = Hlc(u64::MAX);
+        assert_eq!(end.tick(u64::MAX), None);
+        assert_eq!(end.next(), None);
+        let almost = Hlc(u64::MAX - 1);
+        assert_eq!(almost.tick(Hlc::MAX_MILLIS), Some(end));
+        assert_eq!(end.tick(0), None);
     }
 }

@@ -78,7 +78,7 @@ pub mod fuzzing {
 
 pub use change::{Change, FieldOp, merge_patch};
 pub use changes::{Changes, ChangesOptions, Conflict, HistoryEntry, StoreChange};
-pub use diff::{DiffRecord, diff_key};
+pub use diff::{DiffRecord, Dot, diff_key};
 pub use error::{Error, Result};
 pub use hlc::{Clock, Hlc, ManualClock, SystemClock};
 pub use merge::{Diff, LastWriterWins, Merge};
@@ -88,4 +88,4 @@ pub use options::{Event, Options};
 pub use peer::{MultiBee, WriterInfo};
 pub use tables::WriterState;
 pub use txn::BatchOp;
-pub use value::Value;
+pub use value::{MAX_DEPTH, Value};

@@ -237,13 +237,42 @@ impl MultiBee {
 
     /// Applies every op atomically (one transaction, one signature per feed); returns the
     /// store version once it is durable. A put of the value a key already has writes nothing.
+    ///
+    /// Fails with [`Error::TooDeep`] for a value or patch nested deeper than
+    /// [`crate::MAX_DEPTH`], and with [`Error::ClockExhausted`] if no fresh timestamp is left for
+    /// a key (nothing of the batch is written then).
     pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<u64> {
+        for op in &ops {
+            let depth = match op {
+                BatchOp::Put(_, v) => v.depth(),
+                BatchOp::Patch(_, p) => crate::value::json_depth(p),
+                BatchOp::Del(_) => 0,
+            };
+            if depth > crate::MAX_DEPTH {
+                return Err(Error::TooDeep {
+                    depth,
+                    max: crate::MAX_DEPTH,
+                });
+            }
+        }
         let this = self.clone();
-        Ok(self
+        let refused = Arc::new(Mutex::new(None));
+        let slot = refused.clone();
+        let written = self
             .inner
             .store
-            .write(move |txn| this.ctx().write_local(txn, &ops))
-            .await?)
+            .write(move |txn| {
+                let mut refused = slot.lock().unwrap_or_else(|p| p.into_inner());
+                this.ctx().write_local(txn, &ops, &mut refused)
+            })
+            .await;
+        match (
+            written,
+            refused.lock().unwrap_or_else(|p| p.into_inner()).take(),
+        ) {
+            (Err(_), Some(reason)) => Err(reason),
+            (written, _) => Ok(written?),
+        }
     }
 
     /// Starts counting the writer whose diff feed is `key` (persisted). Its diffs are merged

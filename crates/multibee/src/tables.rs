@@ -6,7 +6,7 @@
 //! | `mb-writers-1` | writer's diff feed key | [`WriterRow`] (postcard, versioned) |
 //! | `mb-diffs-1` | `(key, hlc, writer)` | seq (u64 LE) ‖ [`crate::DiffRecord`] bytes |
 //! | `mb-checkpoints-1` | `(key, hlc, writer)` | the key's value after that diff ([`encode_state`]) |
-//! | `mb-keys-1` | key | [`KeyState`] (postcard, versioned): newest diff, diffs since the last checkpoint, causal heads |
+//! | `mb-keys-1` | key | [`KeyState`] (postcard, versioned): newest diff (stamp, writer), diffs since the last checkpoint, causal heads (stamp, writer, seq) |
 //!
 //! `mb-diffs-1` holds every merged diff of every counted writer (own and remote), in merge
 //! order; the store bee holds the fold. A writer's `merged` length moves in the transaction
@@ -69,43 +69,17 @@ impl WriterRow {
 }
 
 /// A diff of a key that no other diff of the key had seen when it was written.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Head {
     pub ts: u64,
     pub writer: [u8; 32],
     pub seq: u64,
-    /// The diff's causal context (see [`crate::DiffRecord::context`]).
-    pub context: Vec<([u8; 32], u64)>,
-}
-
-impl Head {
-    /// Whether the writer of `self` had seen diff `seq` of `writer` when it wrote `self`.
-    pub(crate) fn covers(&self, writer: &[u8; 32], seq: u64) -> bool {
-        covers(&self.writer, self.seq, &self.context, writer, seq)
-    }
-}
-
-/// Whether a diff (`a_writer`, `a_seq`, `a_context`) was written after its writer had seen
-/// diff `b_seq` of `b_writer`.
-pub(crate) fn covers(
-    a_writer: &[u8; 32],
-    a_seq: u64,
-    a_context: &[([u8; 32], u64)],
-    b_writer: &[u8; 32],
-    b_seq: u64,
-) -> bool {
-    if a_writer == b_writer {
-        return a_seq > b_seq;
-    }
-    a_context
-        .binary_search_by(|(w, _)| w.cmp(b_writer))
-        .is_ok_and(|i| a_context[i].1 > b_seq)
 }
 
 /// A `mb-keys-1` row: what the merge keeps per key besides its diffs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct KeyState {
-    /// The newest diff `(hlc, writer)`.
+    /// The newest diff `(stamp, writer)`: a local write to the key is stamped after it.
     pub last: (u64, [u8; 32]),
     /// Diffs after the newest checkpoint.
     pub since_checkpoint: u32,
@@ -113,14 +87,37 @@ pub(crate) struct KeyState {
     pub heads: Vec<Head>,
 }
 
+/// The first format of a key state, whose heads carried version vectors.
+#[derive(Deserialize)]
+struct KeyStateV1 {
+    last: (u64, [u8; 32]),
+    since_checkpoint: u32,
+    heads: Vec<(u64, [u8; 32], u64, Vec<([u8; 32], u64)>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Versioned<A, B> {
+    V1(A),
+    V2(B),
+}
+
 impl KeyState {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(&Stored::V1(self)).unwrap_or_default()
+        postcard::to_stdvec(&Versioned::<(), _>::V2(self)).unwrap_or_default()
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Option<KeyState> {
-        match postcard::from_bytes::<Stored<KeyState>>(bytes) {
-            Ok(Stored::V1(state)) => Some(state),
+        match postcard::from_bytes::<Versioned<KeyStateV1, KeyState>>(bytes) {
+            Ok(Versioned::V2(state)) => Some(state),
+            Ok(Versioned::V1(old)) => Some(KeyState {
+                last: old.last,
+                since_checkpoint: old.since_checkpoint,
+                heads: old
+                    .heads
+                    .into_iter()
+                    .map(|(ts, writer, seq, _)| Head { ts, writer, seq })
+                    .collect(),
+            }),
             Err(_) => None,
         }
     }

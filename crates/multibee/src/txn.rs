@@ -10,6 +10,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use crate::change::{Change, merge_patch};
 use crate::diff::{DiffRecord, diff_key};
+use crate::error::Error;
 use crate::fold::{Added, Fold, Folded, Loaded, bee_error, corrupt, storage};
 use crate::hlc::{Clock, Hlc};
 use crate::merge::Merge;
@@ -51,10 +52,19 @@ impl BatchOp {
 }
 
 impl Ctx<'_> {
-    fn tick(&self) -> Hlc {
+    /// The stamp of a local write of a key whose newest merged diff is stamped `last`: the
+    /// next HLC tick, raised above `last` so that the write comes after everything it saw.
+    fn stamp(&self, last: Option<u64>) -> Result<Hlc, Error> {
         let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
-        *hlc = hlc.tick(self.clock.now_ms());
-        *hlc
+        let t = hlc
+            .tick(self.clock.now_ms())
+            .ok_or(Error::ClockExhausted { after: *hlc })?;
+        let floor = match last.map(Hlc) {
+            None => t,
+            Some(last) => last.next().ok_or(Error::ClockExhausted { after: last })?,
+        };
+        *hlc = t;
+        Ok(t.max(floor))
     }
 
     /// Advances the HLC past a merged remote timestamp, unless it is too far ahead.
@@ -81,14 +91,15 @@ impl Ctx<'_> {
     }
 
     /// Local writes: computes each change against the merged value, stamps it, and commits
-    /// the diff entries, the merge and the store entries. Returns the store version.
-    pub(crate) fn write_local(&self, txn: &mut WriteTxn<'_>, ops: &[BatchOp]) -> FeedResult<u64> {
+    /// the diff entries, the merge and the store entries. Returns the store version. A write
+    /// this peer refuses (no timestamp left) fails the job with the reason in `refused`.
+    pub(crate) fn write_local(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        ops: &[BatchOp],
+        refused: &mut Option<Error>,
+    ) -> FeedResult<u64> {
         let start = txn.length(&self.own)?;
-        let context = active_writers(txn.raw())?
-            .into_iter()
-            .filter(|(w, row)| *w != self.own.0 && row.merged > 0)
-            .map(|(w, row)| (w, row.merged))
-            .collect::<Vec<_>>();
         let mut entries = Vec::new();
         let pending = {
             let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval)?;
@@ -107,10 +118,20 @@ impl Ctx<'_> {
                 let Some(change) = Change::between(old.as_ref(), new) else {
                     continue;
                 };
+                let (last, mut parents) = fold.causal(key)?;
+                parents.retain(|d| d.writer != self.own.0);
+                let ts = match self.stamp(last) {
+                    Ok(ts) => ts,
+                    Err(e) => {
+                        let message = e.to_string();
+                        *refused = Some(e);
+                        return Err(multibee_feed::Error::InvalidArgument(message));
+                    }
+                };
                 let record = DiffRecord {
                     key: key.to_vec(),
-                    ts: self.tick(),
-                    context: context.clone(),
+                    ts,
+                    parents,
                     change,
                 };
                 let bytes = record.encode();

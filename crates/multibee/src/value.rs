@@ -11,6 +11,30 @@ pub enum Value {
     Bytes(Vec<u8>),
 }
 
+/// How deep a JSON value may nest: objects and arrays count one level each, so `{"a":[1]}` is
+/// two deep. Writes deeper than this are refused, and remote diffs deeper than this are skipped
+/// as invalid, so that every stored value reads back (JSON parsers stop at 128 levels).
+pub const MAX_DEPTH: usize = 64;
+
+/// How deeply `v` nests (0 for a scalar). Iterative, so any input is safe to measure.
+pub fn json_depth(v: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
+            serde_json::Value::Array(items) => Box::new(items.iter()),
+            serde_json::Value::Object(fields) => Box::new(fields.values()),
+            _ => {
+                deepest = deepest.max(depth);
+                continue;
+            }
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    deepest
+}
+
 const TAG_JSON: u8 = 1;
 const TAG_BYTES: u8 = 2;
 
@@ -20,6 +44,14 @@ impl Value {
         match self {
             Value::Json(v) => Some(v),
             Value::Bytes(_) => None,
+        }
+    }
+
+    /// How deeply the value nests (0 for bytes and JSON scalars); see [`MAX_DEPTH`].
+    pub fn depth(&self) -> usize {
+        match self {
+            Value::Json(v) => json_depth(v),
+            Value::Bytes(_) => 0,
         }
     }
 
@@ -108,6 +140,15 @@ mod tests {
         assert!(Value::from_stored(&[]).is_err());
         assert!(Value::from_stored(&[9]).is_err());
         assert!(Value::from_stored(&[1, b'{']).is_err());
+    }
+
+    #[test]
+    fn depth_counts_objects_and_arrays() {
+        assert_eq!(json_depth(&json!(1)), 0);
+        assert_eq!(json_depth(&json!({})), 1);
+        assert_eq!(json_depth(&json!({"a": [1]})), 2);
+        assert_eq!(json_depth(&json!([[], {"x": {"y": []}}])), 4);
+        assert_eq!(Value::Bytes(vec![1]).depth(), 0);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `Value::from_stored` on random bytes and on mutations of real encodings. Only the absence of
 //! a panic is asserted; `fuzz/` runs the same for longer.
 
-use multibee_multibee::{Change, DiffRecord, FieldOp, Hlc, Value, diff_key};
+use multibee_multibee::{Change, DiffRecord, Dot, FieldOp, Hlc, Value, diff_key};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -13,7 +13,16 @@ use mutations::{edits, mutate};
 /// A real record of each change kind.
 fn records() -> Vec<DiffRecord> {
     let ts = Hlc::new(1_700_000_000_000, 3);
-    let context = vec![([1; 32], 4), ([9; 32], 12)];
+    let parents = vec![
+        Dot {
+            writer: [1; 32],
+            seq: 4,
+        },
+        Dot {
+            writer: [9; 32],
+            seq: 12,
+        },
+    ];
     let changes = [
         Change::Set(Value::Json(json!({"a": [1, 2.5, "x"], "b": {"c": null}}))),
         Change::Set(Value::Bytes(b"raw\0bytes".to_vec())),
@@ -25,6 +34,9 @@ fn records() -> Vec<DiffRecord> {
             FieldOp::Remove {
                 path: vec!["z".into()],
             },
+            FieldOp::Object {
+                path: vec!["o".into()],
+            },
         ]),
         Change::Delete,
     ];
@@ -33,7 +45,7 @@ fn records() -> Vec<DiffRecord> {
         .map(|change| DiffRecord {
             key: b"doc\0key".to_vec(),
             ts,
-            context: context.clone(),
+            parents: parents.clone(),
             change,
         })
         .collect()
@@ -42,7 +54,10 @@ fn records() -> Vec<DiffRecord> {
 /// Decodes `bytes` as a record, an entry and a stored value.
 fn decode_all(bytes: &[u8]) {
     if let Ok(record) = DiffRecord::decode(bytes) {
-        let _ = record.saw(&[1; 32]);
+        let _ = record.has_parent(&Dot {
+            writer: [1; 32],
+            seq: 0,
+        });
     }
     if let Ok((record, value)) = DiffRecord::from_entry(bytes) {
         assert_eq!(DiffRecord::decode(&value), Ok(record));

@@ -1,6 +1,7 @@
 //! The multibee test suite.
 #![allow(clippy::unwrap_used)]
 
+mod causality;
 mod faults;
 mod fuzz_decode;
 mod lessons;

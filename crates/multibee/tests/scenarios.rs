@@ -354,12 +354,13 @@ fn s10_clock_skew_backward_jumps_and_counter_overflow_keep_order_and_convergence
         peers[1].clock.advance(-3_600_000); // -1 h
         peers[0].mb.put("k", json!({"a": "ahead"})).await.unwrap();
         sync_all(&peers).await;
-        // The peer behind adopts the remote time (within the drift bound of 60 s? no: 2 h
-        // ahead of it), so it is flagged and its own next write is still ordered before.
+        // The peer behind does not adopt the remote time (2 h ahead of it: flagged), but its
+        // write, made after merging the one ahead, is stamped after it: it wins everywhere.
         peers[1].mb.put("k", json!({"a": "behind"})).await.unwrap();
         sync_all(&peers).await;
         converged(&peers);
-        assert_eq!(peers[0].json("k"), Some(json!({"a": "ahead"})));
+        assert_eq!(peers[0].json("k"), Some(json!({"a": "behind"})));
+        assert!(peers[1].mb.clock().millis() < 1_000_000 + 3_600_000);
 
         // A clock that jumps back never makes timestamps go back.
         let before = peers[0].mb.clock();
@@ -397,12 +398,16 @@ fn s10_a_far_future_timestamp_is_reported_does_not_drag_the_clock_and_merges_ali
             flagged |= matches!(e, Event::FutureTimestamp { .. });
         }
         assert!(flagged);
-        // Peer 1's newer local write still sorts before the future diff, on every peer.
+        // Peer 1's write, made after it merged the future diff, wins on every peer; its clock
+        // still stays where it was for every other key.
         peers[1].mb.put("k", json!({"f": "now"})).await.unwrap();
+        peers[1].mb.put("other", json!(1)).await.unwrap();
         sync_all(&peers).await;
         for p in &peers {
-            assert_eq!(p.json("k"), Some(json!({"f": "future"})));
+            assert_eq!(p.json("k"), Some(json!({"f": "now"})));
+            assert_eq!(p.mb.conflicts("k").unwrap(), vec![]);
         }
+        assert!(peers[1].mb.history("other").unwrap()[0].ts.millis() < 1_000_000 + 86_400_000);
         converged(&peers);
     });
 }
@@ -529,7 +534,7 @@ fn s12_an_entry_that_is_not_a_valid_diff_is_skipped_alike_and_reported() {
         let good = multibee_multibee::DiffRecord {
             key: b"k".to_vec(),
             ts: Hlc::new(1_000_000, 0),
-            context: vec![],
+            parents: vec![],
             change: Change::Set(Value::Json(json!(7))),
         };
         let entry = |key: Vec<u8>, r: &multibee_multibee::DiffRecord| {

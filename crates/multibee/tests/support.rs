@@ -30,6 +30,16 @@ impl Peer {
         Peer { mb, clock, dir }
     }
 
+    /// A peer whose options are the test defaults changed by `f`.
+    pub async fn with(now_ms: u64, f: impl FnOnce(Options) -> Options) -> Peer {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(now_ms);
+        let mb = MultiBee::open_with(dir.path(), f(options(&clock)))
+            .await
+            .unwrap();
+        Peer { mb, clock, dir }
+    }
+
     /// Closes and reopens the peer on its folder.
     pub async fn reopen(self) -> Peer {
         let Peer { mb, clock, dir } = self;
