@@ -37,8 +37,8 @@ async fn run(transport: &str, sync: SyncMode) {
     let config = || Config::loopback().kademlia(false);
     let served_a = serve(&a, config()).await.unwrap();
     let served_b = serve(&b, config()).await.unwrap();
-    served_a.add_peer(b.diff_key()).await.unwrap();
-    served_b.add_peer(a.diff_key()).await.unwrap();
+    served_a.add_writer(b.diff_key()).await.unwrap();
+    served_b.add_writer(a.diff_key()).await.unwrap();
     let addr = served_a
         .listen_addrs()
         .await

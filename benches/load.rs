@@ -102,7 +102,7 @@ async fn load(sync: SyncMode, seconds: u64) {
     for (i, (_, served)) in peers.iter().enumerate() {
         for (j, (other, _)) in peers.iter().enumerate() {
             if i != j {
-                served.add_peer(other.diff_key()).await.unwrap();
+                served.add_writer(other.diff_key()).await.unwrap();
             }
         }
     }

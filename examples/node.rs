@@ -102,7 +102,7 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot open {}: {e}", args.dir.display()))?;
     for key in &args.writer {
-        mb.add_peer(*key)
+        mb.add_writer(*key)
             .await
             .map_err(|e| format!("cannot add writer {key}: {e}"))?;
     }
@@ -238,8 +238,8 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
             let (action, key) = rest.split_once(' ').ok_or("usage: writer add|remove KEY")?;
             let key: FeedKey = key.trim().parse().map_err(|e| format!("bad key: {e}"))?;
             match action {
-                "add" => served.add_peer(key).await.map_err(|e| e.to_string())?,
-                "remove" => served.remove_peer(key).await.map_err(|e| e.to_string())?,
+                "add" => served.add_writer(key).await.map_err(|e| e.to_string())?,
+                "remove" => served.remove_writer(key).await.map_err(|e| e.to_string())?,
                 other => {
                     return Err(format!(
                         "unknown writer action {other:?}: use add or remove"

@@ -9,7 +9,8 @@
 //! so remote changes show up in [`MultiBee::changes`] and [`MultiBee::get`] as they arrive.
 //!
 //! Writers counted before [`serve`] are replicated from the start; a writer counted later,
-//! through [`Served::add_peer`] or [`MultiBee::add_peer`] alike, is replicated from then on.
+//! through [`Served::add_writer`] or [`MultiBee::add_writer`] alike, or by a membership
+//! operation replicated from another member, is replicated from then on.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -22,8 +23,8 @@
 //! a.put("greeting", Value::Bytes(b"hello".to_vec())).await?;
 //!
 //! // Each peer counts the other's writes (keys are exchanged out of band)...
-//! a.add_peer(b.diff_key()).await?;
-//! b.add_peer(a.diff_key()).await?;
+//! a.add_writer(b.diff_key()).await?;
+//! b.add_writer(a.diff_key()).await?;
 //! // ...and serves itself on the network (127.0.0.1 only here; `Config::default()` listens
 //! // everywhere and finds peers on the local network with mDNS).
 //! let served_a = serve(&a, Config::loopback()).await?;
@@ -92,19 +93,21 @@ pub async fn serve(mb: &MultiBee, config: Config) -> Result<Served> {
     })
 }
 
-/// Fetches the diff feed of every active writer of `mb`, and of no other writer.
+/// Fetches the diff feed of every writer of `mb` that is or was a member (a removed writer's
+/// feed is still fetched, held and not merged past its cut, so that every peer holds the same
+/// membership operations), and of no frozen one.
 async fn sync_writers(mb: &MultiBee, handle: &NodeHandle) -> Result<()> {
     for writer in mb.writers()? {
         match writer.state {
-            WriterState::Active => drop(handle.replicate(writer.key).await?),
-            _ => handle.stop_replicating(writer.key).await?,
+            WriterState::Forked => handle.stop_replicating(writer.key).await?,
+            _ => drop(handle.replicate(writer.key).await?),
         }
     }
     Ok(())
 }
 
-/// Replicates every writer `mb` counts from now on, and stops fetching writers it no longer
-/// counts, until the node or the peer stops.
+/// Replicates every writer `mb` learns of from now on, and stops fetching frozen ones, until
+/// the node or the peer stops.
 async fn follow_writers(
     mb: MultiBee,
     handle: NodeHandle,
@@ -117,7 +120,7 @@ async fn follow_writers(
                 .await
                 .map(drop)
                 .map_err(Error::from),
-            Ok(db::Event::WriterRemoved { writer }) => {
+            Ok(db::Event::WriterFrozen { writer }) => {
                 handle.stop_replicating(writer).await.map_err(Error::from)
             }
             Ok(_) => Ok(()),
@@ -184,24 +187,34 @@ impl Served {
         Ok(self.node.handle().disconnect(peer).await?)
     }
 
-    /// Starts counting the writer whose diff feed is `key` ([`MultiBee::add_peer`]) and
-    /// replicates that feed live from every peer that has it.
-    pub async fn add_peer(&self, key: FeedKey) -> Result<()> {
-        self.mb.add_peer(key).await?;
+    /// Makes the writer whose diff feed is `key` a member ([`MultiBee::add_writer`]: a
+    /// replicated membership operation) and replicates that feed live from every peer that
+    /// has it.
+    pub async fn add_writer(&self, key: FeedKey) -> Result<()> {
+        self.mb.add_writer(key).await?;
         // The node follows the peer's writers on its own; asking here as well means the
         // replication has started when this returns.
         self.node.handle().replicate(key).await?;
         Ok(())
     }
 
-    /// Stops counting the writer `key` ([`MultiBee::remove_peer`], which a served peer follows
-    /// alike) and stops fetching its feed. The node keeps what it already holds of the feed and
-    /// goes on serving it to peers that still count that writer; its diffs no longer count here.
+    /// Removes the writer `key` ([`MultiBee::remove_writer`]: a cut at what this peer has
+    /// merged of it). Its feed is still fetched and served, but its diffs past the cut no
+    /// longer count, here or on any peer that applies the removal.
+    pub async fn remove_writer(&self, key: FeedKey) -> Result<()> {
+        Ok(self.mb.remove_writer(key).await?)
+    }
+
+    /// The old name of [`Served::add_writer`].
+    #[deprecated(note = "use add_writer")]
+    pub async fn add_peer(&self, key: FeedKey) -> Result<()> {
+        self.add_writer(key).await
+    }
+
+    /// The old name of [`Served::remove_writer`].
+    #[deprecated(note = "use remove_writer")]
     pub async fn remove_peer(&self, key: FeedKey) -> Result<()> {
-        self.mb.remove_peer(key).await?;
-        // As for `add_peer`: stopped when this returns, not only soon after.
-        self.node.handle().stop_replicating(key).await?;
-        Ok(())
+        self.remove_writer(key).await
     }
 
     /// A subscription to the node's events from now on.

@@ -32,7 +32,7 @@ async fn entries_that_are_not_diffs_are_skipped_alike_reported_and_served_on() {
     let b = Peer::start().await;
     let c = Peer::start().await;
     for p in [&b, &c] {
-        p.served.add_peer(a.key()).await.unwrap();
+        p.served.add_writer(a.key()).await.unwrap();
     }
     let (mut b_events, mut c_events) = (b.mb.events(), c.mb.events());
     b.connect(&a).await;

@@ -32,7 +32,7 @@ async fn line_partitioned_then_reconnected_converges() {
     for p in [&a, &b, &c] {
         for q in [&a, &b, &c] {
             if p.key() != q.key() {
-                p.served.add_peer(q.key()).await.unwrap();
+                p.served.add_writer(q.key()).await.unwrap();
             }
         }
     }

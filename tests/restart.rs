@@ -8,8 +8,8 @@ use crate::common::{Peer, close, json, open, wait_change};
 async fn restart_resumes_from_the_merged_lengths() {
     let a = Peer::start().await;
     let b = Peer::start().await;
-    a.served.add_peer(b.key()).await.unwrap();
-    b.served.add_peer(a.key()).await.unwrap();
+    a.served.add_writer(b.key()).await.unwrap();
+    b.served.add_writer(a.key()).await.unwrap();
     b.connect(&a).await;
 
     for i in 0..20 {
@@ -19,7 +19,8 @@ async fn restart_resumes_from_the_merged_lengths() {
     }
     b.wait_merged(&[&a]).await;
     let (a_key, b_key) = (a.key(), b.key());
-    assert_eq!(b.merged(a_key), (20, 20));
+    // A's feed: its membership operation adding B, then its 20 writes.
+    assert_eq!(b.merged(a_key), (21, 21));
 
     // B stops; A writes on.
     let b_dir = b.stop().await;
@@ -37,7 +38,7 @@ async fn restart_resumes_from_the_merged_lengths() {
         .into_iter()
         .find(|w| w.key == a_key)
         .unwrap();
-    assert_eq!((writer.merged, writer.length), (20, 20));
+    assert_eq!((writer.merged, writer.length), (21, 21));
     mb.put("offline", json(json!({"from": "b"}))).await.unwrap();
     close(mb).await;
     let b = Peer::start_in(b_dir).await;
@@ -47,7 +48,7 @@ async fn restart_resumes_from_the_merged_lengths() {
     b.wait_merged(&[&a]).await;
     a.wait_merged(&[&b]).await;
     wait_change(&a.mb, "offline", &json(json!({"from": "b"}))).await;
-    assert_eq!(b.merged(a_key), (50, 50));
+    assert_eq!(b.merged(a_key), (51, 51));
     assert_eq!(b.mb.get("k49").unwrap(), Some(json(json!({"n": 49}))));
     assert_eq!(a.mb.state_hash().unwrap(), b.mb.state_hash().unwrap());
     // Nothing was downloaded twice: B received only A's 30 new entries.

@@ -16,7 +16,7 @@ pub enum Error {
     #[error(transparent)]
     Bee(multibee_bee::Error),
     /// The feed is not the diff feed of a writer this peer counts.
-    #[error("{0} is not a writer of this peer (add it with add_peer)")]
+    #[error("{0} is not a writer of this peer (add it with add_writer)")]
     UnknownWriter(FeedKey),
     /// The writer was caught signing two histories and is frozen.
     #[error("writer {0} is frozen: it signed two different histories")]
@@ -24,6 +24,15 @@ pub enum Error {
     /// A wrong argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// This peer is not a member of its database (yet): it cannot change the membership.
+    #[error("{0} is not a member of this database: a member must add it first")]
+    NotAMember(FeedKey),
+    /// This peer was removed from its database: its writes would not count anywhere.
+    #[error("this peer was removed from the database{}", by.map(|b| format!(" by {b}")).unwrap_or_default())]
+    Removed {
+        /// The writer whose operation removed it, if one did.
+        by: Option<FeedKey>,
+    },
     /// A value nests deeper than [`crate::MAX_DEPTH`].
     #[error("the value nests {depth} levels deep; at most {max} are allowed")]
     TooDeep {

@@ -3,34 +3,39 @@
 //!
 //! A [`MultiBee`] owns two feeds in one folder: `store`, a bee of the merged documents, and
 //! `diff`, one entry per local change (a bee put keyed by key and timestamp, so it reads as a
-//! bee; the peer indexes it, with every other writer's diffs, in its merge table). Peers hand each other their [`MultiBee::diff_key`], add each
-//! other with [`MultiBee::add_peer`], replicate the diff feeds (with `multibee-net`, or any
-//! transport that moves verified feed batches: [`MultiBee::ingest`]) and merge them. The state
-//! of a key is the fold of all its diffs from all counted writers in `(Hlc, writer key)` order:
-//! by default per-field last-writer-wins over JSON objects, with tombstones, so concurrent edits
-//! of different fields both survive and an old write never resurrects a deleted key. A diff that
-//! arrives late rewinds its key to the newest checkpoint before it, never further.
+//! bee; the peer indexes it, with every other writer's diffs, in its merge table). A database
+//! is started by its first writer; members add writers with [`MultiBee::add_writer`], a
+//! membership operation in their diff feed that every peer applies alike, so peers learn of
+//! writers without being told. Peers replicate the members' diff feeds (with `multibee-net`, or
+//! any transport that moves verified feed batches: [`MultiBee::export`] and
+//! [`MultiBee::ingest`]) and merge them. The state of a key is the fold of all its diffs from
+//! all counted writers in merge order (a change made after another, by any writer, comes after
+//! it; concurrent ones by `(HLC, writer key)`): by default per-field last-writer-wins over JSON
+//! objects, at every depth, with tombstones, so concurrent edits of different fields both
+//! survive and an old write never resurrects a deleted key. A diff that arrives late rewinds its
+//! key to the newest checkpoint before it, never further. The rules: `docs/merge.md`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), multibee_multibee::Error> {
-//! use multibee_multibee::{MultiBee, Value};
+//! use multibee_multibee::{MultiBee, Options, Value};
 //! use serde_json::json;
 //!
 //! let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+//! // A starts a database; B opens a peer of it, and A adds B as a writer.
 //! let a = MultiBee::open(a_dir.path()).await?;
-//! let b = MultiBee::open(b_dir.path()).await?;
-//! a.add_peer(b.diff_key()).await?;
-//! b.add_peer(a.diff_key()).await?;
+//! let b = MultiBee::open_with(b_dir.path(), Options::default().database(a.database()?)).await?;
+//! a.add_writer(b.diff_key()).await?;
 //!
 //! a.put("doc", json!({"title": "draft", "tags": []})).await?;
-//! b.ingest(a.feed_store().feed(&a.diff_key()).unwrap().proof(0..1)?).await?;
+//! // Any transport that moves verified batches will do: here, by hand.
+//! b.ingest(a.export(a.diff_key(), 0)?).await?;
 //! // Concurrent edits of two fields of one document...
 //! a.put("doc", json!({"title": "final", "tags": []})).await?;
 //! b.put("doc", json!({"title": "draft", "tags": ["x"]})).await?;
 //! // ...exchanged in any order...
-//! b.ingest(a.feed_store().feed(&a.diff_key()).unwrap().proof(1..2)?).await?;
-//! a.ingest(b.feed_store().feed(&b.diff_key()).unwrap().proof(0..1)?).await?;
+//! b.ingest(a.export(a.diff_key(), 2)?).await?;
+//! a.ingest(b.export(b.diff_key(), 0)?).await?;
 //! // ...merge to the same document on both peers.
 //! let merged = Some(Value::Json(json!({"title": "final", "tags": ["x"]})));
 //! assert_eq!(a.get("doc")?, merged);
@@ -47,9 +52,11 @@ mod diff;
 mod error;
 mod fold;
 mod hlc;
+mod membership;
 mod merge;
 mod options;
 mod peer;
+mod roster;
 mod tables;
 mod txn;
 mod value;
@@ -81,6 +88,7 @@ pub use changes::{Changes, ChangesOptions, Conflict, HistoryEntry, StoreChange};
 pub use diff::{DiffRecord, Dot, diff_key};
 pub use error::{Error, Result};
 pub use hlc::{Clock, Hlc, ManualClock, SystemClock};
+pub use membership::{MemberOp, MemberRecord};
 pub use merge::{Diff, LastWriterWins, Merge};
 pub use multibee_bee::RangeOptions;
 pub use multibee_feed::FeedKey;

@@ -28,6 +28,11 @@ pub struct Options {
     /// A key's value is checkpointed every this many diffs, which bounds the cost of a late
     /// diff (default 64).
     pub checkpoint_interval: u32,
+    /// The database this peer belongs to (its first writer's diff feed key). `None` (the
+    /// default): a new folder starts a new database whose first writer is this peer; a folder
+    /// that exists keeps the database it has. Set it to join an existing database (see
+    /// [`crate::MultiBee::join`]): the peer's writes count once a member adds it.
+    pub database: Option<multibee_feed::FeedKey>,
     /// Merge replicated diffs as soon as they are stored (default). Off: only
     /// [`crate::MultiBee::merge`] and [`crate::MultiBee::ingest`] merge.
     pub auto_merge: bool,
@@ -43,12 +48,19 @@ impl Default for Options {
             max_drift_ms: 60_000,
             merge: Arc::new(LastWriterWins),
             checkpoint_interval: 64,
+            database: None,
             auto_merge: true,
         }
     }
 }
 
 impl Options {
+    /// Joins the database `key` (the diff feed key of its first writer) instead of starting one.
+    pub fn database(mut self, key: multibee_feed::FeedKey) -> Self {
+        self.database = Some(key);
+        self
+    }
+
     /// Sets the sync mode.
     pub fn sync(mut self, sync: SyncMode) -> Self {
         self.sync = sync;
@@ -127,16 +139,31 @@ pub enum Event {
         /// The writer.
         writer: FeedKey,
     },
-    /// A writer is counted ([`crate::MultiBee::add_peer`]): a network layer serving this peer
-    /// starts replicating its diff feed.
+    /// A writer became a member (added here with [`crate::MultiBee::add_writer`], or by a
+    /// replicated membership operation): a network layer serving this peer starts replicating
+    /// its diff feed.
     WriterAdded {
         /// The writer.
         writer: FeedKey,
     },
-    /// A writer is no longer counted ([`crate::MultiBee::remove_peer`]).
+    /// A writer is no longer a member ([`crate::MultiBee::remove_writer`], here or replicated):
+    /// its diffs past its cut no longer count. Its feed is still replicated, so that every
+    /// peer holds the same membership operations.
     WriterRemoved {
         /// The writer.
         writer: FeedKey,
+    },
+    /// A membership operation that does not count (its author is not a member, or it removes
+    /// a writer that is not one): skipped on every peer alike.
+    MembershipRejected {
+        /// The operation's author.
+        author: FeedKey,
+        /// Its entry in the author's diff feed.
+        seq: u64,
+        /// Its stamp.
+        ts: Hlc,
+        /// Why it does not count.
+        reason: String,
     },
     /// Diffs of a writer were merged.
     Merged {

@@ -12,9 +12,10 @@ use tokio::task::JoinHandle;
 use crate::error::{Error, Result};
 use crate::fold::corrupt;
 use crate::hlc::Hlc;
+use crate::membership::MemberOp;
 use crate::options::{Event, Options};
 use crate::tables::{self, META, WRITERS, WriterRow, WriterState};
-use crate::txn::{self, BatchOp, Ctx};
+use crate::txn::{BatchOp, Ctx};
 use crate::value::Value;
 
 /// Replicated entries merged per transaction.
@@ -54,10 +55,16 @@ pub struct WriterInfo {
     pub key: FeedKey,
     /// Whether its diffs count.
     pub state: WriterState,
-    /// Entries of its diff feed merged.
+    /// Entries of its diff feed read (merged, or held back past its cut).
     pub merged: u64,
     /// Entries of its diff feed held.
     pub length: u64,
+    /// For a writer that is not active: its entries from this one on do not count (held, not
+    /// merged; 0 for a frozen writer or one expelled).
+    pub cut: Option<u64>,
+    /// The writer whose membership operation removed it (`None` if it is active, frozen, or
+    /// no longer a member because the operation that added it does not count).
+    pub removed_by: Option<FeedKey>,
 }
 
 impl MultiBee {
@@ -117,11 +124,18 @@ impl MultiBee {
                 tasks: Mutex::new(Vec::new()),
             }),
         };
+        let wanted = mb.inner.options.database;
+        let events = mb
+            .write_refusable(move |this, txn, refused| {
+                this.ctx().init_membership(txn, wanted, refused)
+            })
+            .await?;
+        mb.report(events);
         mb.merge().await?;
         if mb.inner.options.auto_merge {
             mb.start_merger();
             for w in mb.writers()? {
-                if w.state == WriterState::Active {
+                if w.state != WriterState::Forked {
                     mb.watch_writer(w.key);
                 }
             }
@@ -149,7 +163,7 @@ impl MultiBee {
         let _ = store.write(|_| Ok(())).await;
     }
 
-    /// The key of this peer's diff feed: what other peers pass to [`MultiBee::add_peer`].
+    /// The key of this peer's diff feed: what members pass to [`MultiBee::add_writer`].
     pub fn diff_key(&self) -> FeedKey {
         self.inner.diff_feed.key()
     }
@@ -255,6 +269,23 @@ impl MultiBee {
                 });
             }
         }
+        self.write_refusable(move |this, txn, refused| this.ctx().write_local(txn, &ops, refused))
+            .await
+    }
+
+    /// Runs a write job that may refuse with one of this crate's errors: the job puts it in
+    /// `refused` and fails, so that nothing it wrote commits, and the caller gets that error.
+    async fn write_refusable<R, F>(&self, mut job: F) -> Result<R>
+    where
+        F: FnMut(
+                &MultiBee,
+                &mut multibee_feed::WriteTxn<'_>,
+                &mut Option<Error>,
+            ) -> multibee_feed::Result<R>
+            + Send
+            + 'static,
+        R: Send + 'static,
+    {
         let this = self.clone();
         let refused = Arc::new(Mutex::new(None));
         let slot = refused.clone();
@@ -263,85 +294,98 @@ impl MultiBee {
             .store
             .write(move |txn| {
                 let mut refused = slot.lock().unwrap_or_else(|p| p.into_inner());
-                this.ctx().write_local(txn, &ops, &mut refused)
+                job(&this, txn, &mut refused)
             })
             .await;
-        match (
-            written,
-            refused.lock().unwrap_or_else(|p| p.into_inner()).take(),
-        ) {
+        let refused = refused.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match (written, refused) {
             (Err(_), Some(reason)) => Err(reason),
             (written, _) => Ok(written?),
         }
     }
 
-    /// Starts counting the writer whose diff feed is `key` (persisted). Its diffs are merged
-    /// as they are stored in the replica feed. Adding a writer that was removed merges its
-    /// diffs again from the start.
-    pub async fn add_peer(&self, key: FeedKey) -> Result<()> {
+    /// Makes the writer whose diff feed is `key` a member of the database: a membership
+    /// operation in this peer's diff feed, which every peer that replicates it applies alike
+    /// (and then replicates and merges that writer without being told). Fails unless this peer
+    /// is a member. Adding a writer that was removed counts all its diffs again.
+    pub async fn add_writer(&self, key: FeedKey) -> Result<()> {
         if key == self.diff_key() || key == self.store_key() {
             return Err(Error::InvalidArgument(
                 "a peer cannot add its own feeds".into(),
             ));
         }
-        let feed = match self.inner.store.feed(&key) {
-            Some(feed) => feed,
-            None => self.inner.store.replica(key).await?,
+        if self.writer_state(&key)? == Some(WriterState::Forked)
+            || self
+                .inner
+                .store
+                .feed(&key)
+                .is_some_and(|f| f.status().forked)
+        {
+            return Err(Error::ForkedWriter(key));
+        }
+        let op = MemberOp::Add { writer: key.0 };
+        self.write_member(op).await
+    }
+
+    /// Removes the writer `key` from the database, as a deterministic cut: its diffs that this
+    /// peer has merged stay counted on every peer; those beyond (written concurrently, or
+    /// later) are held but no longer merged anywhere, and [`MultiBee::writers`] lists the cut
+    /// and who made it. To un-merge everything a writer wrote, see
+    /// [`MultiBee::expel_writer`].
+    pub async fn remove_writer(&self, key: FeedKey) -> Result<()> {
+        let op = MemberOp::Remove {
+            writer: key.0,
+            cut: u64::MAX,
         };
-        if feed.status().forked {
-            return Err(Error::ForkedWriter(key));
-        }
-        let forked = self
-            .inner
-            .store
-            .write(move |txn| {
-                let raw = txn.raw();
-                let row = txn::writer_row(raw, &key.0)?;
-                match row.map(|r| r.state) {
-                    Some(WriterState::Forked) => return Ok(true),
-                    Some(WriterState::Active) => {}
-                    None | Some(WriterState::Removed) => {
-                        let row = WriterRow {
-                            state: WriterState::Active,
-                            merged: 0,
-                        };
-                        txn::set_writer(raw, &key.0, row)?;
-                    }
-                }
-                Ok(false)
-            })
+        self.write_member(op).await
+    }
+
+    /// Removes the writer `key` and un-merges **everything it ever wrote**, on every peer: for a
+    /// writer whose secret key leaked. Every key it touched is recomputed from the other
+    /// writers' diffs, so values and fields it set revert to what the others wrote, which may
+    /// undo changes that people relied on. Prefer [`MultiBee::remove_writer`] otherwise.
+    pub async fn expel_writer(&self, key: FeedKey) -> Result<()> {
+        let op = MemberOp::Remove {
+            writer: key.0,
+            cut: 0,
+        };
+        self.write_member(op).await
+    }
+
+    /// The old name of [`MultiBee::add_writer`].
+    #[deprecated(note = "use add_writer")]
+    pub async fn add_peer(&self, key: FeedKey) -> Result<()> {
+        self.add_writer(key).await
+    }
+
+    /// The old name of [`MultiBee::remove_writer`]. Unlike before, a removal is a cut: what
+    /// this peer had merged of the writer stays counted.
+    #[deprecated(note = "use remove_writer (a cut) or expel_writer (un-merges everything)")]
+    pub async fn remove_peer(&self, key: FeedKey) -> Result<()> {
+        self.remove_writer(key).await
+    }
+
+    async fn write_member(&self, op: MemberOp) -> Result<()> {
+        let events = self
+            .write_refusable(move |this, txn, refused| this.ctx().write_member(txn, op, refused))
             .await?;
-        if forked {
-            return Err(Error::ForkedWriter(key));
-        }
-        if self.inner.options.auto_merge {
-            self.watch_writer(key);
-            self.inner.wake.notify_one();
-        }
-        self.report(vec![Event::WriterAdded { writer: key }]);
+        self.report(events);
         Ok(())
     }
 
-    /// Stops counting the writer `key` (persisted): its diffs no longer count, and every key
-    /// they touched is recomputed from the other writers' diffs, the same way on every peer.
-    pub async fn remove_peer(&self, key: FeedKey) -> Result<()> {
-        let this = self.clone();
-        let known = self
-            .inner
-            .store
-            .write(move |txn| {
-                if txn::writer_row(txn.raw(), &key.0)?.is_none() {
-                    return Ok(false);
-                }
-                this.ctx().drop_writer(txn, key, WriterState::Removed)?;
-                Ok(true)
-            })
-            .await?;
-        if !known {
-            return Err(Error::UnknownWriter(key));
-        }
-        self.report(vec![Event::WriterRemoved { writer: key }]);
-        Ok(())
+    /// The identity of the database this peer belongs to: the diff feed key of its first
+    /// writer.
+    pub fn database(&self) -> Result<FeedKey> {
+        let txn = self.inner.store.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let row = meta
+            .get(tables::DATABASE)?
+            .ok_or_else(|| corrupt("the database identity is missing"))?;
+        let key: [u8; 32] = row
+            .value()
+            .try_into()
+            .map_err(|_| corrupt("the database identity in mb-meta-1"))?;
+        Ok(FeedKey(key))
     }
 
     /// The writers this peer knows, in key order.
@@ -357,11 +401,16 @@ impl MultiBee {
             let (k, v) = row?;
             let row = WriterRow::decode(v.value()).ok_or_else(|| corrupt("a writer row"))?;
             let key = FeedKey(k.value());
+            if key == self.diff_key() {
+                continue;
+            }
             out.push(WriterInfo {
                 key,
                 state: row.state,
                 merged: row.merged,
                 length: self.inner.store.feed(&key).map_or(0, |f| f.length()),
+                cut: (row.state != WriterState::Active).then_some(row.limit),
+                removed_by: row.removed_by.map(FeedKey),
             });
         }
         Ok(out)
@@ -385,6 +434,20 @@ impl MultiBee {
         }
     }
 
+    /// The entries of `writer`'s diff feed (this peer's own, or a replica it holds) from
+    /// `from` to the length held, as a batch that any peer can verify against the writer's
+    /// key alone: what [`MultiBee::ingest`] takes on another peer. Empty if nothing is held
+    /// past `from`.
+    pub fn export(&self, writer: FeedKey, from: u64) -> Result<Batch> {
+        let feed = self
+            .inner
+            .store
+            .feed(&writer)
+            .ok_or(Error::UnknownWriter(writer))?;
+        let length = feed.length();
+        Ok(feed.proof(from.min(length)..length)?)
+    }
+
     /// Verifies a batch of a writer's diff feed, stores it and merges it in one transaction.
     pub async fn ingest(&self, batch: Batch) -> Result<u64> {
         let key = batch.feed;
@@ -393,7 +456,7 @@ impl MultiBee {
             .store
             .feed(&key)
             .ok_or(Error::UnknownWriter(key))?;
-        if self.writer_state(&key)? != Some(WriterState::Active) {
+        if matches!(self.writer_state(&key)?, None | Some(WriterState::Forked)) {
             return Err(Error::UnknownWriter(key));
         }
         let verified = feed.verify(batch)?;
@@ -446,14 +509,14 @@ impl MultiBee {
                 .store
                 .feed(&w.key)
                 .is_some_and(|f| f.status().forked);
-            if w.state != WriterState::Active || !forked {
+            if w.state == WriterState::Forked || !forked {
                 continue;
             }
             let this = self.clone();
             let key = w.key;
             self.inner
                 .store
-                .write(move |txn| this.ctx().drop_writer(txn, key, WriterState::Forked))
+                .write(move |txn| this.ctx().freeze(txn, key))
                 .await?;
             self.report(vec![Event::WriterFrozen { writer: key }]);
         }
@@ -462,10 +525,16 @@ impl MultiBee {
 
     fn report(&self, events: Vec<Event>) {
         for event in events {
+            if let Event::WriterAdded { writer } = &event
+                && self.inner.options.auto_merge
+            {
+                self.watch_writer(*writer);
+            }
             match &event {
                 Event::FutureTimestamp { .. }
                 | Event::InvalidDiff { .. }
-                | Event::WriterFrozen { .. } => tracing::warn!(?event, "merge report"),
+                | Event::WriterFrozen { .. }
+                | Event::MembershipRejected { .. } => tracing::warn!(?event, "merge report"),
                 _ => tracing::debug!(?event, "peer event"),
             }
             // No receiver is not an error.

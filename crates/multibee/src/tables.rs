@@ -2,10 +2,11 @@
 //!
 //! | table | key | value |
 //! | --- | --- | --- |
-//! | `mb-meta-1` | `&str` | `"store-feed"`, `"diff-feed"`: feed keys; `"hlc"`: u64 LE |
+//! | `mb-meta-1` | `&str` | `"store-feed"`, `"diff-feed"`: feed keys; `"hlc"`: u64 LE; `"database"`: the database's identity (its first writer's diff feed key) |
 //! | `mb-writers-1` | writer's diff feed key | [`WriterRow`] (postcard, versioned) |
 //! | `mb-diffs-1` | `(key, hlc, writer)` | seq (u64 LE) ‖ [`crate::DiffRecord`] bytes |
 //! | `mb-checkpoints-1` | `(key, hlc, writer)` | the key's value after that diff ([`encode_state`]) |
+//! | `mb-members-1` | `(stamp, author)` | seq (u64 LE) ‖ [`crate::MemberRecord`] bytes: every membership operation held |
 //! | `mb-keys-1` | key | [`KeyState`] (postcard, versioned): newest diff (stamp, writer), diffs since the last checkpoint, causal heads (stamp, writer, seq) |
 //!
 //! `mb-diffs-1` holds every merged diff of every counted writer (own and remote), in merge
@@ -26,17 +27,22 @@ pub(crate) const DIFFS: TableDefinition<DiffId, &[u8]> = TableDefinition::new("m
 pub(crate) const CHECKPOINTS: TableDefinition<DiffId, &[u8]> =
     TableDefinition::new("mb-checkpoints-1");
 pub(crate) const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mb-keys-1");
+pub(crate) const MEMBERS: TableDefinition<(u64, [u8; 32]), &[u8]> =
+    TableDefinition::new("mb-members-1");
 
 pub(crate) const STORE_FEED: &str = "store-feed";
 pub(crate) const DIFF_FEED: &str = "diff-feed";
 pub(crate) const HLC: &str = "hlc";
+pub(crate) const DATABASE: &str = "database";
 
 /// Whether a writer's diffs count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriterState {
-    /// Replicated and merged.
+    /// A member: replicated and merged.
     Active,
-    /// Removed by `remove_peer`: its diffs no longer count.
+    /// Removed (or never made a member by an operation that counts): its diffs below its cut
+    /// count, the rest are held but not merged. Still replicated, so that every peer holds
+    /// the same membership operations.
     Removed,
     /// Caught signing two histories: frozen, its diffs no longer count.
     Forked,
@@ -46,23 +52,59 @@ pub enum WriterState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct WriterRow {
     pub state: WriterState,
-    /// Entries of the writer's diff feed merged so far.
+    /// Entries of the writer's diff feed read so far (merged, or held back past the limit).
     pub merged: u64,
+    /// Entries from this one on do not count (`u64::MAX`: all count).
+    pub limit: u64,
+    /// The writer whose operation removed it, if it is removed.
+    pub removed_by: Option<[u8; 32]>,
+}
+
+/// The first format of a writer row.
+#[derive(Deserialize)]
+struct WriterRowV1 {
+    state: WriterState,
+    merged: u64,
 }
 
 #[derive(Serialize, Deserialize)]
-enum Stored<T> {
-    V1(T),
+enum Stored<A, B> {
+    V1(A),
+    V2(B),
 }
 
 impl WriterRow {
+    /// A row for a writer not read yet.
+    pub(crate) fn new(state: WriterState, limit: u64, removed_by: Option<[u8; 32]>) -> WriterRow {
+        WriterRow {
+            state,
+            merged: 0,
+            limit,
+            removed_by,
+        }
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(&Stored::V1(*self)).unwrap_or_default()
+        postcard::to_stdvec(&Stored::<(), _>::V2(*self)).unwrap_or_default()
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Option<WriterRow> {
-        match postcard::from_bytes::<Stored<WriterRow>>(bytes) {
-            Ok(Stored::V1(row)) => Some(row),
+        match postcard::from_bytes::<Stored<WriterRowV1, WriterRow>>(bytes) {
+            Ok(Stored::V2(row)) => Some(row),
+            Ok(Stored::V1(old)) => Some(WriterRow {
+                state: old.state,
+                merged: if old.state == WriterState::Active {
+                    old.merged
+                } else {
+                    0
+                },
+                limit: if old.state == WriterState::Active {
+                    u64::MAX
+                } else {
+                    0
+                },
+                removed_by: None,
+            }),
             Err(_) => None,
         }
     }
@@ -87,12 +129,15 @@ pub(crate) struct KeyState {
     pub heads: Vec<Head>,
 }
 
+/// A head of the first format: stamp, writer, seq and a version vector.
+type HeadV1 = (u64, [u8; 32], u64, Vec<([u8; 32], u64)>);
+
 /// The first format of a key state, whose heads carried version vectors.
 #[derive(Deserialize)]
 struct KeyStateV1 {
     last: (u64, [u8; 32]),
     since_checkpoint: u32,
-    heads: Vec<(u64, [u8; 32], u64, Vec<([u8; 32], u64)>)>,
+    heads: Vec<HeadV1>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -13,6 +13,7 @@ use crate::diff::{DiffRecord, diff_key};
 use crate::error::Error;
 use crate::fold::{Added, Fold, Folded, Loaded, bee_error, corrupt, storage};
 use crate::hlc::{Clock, Hlc};
+use crate::membership::MemberRecord;
 use crate::merge::Merge;
 use crate::options::Event;
 use crate::tables::{self, META, WRITERS, WriterRow, WriterState};
@@ -54,7 +55,7 @@ impl BatchOp {
 impl Ctx<'_> {
     /// The stamp of a local write of a key whose newest merged diff is stamped `last`: the
     /// next HLC tick, raised above `last` so that the write comes after everything it saw.
-    fn stamp(&self, last: Option<u64>) -> Result<Hlc, Error> {
+    pub(crate) fn stamp(&self, last: Option<u64>) -> Result<Hlc, Error> {
         let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
         let t = hlc
             .tick(self.clock.now_ms())
@@ -68,7 +69,7 @@ impl Ctx<'_> {
     }
 
     /// Advances the HLC past a merged remote timestamp, unless it is too far ahead.
-    fn observe(&self, writer: FeedKey, ts: Hlc, events: &mut Vec<Event>) {
+    pub(crate) fn observe(&self, writer: FeedKey, ts: Hlc, events: &mut Vec<Event>) {
         let now = self.clock.now_ms();
         if ts.millis() > now.saturating_add(self.max_drift_ms) {
             events.push(Event::FutureTimestamp {
@@ -82,7 +83,7 @@ impl Ctx<'_> {
         *hlc = (*hlc).max(ts);
     }
 
-    fn persist_hlc(&self, raw: &WriteTransaction) -> FeedResult<()> {
+    pub(crate) fn persist_hlc(&self, raw: &WriteTransaction) -> FeedResult<()> {
         let hlc = *self.hlc.lock().unwrap_or_else(|p| p.into_inner());
         let mut meta = raw.open_table(META).map_err(storage)?;
         meta.insert(tables::HLC, hlc.0.to_le_bytes().as_slice())
@@ -100,6 +101,16 @@ impl Ctx<'_> {
         refused: &mut Option<Error>,
     ) -> FeedResult<u64> {
         let start = txn.length(&self.own)?;
+        if let Some(row) = writer_row(txn.raw(), &self.own.0)?
+            && row.state != WriterState::Active
+        {
+            let e = Error::Removed {
+                by: row.removed_by.map(FeedKey),
+            };
+            let message = e.to_string();
+            *refused = Some(e);
+            return Err(multibee_feed::Error::InvalidArgument(message));
+        }
         let mut entries = Vec::new();
         let pending = {
             let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval)?;
@@ -178,8 +189,10 @@ impl Ctx<'_> {
         txn.length(&self.store.feed().key())
     }
 
-    /// Merges up to `budget` replicated diffs of the active writers. Returns how many entries
-    /// it consumed (0: nothing was pending).
+    /// Merges up to `budget` replicated entries of the writers this peer replicates: diffs
+    /// below each writer's limit are merged, membership operations are recorded and the
+    /// membership is re-evaluated. Returns how many entries it consumed (0: nothing was
+    /// pending).
     pub(crate) fn merge_round(
         &self,
         txn: &mut WriteTxn<'_>,
@@ -188,8 +201,8 @@ impl Ctx<'_> {
     ) -> FeedResult<u64> {
         let mut work = Vec::new();
         let mut left = budget;
-        for (w, row) in active_writers(txn.raw())? {
-            if w == self.own.0 || left == 0 {
+        for (w, row) in writer_rows(txn.raw())? {
+            if w == self.own.0 || row.state == WriterState::Forked || left == 0 {
                 continue;
             }
             let key = FeedKey(w);
@@ -208,19 +221,26 @@ impl Ctx<'_> {
         // Decode everything first, then merge key by key: each key's diffs land together (and
         // in order when they can), on pages this transaction already touched.
         let mut diffs = Vec::new();
+        let mut ops = Vec::new();
         for (w, row, entries) in &work {
             let writer = FeedKey(*w);
             for (seq, entry) in (row.merged..).zip(entries) {
-                match DiffRecord::from_entry(entry) {
-                    Ok((record, bytes)) => {
+                match decode_entry(entry) {
+                    Ok(Decoded::Member(op)) => {
+                        self.observe(writer, op.ts, events);
+                        ops.push((*w, seq, op));
+                    }
+                    Ok(Decoded::Diff(record, bytes)) => {
                         self.observe(writer, record.ts, events);
-                        let new = Loaded {
-                            ts: record.ts.0,
-                            writer: *w,
-                            seq,
-                            record,
-                        };
-                        diffs.push((new, bytes));
+                        if seq < row.limit {
+                            let new = Loaded {
+                                ts: record.ts.0,
+                                writer: *w,
+                                seq,
+                                record,
+                            };
+                            diffs.push((new, bytes));
+                        }
                     }
                     Err(reason) => events.push(Event::InvalidDiff {
                         writer,
@@ -229,6 +249,41 @@ impl Ctx<'_> {
                     }),
                 }
             }
+        }
+        self.fold_remote(txn, diffs, events)?;
+        let mut consumed = 0;
+        {
+            let raw = txn.raw();
+            let mut writers = raw.open_table(WRITERS).map_err(storage)?;
+            for (w, row, entries) in &work {
+                let merged = row.merged + entries.len() as u64;
+                consumed += entries.len() as u64;
+                let row = WriterRow { merged, ..*row };
+                writers
+                    .insert(*w, row.encode().as_slice())
+                    .map_err(storage)?;
+                events.push(Event::Merged {
+                    writer: FeedKey(*w),
+                    merged,
+                });
+            }
+        }
+        if !ops.is_empty() {
+            self.record_members(txn, &ops, events)?;
+        }
+        self.persist_hlc(txn.raw())?;
+        Ok(consumed)
+    }
+
+    /// Merges remote diffs (with their record bytes) into the store.
+    pub(crate) fn fold_remote(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        mut diffs: Vec<(Loaded, Vec<u8>)>,
+        events: &mut Vec<Event>,
+    ) -> FeedResult<()> {
+        if diffs.is_empty() {
+            return Ok(());
         }
         diffs.sort_by(|(a, _), (b, _)| {
             (&a.record.key, a.ts, a.writer).cmp(&(&b.record.key, b.ts, b.writer))
@@ -250,48 +305,29 @@ impl Ctx<'_> {
             fold.finish()?
         };
         self.write_store(txn, pending)?;
-        let mut consumed = 0;
-        {
-            let raw = txn.raw();
-            let mut writers = raw.open_table(WRITERS).map_err(storage)?;
-            for (w, row, entries) in &work {
-                let merged = row.merged + entries.len() as u64;
-                consumed += entries.len() as u64;
-                let row = WriterRow { merged, ..*row };
-                writers
-                    .insert(*w, row.encode().as_slice())
-                    .map_err(storage)?;
-                events.push(Event::Merged {
-                    writer: FeedKey(*w),
-                    merged,
-                });
-            }
-        }
-        self.persist_hlc(txn.raw())?;
-        Ok(consumed)
+        Ok(())
     }
 
-    /// Stops counting `writer` (removed or frozen): its merged diffs are taken out and every
-    /// key they touched is recomputed from the others' diffs. Returns the number of keys.
-    pub(crate) fn drop_writer(
+    /// Stops counting `writer`'s diffs from entry `from` on (frozen, or cut by a removal):
+    /// those diffs are taken out and every key they touched is recomputed from the others'
+    /// diffs. `merged`: how many of its entries were read. Returns the number of keys.
+    pub(crate) fn unmerge(
         &self,
         txn: &mut WriteTxn<'_>,
         writer: FeedKey,
-        state: WriterState,
+        from: u64,
+        until: u64,
     ) -> FeedResult<usize> {
-        let Some(row) = writer_row(txn.raw(), &writer.0)? else {
+        if from >= until {
             return Ok(0);
-        };
-        let merged = if row.state == WriterState::Active {
-            row.merged
-        } else {
-            0
-        };
-        let entries = txn.entries(&writer, 0..merged)?;
+        }
+        let entries = txn.entries(&writer, from..until)?;
         let diffs: Vec<(Vec<u8>, u64)> = entries
             .iter()
-            .filter_map(|e| DiffRecord::from_entry(e).ok())
-            .map(|(r, _)| (r.key, r.ts.0))
+            .filter_map(|e| match decode_entry(e) {
+                Ok(Decoded::Diff(r, _)) => Some((r.key, r.ts.0)),
+                _ => None,
+            })
             .collect();
         let pending = {
             let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval)?;
@@ -300,21 +336,78 @@ impl Ctx<'_> {
         };
         let touched = pending.pending.len();
         self.write_store(txn, pending)?;
-        set_writer(txn.raw(), &writer.0, WriterRow { state, merged: 0 })?;
+        Ok(touched)
+    }
+
+    /// Merges `writer`'s diffs in entries `from..until` (already read, not counted before).
+    pub(crate) fn remerge(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        writer: FeedKey,
+        from: u64,
+        until: u64,
+        events: &mut Vec<Event>,
+    ) -> FeedResult<()> {
+        if from >= until {
+            return Ok(());
+        }
+        let entries = txn.entries(&writer, from..until)?;
+        let mut diffs = Vec::new();
+        for (seq, entry) in (from..).zip(&entries) {
+            if let Ok(Decoded::Diff(record, bytes)) = decode_entry(entry) {
+                let new = Loaded {
+                    ts: record.ts.0,
+                    writer: writer.0,
+                    seq,
+                    record,
+                };
+                diffs.push((new, bytes));
+            }
+        }
+        self.fold_remote(txn, diffs, events)
+    }
+
+    /// Freezes `writer` (caught signing two histories): none of its diffs count any more.
+    pub(crate) fn freeze(&self, txn: &mut WriteTxn<'_>, writer: FeedKey) -> FeedResult<usize> {
+        let Some(row) = writer_row(txn.raw(), &writer.0)? else {
+            return Ok(0);
+        };
+        let touched = self.unmerge(txn, writer, 0, row.merged.min(row.limit))?;
+        let row = WriterRow {
+            state: WriterState::Forked,
+            limit: 0,
+            ..row
+        };
+        set_writer(txn.raw(), &writer.0, row)?;
         Ok(touched)
     }
 }
 
-/// Every writer row, in key order, with the active ones' cursors.
-pub(crate) fn active_writers(raw: &WriteTransaction) -> FeedResult<Vec<([u8; 32], WriterRow)>> {
+/// A diff feed entry, decoded.
+pub(crate) enum Decoded {
+    /// A change to a key (with the record's bytes).
+    Diff(DiffRecord, Vec<u8>),
+    /// A membership operation.
+    Member(MemberRecord),
+}
+
+/// Decodes a diff feed entry; the error says why it is neither a diff nor a membership
+/// operation, decided by the entry's bytes alone.
+pub(crate) fn decode_entry(entry: &[u8]) -> Result<Decoded, String> {
+    match MemberRecord::from_entry(entry) {
+        Some(op) => op.map(Decoded::Member),
+        None => DiffRecord::from_entry(entry).map(|(r, b)| Decoded::Diff(r, b)),
+    }
+}
+
+/// Every writer row, in key order.
+pub(crate) fn writer_rows(raw: &WriteTransaction) -> FeedResult<Vec<([u8; 32], WriterRow)>> {
     let table = raw.open_table(WRITERS).map_err(storage)?;
     let mut out = Vec::new();
     for row in table.iter().map_err(storage)? {
         let (k, v) = row.map_err(storage)?;
         let row = WriterRow::decode(v.value()).ok_or_else(|| corrupt("a writer row"))?;
-        if row.state == WriterState::Active {
-            out.push((k.value(), row));
-        }
+        out.push((k.value(), row));
     }
     Ok(out)
 }

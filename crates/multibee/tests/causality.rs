@@ -172,7 +172,7 @@ fn p5_documents_nested_too_deep_are_refused_up_front_and_skipped_from_remotes() 
             .unwrap();
         let mut events = b.mb.events();
         for p in &peers {
-            p.mb.add_peer(feed.key()).await.unwrap();
+            p.mb.add_writer(feed.key()).await.unwrap();
             p.mb.ingest(feed.proof(0..2).unwrap()).await.unwrap();
             assert_eq!(p.json("k"), Some(json!("after")));
         }
@@ -198,7 +198,7 @@ fn p6_at_the_end_of_time_a_write_fails_instead_of_vanishing() {
         let last = record("k", Hlc(u64::MAX), json!("end"));
         feed.append_batch(vec![entry(&last)]).await.unwrap();
         let p = Peer::new(1_000_000).await;
-        p.mb.add_peer(feed.key()).await.unwrap();
+        p.mb.add_writer(feed.key()).await.unwrap();
         p.mb.ingest(feed.proof(0..1).unwrap()).await.unwrap();
         let length = p.holds(&p.key());
         for _ in 0..2 {
@@ -212,14 +212,15 @@ fn p6_at_the_end_of_time_a_write_fails_instead_of_vanishing() {
 
         // A clock at the largest timestamp takes no write at all.
         let q = Peer::with(1_000_000, |o| o.max_drift_ms(u64::MAX)).await;
-        q.mb.add_peer(feed.key()).await.unwrap();
+        q.mb.add_writer(feed.key()).await.unwrap();
         q.mb.ingest(feed.proof(0..1).unwrap()).await.unwrap();
         assert_eq!(q.mb.clock(), Hlc(u64::MAX));
+        let length = q.holds(&q.key());
         for key in ["a", "a", "b"] {
             let err = q.mb.put(key, json!(1)).await.unwrap_err();
             assert!(matches!(err, Error::ClockExhausted { .. }), "{err}");
         }
-        assert_eq!(q.holds(&q.key()), 0);
+        assert_eq!(q.holds(&q.key()), length, "nothing was written");
     });
 }
 
@@ -234,7 +235,7 @@ fn p7_converged_peers_list_the_same_conflicts() {
             for j in 0..3 {
                 if i != j {
                     let key = peers[j].key();
-                    peers[i].mb.add_peer(key).await.unwrap();
+                    peers[i].mb.add_writer(key).await.unwrap();
                 }
             }
         }

@@ -22,7 +22,7 @@ fn failed_writes_fsyncs_and_a_full_disk_lose_nothing_acknowledged() {
             let mb = MultiBee::open_with(dir.path(), durable().backend(faults.backend()))
                 .await
                 .unwrap();
-            mb.add_peer(remote.key()).await.unwrap();
+            mb.add_writer(remote.key()).await.unwrap();
             for i in 0..20 {
                 mb.put(format!("doc{i}"), json!({"n": i})).await.unwrap();
                 remote.mb.put(format!("remote{i}"), json!(i)).await.unwrap();

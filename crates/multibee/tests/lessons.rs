@@ -50,7 +50,7 @@ fn lesson_a_late_joiner_applies_every_diff_of_a_batch_and_persists_its_cursor() 
             peers[0].mb.put(format!("k{i}"), json!(i)).await.unwrap();
         }
         let late = Peer::new(1_000_000).await;
-        late.mb.add_peer(peers[0].key()).await.unwrap();
+        late.mb.add_writer(peers[0].key()).await.unwrap();
         deliver(&peers[0], &late, peers[0].key(), 20).await;
         let late = late.reopen().await;
         assert_eq!(late.mb.list(b"k").unwrap().count(), 20);

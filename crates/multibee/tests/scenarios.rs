@@ -2,7 +2,7 @@
 //! one or more named tests each.
 
 use multibee_feed::Store;
-use multibee_multibee::{BatchOp, Change, ChangesOptions, Event, FieldOp, Hlc, Value};
+use multibee_multibee::{BatchOp, Change, ChangesOptions, Event, FieldOp, Hlc, Value, WriterState};
 use serde_json::json;
 
 use crate::support::{Peer, cluster, deliver, run, sync_all};
@@ -145,18 +145,18 @@ fn s5_a_late_joiner_applies_every_diff_of_a_large_batch_across_keys() {
         let ops = (0..300)
             .map(|i| BatchOp::Put(format!("key{i:03}").into_bytes(), json!({"i": i}).into()))
             .collect();
-        peers[0].mb.batch(ops).await.unwrap();
+        peers[1].mb.batch(ops).await.unwrap();
         for i in 0..50 {
-            peers[0]
+            peers[1]
                 .mb
                 .put(format!("key{i:03}"), json!({"i": i, "v": 2}))
                 .await
                 .unwrap();
         }
         let late = Peer::new(1_000_000).await;
-        late.mb.add_peer(peers[0].key()).await.unwrap();
+        late.mb.add_writer(peers[1].key()).await.unwrap();
         assert_eq!(
-            deliver(&peers[0], &late, peers[0].key(), u64::MAX).await,
+            deliver(&peers[1], &late, peers[1].key(), u64::MAX).await,
             350
         );
         assert_eq!(late.mb.list(b"key").unwrap().count(), 300);
@@ -164,7 +164,7 @@ fn s5_a_late_joiner_applies_every_diff_of_a_large_batch_across_keys() {
         assert_eq!(late.json("key299"), Some(json!({"i": 299})));
         assert_eq!(
             late.mb.state_hash().unwrap(),
-            peers[0].mb.state_hash().unwrap()
+            peers[1].mb.state_hash().unwrap()
         );
     });
 }
@@ -216,7 +216,7 @@ fn s6_an_old_diff_after_many_newer_local_diffs_rebases_from_a_checkpoint() {
         converged(&peers);
         // A diff between the last two local ones.
         let p = Peer::new(1_000_000 + 199).await;
-        peers[0].mb.add_peer(p.key()).await.unwrap();
+        peers[0].mb.add_writer(p.key()).await.unwrap();
         p.mb.put("k", json!({"late": 1})).await.unwrap();
         deliver(&p, &peers[0], p.key(), 1).await;
         assert_eq!(
@@ -232,13 +232,13 @@ fn s7_duplicate_and_forwarded_delivery_is_idempotent() {
     run(async {
         let peers = cluster(3).await;
         for i in 0..10 {
-            peers[0]
+            peers[1]
                 .mb
                 .put(format!("k{i}"), json!({"i": i}))
                 .await
                 .unwrap();
         }
-        let (a, b, c) = (&peers[0], &peers[1], &peers[2]);
+        let (a, b, c) = (&peers[1], &peers[0], &peers[2]);
         deliver(a, b, a.key(), 6).await;
         let before = b.mb.version().unwrap();
         // The same range again changes nothing.
@@ -297,18 +297,18 @@ fn s9_diffs_received_but_not_merged_before_a_crash_are_merged_on_reopen() {
     run(async {
         let mut peers = cluster(2).await;
         for i in 0..5 {
-            peers[0].mb.put(format!("k{i}"), json!(i)).await.unwrap();
+            peers[1].mb.put(format!("k{i}"), json!(i)).await.unwrap();
         }
-        let writer = peers[0].key();
+        let writer = peers[1].key();
         // Receive at the feed level only (as the network does), then "crash" before merging.
-        let batch = peers[0]
+        let batch = peers[1]
             .mb
             .feed_store()
             .feed(&writer)
             .unwrap()
             .proof(0..5)
             .unwrap();
-        peers[1]
+        peers[0]
             .mb
             .feed_store()
             .feed(&writer)
@@ -316,9 +316,9 @@ fn s9_diffs_received_but_not_merged_before_a_crash_are_merged_on_reopen() {
             .ingest(batch)
             .await
             .unwrap();
-        assert_eq!(peers[1].mb.get("k0").unwrap(), None);
-        let clock_before = peers[1].mb.clock();
-        let b = peers.pop().unwrap().reopen().await;
+        assert_eq!(peers[0].mb.get("k0").unwrap(), None);
+        let clock_before = peers[0].mb.clock();
+        let b = peers.remove(0).reopen().await;
         assert_eq!(b.json("k4"), Some(json!(4)));
         assert_eq!(b.mb.writers().unwrap()[0].merged, 5);
         assert!(
@@ -451,7 +451,7 @@ fn s11_an_equivocating_writer_is_frozen_with_the_same_result_on_every_peer() {
         assert_eq!(one.key(), two.key());
         let peers = cluster(2).await;
         for p in &peers {
-            p.mb.add_peer(one.key()).await.unwrap();
+            p.mb.add_writer(one.key()).await.unwrap();
         }
         peers[0].mb.put("k", json!({"other": 1})).await.unwrap();
         sync_all(&peers).await;
@@ -477,7 +477,7 @@ fn s11_an_equivocating_writer_is_frozen_with_the_same_result_on_every_peer() {
                 None,
                 "the frozen writer's diffs do not count"
             );
-            assert!(p.mb.add_peer(one.key()).await.is_err());
+            assert!(p.mb.add_writer(one.key()).await.is_err());
         }
         converged(&peers);
     });
@@ -487,13 +487,13 @@ fn s11_an_equivocating_writer_is_frozen_with_the_same_result_on_every_peer() {
 fn s12_bad_signatures_unknown_and_removed_writers_are_rejected() {
     run(async {
         let peers = cluster(2).await;
-        peers[0].mb.put("k", json!(1)).await.unwrap();
-        let feed = peers[0].mb.feed_store().feed(&peers[0].key()).unwrap();
+        peers[1].mb.put("k", json!(1)).await.unwrap();
+        let feed = peers[1].mb.feed_store().feed(&peers[1].key()).unwrap();
         let mut forged = feed.proof(0..1).unwrap();
         forged.entries[0][3] ^= 1;
-        assert!(peers[1].mb.ingest(forged).await.is_err());
-        assert_eq!(peers[1].holds(&peers[0].key()), 0, "nothing stored");
-        assert_eq!(peers[1].mb.get("k").unwrap(), None);
+        assert!(peers[0].mb.ingest(forged).await.is_err());
+        assert_eq!(peers[0].holds(&peers[1].key()), 0, "nothing stored");
+        assert_eq!(peers[0].mb.get("k").unwrap(), None);
 
         let stranger = Peer::new(1_000_000).await;
         stranger.mb.put("k", json!(2)).await.unwrap();
@@ -504,22 +504,19 @@ fn s12_bad_signatures_unknown_and_removed_writers_are_rejected() {
             .unwrap()
             .proof(0..1)
             .unwrap();
-        let err = peers[1].mb.ingest(batch.clone()).await.unwrap_err();
+        let err = peers[0].mb.ingest(batch.clone()).await.unwrap_err();
         assert!(
             matches!(err, multibee_multibee::Error::UnknownWriter(_)),
             "{err}"
         );
 
-        peers[1].mb.add_peer(stranger.key()).await.unwrap();
-        peers[1].mb.remove_peer(stranger.key()).await.unwrap();
-        let err = peers[1].mb.ingest(batch).await.unwrap_err();
+        // A writer removed before anything of it was merged: held, never merged.
+        peers[0].mb.add_writer(stranger.key()).await.unwrap();
+        peers[0].mb.remove_writer(stranger.key()).await.unwrap();
+        peers[0].mb.ingest(batch).await.unwrap();
+        assert_eq!(peers[0].mb.get("k").unwrap(), None, "held, not merged");
         assert!(
-            matches!(err, multibee_multibee::Error::UnknownWriter(_)),
-            "{err}"
-        );
-        assert_eq!(peers[1].mb.get("k").unwrap(), None);
-        assert!(
-            peers[1].mb.add_peer(peers[1].key()).await.is_err(),
+            peers[0].mb.add_writer(peers[0].key()).await.is_err(),
             "not oneself"
         );
     });
@@ -556,7 +553,7 @@ fn s12_an_entry_that_is_not_a_valid_diff_is_skipped_alike_and_reported() {
         .unwrap();
         let peers = cluster(2).await;
         for p in &peers {
-            p.mb.add_peer(feed.key()).await.unwrap();
+            p.mb.add_writer(feed.key()).await.unwrap();
         }
         let mut events = peers[0].mb.events();
         for p in &peers {
@@ -616,44 +613,51 @@ fn s13_bytes_merge_as_a_whole_value_register() {
 fn s14_removing_and_re_adding_a_writer_while_replicating_is_deterministic() {
     run(async {
         let peers = cluster(3).await;
-        peers[0].mb.put("k", json!({"a": 0})).await.unwrap();
-        peers[1].clock.advance(1);
-        peers[1].mb.put("k", json!({"a": 1, "b": 1})).await.unwrap();
-        peers[2].clock.advance(2);
-        peers[2].mb.put("j", json!(2)).await.unwrap();
+        let (root, one, two) = (&peers[0], &peers[1], &peers[2]);
+        root.mb.put("k", json!({"a": 0})).await.unwrap();
+        one.clock.advance(1);
+        one.mb.put("k", json!({"a": 1, "b": 1})).await.unwrap();
+        two.clock.advance(2);
+        two.mb.put("j", json!(2)).await.unwrap();
         sync_all(&peers).await;
-        assert_eq!(peers[0].json("k"), Some(json!({"a": 1, "b": 1})));
-        // Peer 0 and 2 stop counting peer 1; each recomputes the keys it touched.
-        for p in [&peers[0], &peers[2]] {
-            p.mb.remove_peer(peers[1].key()).await.unwrap();
+        assert_eq!(root.json("k"), Some(json!({"a": 1, "b": 1})));
+        // The root removes peer 1: a cut at what it had merged, so peer 1's write stays.
+        root.mb.remove_writer(one.key()).await.unwrap();
+        assert_eq!(root.json("k"), Some(json!({"a": 1, "b": 1})));
+        // Peer 1 keeps writing; every peer holds its feed but does not count past the cut.
+        one.mb.put("k", json!({"a": 5, "b": 1})).await.unwrap();
+        sync_all(&peers).await;
+        for p in [root, two] {
+            assert_eq!(p.json("k"), Some(json!({"a": 1, "b": 1})));
+            let w = p.mb.writers().unwrap();
+            let w = w.iter().find(|w| w.key == one.key()).unwrap();
+            assert_eq!(
+                (w.state, w.cut, w.removed_by),
+                (WriterState::Removed, Some(1), Some(root.key()))
+            );
+            assert_eq!(w.length, 2, "held");
+        }
+        // Peer 1 learns of its removal and refuses further writes.
+        let err = one.mb.put("k", json!(9)).await.unwrap_err();
+        assert!(
+            matches!(err, multibee_multibee::Error::Removed { .. }),
+            "{err}"
+        );
+        converged(&peers);
+        // Re-added (by another member), all of its diffs count again, everywhere.
+        two.mb.add_writer(one.key()).await.unwrap();
+        sync_all(&peers).await;
+        for p in &peers {
+            assert_eq!(p.json("k"), Some(json!({"a": 5, "b": 1})));
+        }
+        converged(&peers);
+        // Expelled: everything it wrote is un-merged, everywhere.
+        root.mb.expel_writer(one.key()).await.unwrap();
+        sync_all(&peers).await;
+        for p in &peers {
             assert_eq!(p.json("k"), Some(json!({"a": 0})));
             assert_eq!(p.json("j"), Some(json!(2)));
         }
-        assert_eq!(
-            peers[0].mb.state_hash().unwrap(),
-            peers[2].mb.state_hash().unwrap()
-        );
-        // Peer 1 keeps writing; the others hold its feed but do not count it.
-        peers[1].mb.put("k", json!({"a": 5, "b": 1})).await.unwrap();
-        let feed = peers[1].mb.feed_store().feed(&peers[1].key()).unwrap();
-        let replica = peers[0].mb.feed_store().feed(&peers[1].key()).unwrap();
-        replica
-            .ingest(feed.proof(0..feed.length()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(
-            peers[0].mb.merge().await.unwrap(),
-            0,
-            "a removed writer is not merged"
-        );
-        assert_eq!(peers[0].json("k"), Some(json!({"a": 0})));
-        // Re-added, all of its diffs count again.
-        peers[0].mb.add_peer(peers[1].key()).await.unwrap();
-        peers[0].mb.merge().await.unwrap();
-        assert_eq!(peers[0].json("k"), Some(json!({"a": 5, "b": 1})));
-        peers[2].mb.add_peer(peers[1].key()).await.unwrap();
-        sync_all(&peers).await;
-        peers[2].mb.merge().await.unwrap();
         converged(&peers);
     });
 }
@@ -676,7 +680,7 @@ fn s15_applying_one_n_or_all_entries_at_a_time_gives_identical_bytes() {
         for step in [1, 3, 1000] {
             let r = Peer::new(0).await;
             for p in &peers {
-                r.mb.add_peer(p.key()).await.unwrap();
+                r.mb.add_writer(p.key()).await.unwrap();
             }
             loop {
                 let moved = deliver(&peers[1], &r, peers[1].key(), step).await
@@ -811,8 +815,8 @@ fn a_user_merge_function_is_used_by_every_peer() {
             peers.push(Peer { mb, clock, dir });
         }
         let (k0, k1) = (peers[0].key(), peers[1].key());
-        peers[0].mb.add_peer(k1).await.unwrap();
-        peers[1].mb.add_peer(k0).await.unwrap();
+        peers[0].mb.add_writer(k1).await.unwrap();
+        peers[1].mb.add_writer(k0).await.unwrap();
         peers[0].mb.put("n", json!(5)).await.unwrap();
         peers[1].mb.put("n", json!(7)).await.unwrap();
         sync_all(&peers).await;
@@ -832,7 +836,7 @@ fn diffs_stored_at_the_feed_level_are_merged_in_the_background() {
         let b = multibee_multibee::MultiBee::open_with(dir.path(), options)
             .await
             .unwrap();
-        b.add_peer(a.key()).await.unwrap();
+        b.add_writer(a.key()).await.unwrap();
         let mut changes = b
             .changes(ChangesOptions {
                 live: true,

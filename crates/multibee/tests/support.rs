@@ -67,19 +67,21 @@ impl Peer {
     }
 }
 
-/// A cluster where every peer counts every other peer's diffs.
+/// A cluster of one database: peer 0 starts it and adds every other peer as a writer (the
+/// membership operations are at the start of peer 0's diff feed, and every peer holds them);
+/// the diff feeds of peers 1.. hold only their own writes.
 pub async fn cluster(n: usize) -> Vec<Peer> {
-    let mut peers = Vec::new();
-    for _ in 0..n {
-        peers.push(Peer::new(1_000_000).await);
+    let mut peers = vec![Peer::new(1_000_000).await];
+    let database = peers[0].key();
+    for _ in 1..n {
+        peers.push(Peer::with(1_000_000, |o| o.database(database)).await);
     }
-    for i in 0..n {
-        for j in 0..n {
-            if i != j {
-                let key = peers[j].key();
-                peers[i].mb.add_peer(key).await.unwrap();
-            }
-        }
+    for i in 1..n {
+        let key = peers[i].key();
+        peers[0].mb.add_writer(key).await.unwrap();
+    }
+    for i in 1..n {
+        deliver(&peers[0], &peers[i], database, u64::MAX).await;
     }
     peers
 }

@@ -1,0 +1,290 @@
+//! The writers table kept in step with the membership: recording membership operations (local
+//! or replicated), evaluating them ([`crate::membership::evaluate`]) and applying the outcome to
+//! each writer's row and to the merged store, inside the transaction that brought the change.
+
+use std::collections::{BTreeMap, HashSet};
+
+use multibee_feed::{FeedKey, WriteTxn};
+use redb::{ReadableTable, WriteTransaction};
+
+use crate::error::Error;
+use crate::fold::{corrupt, storage};
+use crate::hlc::Hlc;
+use crate::membership::{self, MemberOp, MemberRecord, Stamped, Status};
+use crate::options::Event;
+use crate::tables::{self, MEMBERS, META, WriterRow, WriterState, split_diff_row};
+use crate::txn::{Ctx, set_writer, writer_rows};
+
+type FeedResult<T> = multibee_feed::Result<T>;
+
+/// The identity of the database a peer belongs to (its first writer's diff feed key).
+pub(crate) fn database(raw: &WriteTransaction) -> FeedResult<[u8; 32]> {
+    let meta = raw.open_table(META).map_err(storage)?;
+    let row = meta.get(tables::DATABASE).map_err(storage)?;
+    let row = row.ok_or_else(|| corrupt("the database identity is missing"))?;
+    row.value()
+        .try_into()
+        .map_err(|_| corrupt("the database identity in mb-meta-1"))
+}
+
+/// Every membership operation held.
+fn member_ops(raw: &WriteTransaction) -> FeedResult<Vec<Stamped>> {
+    let table = raw.open_table(MEMBERS).map_err(storage)?;
+    let mut out = Vec::new();
+    for row in table.iter().map_err(storage)? {
+        let (k, v) = row.map_err(storage)?;
+        let (ts, author) = k.value();
+        let (seq, bytes) = split_diff_row(v.value()).ok_or_else(|| corrupt("a member row"))?;
+        let record = MemberRecord::decode(bytes).map_err(corrupt)?;
+        out.push(Stamped {
+            ts,
+            author,
+            seq,
+            op: record.op,
+        });
+    }
+    Ok(out)
+}
+
+impl Ctx<'_> {
+    /// The membership as the operations held so far give it.
+    pub(crate) fn membership(&self, raw: &WriteTransaction) -> FeedResult<membership::Outcome> {
+        Ok(membership::evaluate(database(raw)?, &member_ops(raw)?))
+    }
+
+    /// Records membership operations read from writers' feeds (`(author, seq, record)`) and
+    /// applies the membership they give.
+    pub(crate) fn record_members(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        ops: &[([u8; 32], u64, MemberRecord)],
+        events: &mut Vec<Event>,
+    ) -> FeedResult<()> {
+        let mut fresh = HashSet::new();
+        {
+            let mut table = txn.raw().open_table(MEMBERS).map_err(storage)?;
+            for (author, seq, record) in ops {
+                let id = (record.ts.0, *author);
+                let row = tables::diff_row(*seq, &record.encode());
+                let held = table.get(id).map_err(storage)?.map(|v| v.value().to_vec());
+                match held {
+                    None => {
+                        table.insert(id, row.as_slice()).map_err(storage)?;
+                        fresh.insert(id);
+                    }
+                    Some(held) if held == row => {}
+                    Some(_) => events.push(Event::InvalidDiff {
+                        writer: FeedKey(*author),
+                        seq: *seq,
+                        reason: format!(
+                            "the writer already wrote another membership operation at {}",
+                            record.ts
+                        ),
+                    }),
+                }
+            }
+        }
+        self.apply_membership(txn, &fresh, events)
+    }
+
+    /// Writes a local membership operation (refused, with the reason in `refused`, unless this
+    /// peer is a member and the operation makes sense) and applies it; returns what changed.
+    pub(crate) fn write_member(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        op: MemberOp,
+        refused: &mut Option<Error>,
+    ) -> FeedResult<Vec<Event>> {
+        let outcome = self.membership(txn.raw())?;
+        let refuse = |e: Error, refused: &mut Option<Error>| {
+            let message = e.to_string();
+            *refused = Some(e);
+            Err(multibee_feed::Error::InvalidArgument(message))
+        };
+        if outcome.members.get(&self.own.0) != Some(&Status::Active) {
+            return refuse(Error::NotAMember(self.own), refused);
+        }
+        let op = match op {
+            MemberOp::Add { writer } if writer == self.own.0 => {
+                return refuse(
+                    Error::InvalidArgument("a peer cannot add its own feeds".into()),
+                    refused,
+                );
+            }
+            MemberOp::Remove { writer, cut } => {
+                if writer == self.own.0 {
+                    return refuse(
+                        Error::InvalidArgument("a peer cannot remove itself".into()),
+                        refused,
+                    );
+                }
+                if !outcome.members.contains_key(&writer) {
+                    return refuse(Error::UnknownWriter(FeedKey(writer)), refused);
+                }
+                // Cut where this peer's view of the writer ends, unless asked for less.
+                let counted = crate::txn::writer_row(txn.raw(), &writer)?
+                    .map_or(0, |row| row.merged.min(row.limit));
+                MemberOp::Remove {
+                    writer,
+                    cut: cut.min(counted),
+                }
+            }
+            add => add,
+        };
+        let last = {
+            let table = txn.raw().open_table(MEMBERS).map_err(storage)?;
+            let newest = table.last().map_err(storage)?;
+            newest.map(|(k, _)| k.value().0)
+        };
+        let ts = match self.stamp(last) {
+            Ok(ts) => ts,
+            Err(e) => return refuse(e, refused),
+        };
+        let record = MemberRecord { ts, op };
+        let seq = txn.length(&self.own)?;
+        txn.append(&self.own, &[record.entry()])?;
+        {
+            let mut table = txn.raw().open_table(MEMBERS).map_err(storage)?;
+            let row = tables::diff_row(seq, &record.encode());
+            table
+                .insert((ts.0, self.own.0), row.as_slice())
+                .map_err(storage)?;
+        }
+        let mut events = Vec::new();
+        self.apply_membership(txn, &HashSet::new(), &mut events)?;
+        self.persist_hlc(txn.raw())?;
+        Ok(events)
+    }
+
+    /// Evaluates the membership and brings every writer's row, and the merged store, in step
+    /// with it. Reports the rejected operations among `fresh` and every change of status.
+    pub(crate) fn apply_membership(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        fresh: &HashSet<(u64, [u8; 32])>,
+        events: &mut Vec<Event>,
+    ) -> FeedResult<()> {
+        let outcome = self.membership(txn.raw())?;
+        for (ts, author, seq, reason) in &outcome.rejected {
+            if fresh.contains(&(*ts, *author)) {
+                events.push(Event::MembershipRejected {
+                    author: FeedKey(*author),
+                    seq: *seq,
+                    ts: Hlc(*ts),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        let rows: BTreeMap<[u8; 32], WriterRow> = writer_rows(txn.raw())?.into_iter().collect();
+        let mut wanted: BTreeMap<[u8; 32], Status> = outcome.members;
+        // A writer whose adding operation no longer counts does not count at all.
+        for w in rows.keys() {
+            wanted.entry(*w).or_insert(Status::Removed {
+                cut: 0,
+                by: [0; 32],
+            });
+        }
+        for (w, status) in wanted {
+            let key = FeedKey(w);
+            let (state, by) = match status {
+                Status::Active => (WriterState::Active, None),
+                Status::Removed { by, .. } => (WriterState::Removed, Some(by)),
+            };
+            let limit = status.limit();
+            let read = if key == self.own {
+                txn.length(&self.own)?
+            } else {
+                rows.get(&w).map_or(0, |r| r.merged)
+            };
+            // The own writer counted everything before it first had a row.
+            let old = rows.get(&w).copied().unwrap_or(WriterRow {
+                merged: 0,
+                ..WriterRow::new(WriterState::Active, u64::MAX, None)
+            });
+            if old.state == WriterState::Forked {
+                continue;
+            }
+            if rows.contains_key(&w) && (old.state, old.limit, old.removed_by) == (state, limit, by)
+            {
+                continue;
+            }
+            if key != self.own && !rows.contains_key(&w) {
+                txn.create_replica(key)?;
+            }
+            let (before, after) = (old.limit.min(read), limit.min(read));
+            if after < before {
+                self.unmerge(txn, key, after, before)?;
+            } else if after > before {
+                self.remerge(txn, key, before, after, events)?;
+            }
+            let row = WriterRow {
+                state,
+                merged: old.merged,
+                limit,
+                removed_by: by,
+            };
+            set_writer(txn.raw(), &w, row)?;
+            let changed = !rows.contains_key(&w) || old.state != state;
+            if key != self.own && changed {
+                events.push(match state {
+                    WriterState::Active => Event::WriterAdded { writer: key },
+                    _ => Event::WriterRemoved { writer: key },
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Ctx<'_> {
+    /// Sets the database identity of a new folder (`wanted`, or this peer's own diff key for a
+    /// new database); refuses a folder that belongs to another database. A folder written
+    /// before membership operations existed counted writers by local configuration: each of
+    /// them becomes an `Add` operation of this peer, the database's first writer.
+    pub(crate) fn init_membership(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        wanted: Option<FeedKey>,
+        refused: &mut Option<Error>,
+    ) -> FeedResult<Vec<Event>> {
+        let stored = {
+            let meta = txn.raw().open_table(META).map_err(storage)?;
+            let row = meta.get(tables::DATABASE).map_err(storage)?;
+            row.map(|v| v.value().to_vec())
+        };
+        if let Some(stored) = stored {
+            if let Some(wanted) = wanted
+                && stored != wanted.0
+            {
+                let e = Error::InvalidArgument(format!(
+                    "this folder belongs to another database than {wanted}"
+                ));
+                let message = e.to_string();
+                *refused = Some(e);
+                return Err(multibee_feed::Error::InvalidArgument(message));
+            }
+            return Ok(Vec::new());
+        }
+        let database = wanted.unwrap_or(self.own);
+        {
+            let mut meta = txn.raw().open_table(META).map_err(storage)?;
+            meta.insert(tables::DATABASE, database.0.as_slice())
+                .map_err(storage)?;
+        }
+        let legacy: Vec<[u8; 32]> = writer_rows(txn.raw())?
+            .into_iter()
+            .filter(|(w, row)| row.state == WriterState::Active && *w != self.own.0)
+            .map(|(w, _)| w)
+            .collect();
+        let mut events = Vec::new();
+        if legacy.is_empty() || database != self.own {
+            self.apply_membership(txn, &HashSet::new(), &mut events)?;
+        }
+        if database == self.own {
+            for writer in legacy {
+                events.extend(self.write_member(txn, MemberOp::Add { writer }, refused)?);
+            }
+        }
+        Ok(events)
+    }
+}
