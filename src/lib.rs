@@ -52,12 +52,17 @@ pub use multibee_feed as feed;
 pub use multibee_multibee as db;
 pub use multibee_net as net;
 
+pub use join::{JOIN_TIMEOUT, JoinError, join};
 pub use multibee_feed::SyncMode;
 pub use multibee_multibee::{
     BatchOp, Changes, ChangesOptions, Conflict, FeedKey, HistoryEntry, MultiBee, Options,
     StoreChange, Value, WriterInfo, WriterState,
 };
 pub use multibee_net::{Config, Multiaddr, PeerId};
+pub use ticket::{Ticket, TicketError};
+
+mod join;
+mod ticket;
 
 /// What can go wrong serving a [`MultiBee`].
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +74,9 @@ pub enum Error {
     /// The network node failed or has stopped.
     #[error(transparent)]
     Net(#[from] multibee_net::Error),
+    /// Joining a database with a ticket failed.
+    #[error(transparent)]
+    Join(#[from] JoinError),
 }
 
 /// The result type of this crate.
@@ -85,11 +93,13 @@ pub async fn serve(mb: &MultiBee, config: Config) -> Result<Served> {
     let events = mb.events();
     handle.announce(mb.diff_key()).await?;
     sync_writers(mb, &handle).await?;
+    let joins = tokio::spawn(join::accept(mb.clone(), handle.streams()));
     let follow = tokio::spawn(follow_writers(mb.clone(), handle, events));
     Ok(Served {
         mb: mb.clone(),
         node,
         _follow: AbortOnDrop(follow),
+        _joins: AbortOnDrop(joins),
     })
 }
 
@@ -153,6 +163,8 @@ pub struct Served {
     node: Node,
     /// Replicates writers added after `serve`.
     _follow: AbortOnDrop,
+    /// Answers join requests.
+    _joins: AbortOnDrop,
 }
 
 impl Served {

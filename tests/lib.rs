@@ -3,6 +3,7 @@
 
 mod common;
 mod hostile_writer;
+mod join;
 mod netns;
 mod node;
 mod partition;

@@ -33,6 +33,9 @@ pub enum Error {
         /// The writer whose operation removed it, if one did.
         by: Option<FeedKey>,
     },
+    /// An invitation's secret that this peer did not make, or that was used already.
+    #[error("unknown or already used invitation")]
+    InvalidInvite,
     /// A value nests deeper than [`crate::MAX_DEPTH`].
     #[error("the value nests {depth} levels deep; at most {max} are allowed")]
     TooDeep {

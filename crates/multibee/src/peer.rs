@@ -352,6 +352,37 @@ impl MultiBee {
         self.write_member(op).await
     }
 
+    /// Makes a one-time invitation: a random secret that one peer may redeem (through
+    /// [`MultiBee::redeem_invite`] on this peer) to be added as a writer. The network layer
+    /// wraps it in a ticket with this peer's addresses. Fails unless this peer is a member.
+    pub async fn create_invite(&self) -> Result<[u8; 32]> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret)
+            .map_err(|e| Error::InvalidArgument(format!("no randomness for a secret: {e}")))?;
+        self.write_refusable(move |this, txn, refused| {
+            this.ctx().write_invite(txn, secret, refused)
+        })
+        .await?;
+        Ok(secret)
+    }
+
+    /// Adds `writer` as a member if `secret` is an invitation of this peer that was not used
+    /// yet ([`Error::InvalidInvite`] otherwise), using it up in the same transaction.
+    pub async fn redeem_invite(&self, secret: [u8; 32], writer: FeedKey) -> Result<()> {
+        if writer == self.diff_key() || writer == self.store_key() {
+            return Err(Error::InvalidArgument(
+                "a peer cannot add its own feeds".into(),
+            ));
+        }
+        let events = self
+            .write_refusable(move |this, txn, refused| {
+                this.ctx().redeem_invite(txn, secret, writer, refused)
+            })
+            .await?;
+        self.report(events);
+        Ok(())
+    }
+
     /// The old name of [`MultiBee::add_writer`].
     #[deprecated(note = "use add_writer")]
     pub async fn add_peer(&self, key: FeedKey) -> Result<()> {

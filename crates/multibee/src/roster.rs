@@ -12,7 +12,7 @@ use crate::fold::{corrupt, storage};
 use crate::hlc::Hlc;
 use crate::membership::{self, MemberOp, MemberRecord, Stamped, Status};
 use crate::options::Event;
-use crate::tables::{self, MEMBERS, META, WriterRow, WriterState, split_diff_row};
+use crate::tables::{self, INVITES, MEMBERS, META, WriterRow, WriterState, split_diff_row};
 use crate::txn::{Ctx, set_writer, writer_rows};
 
 type FeedResult<T> = multibee_feed::Result<T>;
@@ -153,6 +153,51 @@ impl Ctx<'_> {
         let mut events = Vec::new();
         self.apply_membership(txn, &HashSet::new(), &mut events)?;
         self.persist_hlc(txn.raw())?;
+        Ok(events)
+    }
+
+    /// Records an invitation (the hash of its secret) that one joiner may redeem.
+    pub(crate) fn write_invite(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        secret: [u8; 32],
+        refused: &mut Option<Error>,
+    ) -> FeedResult<()> {
+        if self.membership(txn.raw())?.members.get(&self.own.0) != Some(&Status::Active) {
+            let e = Error::NotAMember(self.own);
+            let message = e.to_string();
+            *refused = Some(e);
+            return Err(multibee_feed::Error::InvalidArgument(message));
+        }
+        let mut table = txn.raw().open_table(INVITES).map_err(storage)?;
+        table
+            .insert(*blake3::hash(&secret).as_bytes(), self.clock.now_ms())
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Adds `writer` if `secret` is an invitation not redeemed yet, and uses it up.
+    pub(crate) fn redeem_invite(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        secret: [u8; 32],
+        writer: FeedKey,
+        refused: &mut Option<Error>,
+    ) -> FeedResult<Vec<Event>> {
+        let hash = *blake3::hash(&secret).as_bytes();
+        let known = {
+            let table = txn.raw().open_table(INVITES).map_err(storage)?;
+            table.get(hash).map_err(storage)?.is_some()
+        };
+        if !known {
+            let e = Error::InvalidInvite;
+            let message = e.to_string();
+            *refused = Some(e);
+            return Err(multibee_feed::Error::InvalidArgument(message));
+        }
+        let events = self.write_member(txn, MemberOp::Add { writer: writer.0 }, refused)?;
+        let mut table = txn.raw().open_table(INVITES).map_err(storage)?;
+        table.remove(hash).map_err(storage)?;
         Ok(events)
     }
 

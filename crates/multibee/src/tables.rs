@@ -7,6 +7,7 @@
 //! | `mb-diffs-1` | `(key, hlc, writer)` | seq (u64 LE) ‖ [`crate::DiffRecord`] bytes |
 //! | `mb-checkpoints-1` | `(key, hlc, writer)` | the key's value after that diff ([`encode_state`]) |
 //! | `mb-members-1` | `(stamp, author)` | seq (u64 LE) ‖ [`crate::MemberRecord`] bytes: every membership operation held |
+//! | `mb-invites-1` | blake3 hash of an invitation's secret | when it was made (ms): each redeems once |
 //! | `mb-keys-1` | key | [`KeyState`] (postcard, versioned): newest diff (stamp, writer), diffs since the last checkpoint, causal heads (stamp, writer, seq) |
 //!
 //! `mb-diffs-1` holds every merged diff of every counted writer (own and remote), in merge
@@ -29,6 +30,7 @@ pub(crate) const CHECKPOINTS: TableDefinition<DiffId, &[u8]> =
 pub(crate) const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mb-keys-1");
 pub(crate) const MEMBERS: TableDefinition<(u64, [u8; 32]), &[u8]> =
     TableDefinition::new("mb-members-1");
+pub(crate) const INVITES: TableDefinition<[u8; 32], u64> = TableDefinition::new("mb-invites-1");
 
 pub(crate) const STORE_FEED: &str = "store-feed";
 pub(crate) const DIFF_FEED: &str = "diff-feed";

@@ -50,4 +50,6 @@ pub use config::Config;
 pub use error::{Error, FrameError, ReceiveError, Violation};
 pub use event::{Event, Stats};
 pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{Stream, StreamProtocol};
+pub use libp2p_stream::Control;
 pub use node::{Node, NodeHandle};

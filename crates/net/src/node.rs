@@ -62,13 +62,14 @@ impl std::fmt::Debug for Node {
 /// A cloneable handle to a [`Node`]'s event loop.
 ///
 /// Holds a clone of the node's [`Store`], so the store stays open while a handle lives.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
     store: Store,
     counters: Arc<Counters>,
     events: broadcast::Sender<Event>,
+    streams: Control,
 }
 
 impl Node {
@@ -92,6 +93,7 @@ impl Node {
             gone: broadcast::channel(INTERNAL_QUEUE).0,
         });
         let mut event_loop = EventLoop::new(swarm, cx, commands_rx, internal_rx)?;
+        let streams = event_loop.control.clone();
         event_loop.listen(&config.listen).await?;
         for addr in &config.dial {
             event_loop.dial(addr.clone())?;
@@ -106,6 +108,7 @@ impl Node {
             store,
             counters,
             events,
+            streams,
         };
         Ok(Node {
             handle,
@@ -122,6 +125,12 @@ impl Node {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.handle.peer_id
+    }
+
+    /// The node's libp2p stream control, for protocols of the layers above (they open and
+    /// accept their own streams, under their own protocol names, on the node's connections).
+    pub fn streams(&self) -> Control {
+        self.handle.streams.clone()
     }
 
     /// The next event since the node started (or since the previous call). If more than a few
@@ -148,10 +157,24 @@ impl Node {
     }
 }
 
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("peer_id", &self.peer_id)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
 impl NodeHandle {
     /// The node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// The node's libp2p stream control (see [`Node::streams`]).
+    pub fn streams(&self) -> Control {
+        self.streams.clone()
     }
 
     /// The store the node serves.
