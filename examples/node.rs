@@ -5,9 +5,12 @@
 //! cargo run --release --example node -- --dir ./a
 //! ```
 //!
-//! Once listening it prints `{"event":"ready","peer_id":..,"diff_key":..,"listen":[..]}`. Then:
-//! `put KEY JSON`, `patch KEY JSON` (a JSON merge patch), `get KEY`, `del KEY`, `list [PREFIX]`, `writer add KEY`, `writer remove KEY`,
-//! `dial ADDR`, `conflicts KEY`, `history KEY`, `status`, `quit`. Answers carry `"ok"`; other
+//! Once listening it prints
+//! `{"event":"ready","peer_id":..,"diff_key":..,"database":..,"listen":[..]}`. Then:
+//! `put KEY JSON`, `patch KEY JSON` (a JSON merge patch), `get KEY`, `del KEY`,
+//! `list [PREFIX]`, `writer add KEY`, `writer remove KEY` (replicated membership operations),
+//! `invite` (answers a `ticket` that `--join TICKET` takes on a new peer), `dial ADDR`,
+//! `conflicts KEY`, `history KEY`, `status`, `quit`. Answers carry `"ok"`; other
 //! lines carry `"event"` (a change to the merged store, a peer connected or rejected). End of
 //! input, SIGINT and SIGTERM shut it down cleanly. Logs go to stderr (`RUST_LOG`).
 
@@ -47,6 +50,10 @@ struct Args {
     /// A Kademlia bootstrap peer's multiaddr (repeatable).
     #[arg(long, value_name = "ADDR")]
     bootstrap: Vec<Multiaddr>,
+    /// Join the database of a ticket (made by `invite` on a member) as a new writer, in a new
+    /// folder.
+    #[arg(long, value_name = "TICKET")]
+    join: Option<multibee::Ticket>,
 }
 
 fn default_listen() -> Vec<Multiaddr> {
@@ -98,14 +105,6 @@ impl Out {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let mb = MultiBee::open_with(&args.dir, Options::default())
-        .await
-        .map_err(|e| format!("cannot open {}: {e}", args.dir.display()))?;
-    for key in &args.writer {
-        mb.add_writer(*key)
-            .await
-            .map_err(|e| format!("cannot add writer {key}: {e}"))?;
-    }
     let mut config = Config::default()
         .listen_on(args.listen.iter().cloned())
         .mdns(!args.no_mdns);
@@ -113,9 +112,26 @@ async fn run(args: Args) -> Result<(), String> {
     for addr in args.dial.iter().chain(&args.bootstrap) {
         config = config.dial(addr.clone());
     }
-    let served = serve(&mb, config)
-        .await
-        .map_err(|e| format!("cannot start the node: {e}"))?;
+    let served = match &args.join {
+        Some(ticket) => multibee::join(&args.dir, ticket, Options::default(), config)
+            .await
+            .map_err(|e| format!("cannot join with the ticket: {e}"))?,
+        None => {
+            let mb = MultiBee::open_with(&args.dir, Options::default())
+                .await
+                .map_err(|e| format!("cannot open {}: {e}", args.dir.display()))?;
+            serve(&mb, config)
+                .await
+                .map_err(|e| format!("cannot start the node: {e}"))?
+        }
+    };
+    let mb = served.multibee().clone();
+    for key in &args.writer {
+        served
+            .add_writer(*key)
+            .await
+            .map_err(|e| format!("cannot add writer {key}: {e}"))?;
+    }
     let listen = served.listen_addrs().await.map_err(|e| e.to_string())?;
 
     let (tx, mut rx) = mpsc::channel::<String>(1024);
@@ -137,6 +153,7 @@ async fn run(args: Args) -> Result<(), String> {
         "event": "ready",
         "peer_id": served.peer_id().to_string(),
         "diff_key": mb.diff_key().to_string(),
+        "database": mb.database().map(|d| d.to_string()).unwrap_or_default(),
         "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
     }))
     .await;
@@ -246,6 +263,10 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
                     ));
                 }
             }
+        }
+        "invite" => {
+            let ticket = served.invite().await.map_err(|e| e.to_string())?;
+            fields.insert("ticket".into(), json!(ticket.to_string()));
         }
         "dial" => {
             let addr: Multiaddr = one_arg(rest, "dial ADDR")?

@@ -296,6 +296,46 @@ fn two_nodes_replicate_merge_concurrent_edits_and_survive_sigkill() {
 }
 
 #[test]
+fn nodes_join_with_tickets_and_converge_without_writer_add() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = Node::start(dirs[0].path(), &[]);
+    let ticket = a.ok("invite")["ticket"].as_str().unwrap().to_string();
+    let mut b = Node::start(dirs[1].path(), &["--join", &ticket]);
+    let ticket = a.ok("invite")["ticket"].as_str().unwrap().to_string();
+    let mut c = Node::start(dirs[2].path(), &["--join", &ticket, "--dial", &b.addr()]);
+    for node in [&b, &c] {
+        assert_eq!(node.ready["database"], a.diff_key());
+    }
+    a.ok(r#"put from_a {"n":1}"#);
+    b.ok(r#"put from_b {"n":2}"#);
+    c.ok(r#"put from_c {"n":3}"#);
+    for node in [&mut a, &mut b, &mut c] {
+        node.wait_value("from_a", json!({"n": 1}));
+        node.wait_value("from_b", json!({"n": 2}));
+        node.wait_value("from_c", json!({"n": 3}));
+    }
+    // A fourth joins through C's ticket while A is offline.
+    let ticket = c.ok("invite")["ticket"].as_str().unwrap().to_string();
+    a.stop();
+    let mut d = Node::start(dirs[3].path(), &["--join", &ticket]);
+    d.wait_value("from_a", json!({"n": 1}));
+    d.ok(r#"put from_d {"n":4}"#);
+    for node in [&mut b, &mut c, &mut d] {
+        node.wait_value("from_d", json!({"n": 4}));
+    }
+    // A used ticket is refused with the reason, on one line.
+    let used = Command::new(node_binary())
+        .args(["--dir", &dirs[0].path().join("x").display().to_string()])
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--join", &ticket])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!used.status.success());
+    let err = String::from_utf8_lossy(&used.stderr);
+    assert!(err.contains("already used"), "{err}");
+}
+
+#[test]
 fn three_nodes_in_a_line_converge() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut a = Node::start(dirs[0].path(), &[]);
