@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use multibee::db::{Change, Event as DbEvent};
+use multibee::db::{Change, Clock, Event as DbEvent, SystemClock};
 use multibee::net::Event as NetEvent;
 use multibee::{
     ChangesOptions, Config, FeedKey, MultiBee, Multiaddr, Options, Served, Value, serve,
@@ -54,6 +54,25 @@ struct Args {
     /// folder.
     #[arg(long, value_name = "TICKET")]
     join: Option<multibee::Ticket>,
+    /// Runs this peer's clock this many milliseconds ahead of the system's (negative: behind),
+    /// to try clock skew without changing the machine's time.
+    #[arg(
+        long,
+        value_name = "MS",
+        allow_hyphen_values = true,
+        default_value_t = 0
+    )]
+    clock_offset_ms: i64,
+}
+
+/// The system clock moved by a fixed offset.
+#[derive(Debug)]
+struct OffsetClock(i64);
+
+impl Clock for OffsetClock {
+    fn now_ms(&self) -> u64 {
+        SystemClock.now_ms().saturating_add_signed(self.0)
+    }
 }
 
 fn default_listen() -> Vec<Multiaddr> {
@@ -112,12 +131,13 @@ async fn run(args: Args) -> Result<(), String> {
     for addr in args.dial.iter().chain(&args.bootstrap) {
         config = config.dial(addr.clone());
     }
+    let options = Options::default().clock(OffsetClock(args.clock_offset_ms));
     let served = match &args.join {
-        Some(ticket) => multibee::join(&args.dir, ticket, Options::default(), config)
+        Some(ticket) => multibee::join(&args.dir, ticket, options, config)
             .await
             .map_err(|e| format!("cannot join with the ticket: {e}"))?,
         None => {
-            let mb = MultiBee::open_with(&args.dir, Options::default())
+            let mb = MultiBee::open_with(&args.dir, options)
                 .await
                 .map_err(|e| format!("cannot open {}: {e}", args.dir.display()))?;
             serve(&mb, config)

@@ -326,13 +326,37 @@ fn nodes_join_with_tickets_and_converge_without_writer_add() {
     // A used ticket is refused with the reason, on one line.
     let used = Command::new(node_binary())
         .args(["--dir", &dirs[0].path().join("x").display().to_string()])
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--join", &ticket])
+        .args([
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--join",
+            &ticket,
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();
     assert!(!used.status.success());
     let err = String::from_utf8_lossy(&used.stderr);
     assert!(err.contains("already used"), "{err}");
+}
+
+#[test]
+fn a_write_made_after_merging_a_write_from_a_clock_ten_minutes_ahead_wins() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = Node::start(dirs[0].path(), &[]);
+    let ticket = a.ok("invite")["ticket"].as_str().unwrap().to_string();
+    let mut ahead = Node::start(
+        dirs[1].path(),
+        &["--join", &ticket, "--clock-offset-ms", "600000"],
+    );
+    ahead.ok(r#"put doc {"v":"ahead"}"#);
+    a.wait_value("doc", json!({"v": "ahead"}));
+    a.ok(r#"put doc {"v":"a"}"#);
+    for node in [&mut a, &mut ahead] {
+        node.wait_value("doc", json!({"v": "a"}));
+        assert_eq!(node.ok("conflicts doc")["conflicts"], json!([]));
+    }
 }
 
 #[test]
