@@ -152,7 +152,16 @@ pub struct LiveHistory {
 }
 
 impl LiveHistory {
+    /// This history as a [`futures::Stream`].
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<Change>> + Send {
+        futures::stream::unfold(self, |mut live| async move {
+            live.next().await.map(|change| (change, live))
+        })
+    }
+
     /// The next operation, waiting for one if need be; `None` once the store is closed.
+    /// Cancel-safe: dropping the future before it completes loses nothing (what was read is
+    /// kept for the next call; the wait itself holds no item).
     pub async fn next(&mut self) -> Option<Result<Change>> {
         const CHUNK: u64 = 256;
         loop {
@@ -203,7 +212,15 @@ pub struct WatchEvent {
 }
 
 impl Watch {
-    /// Waits until a key in the range changes; `None` once the store is closed.
+    /// This watch as a [`futures::Stream`].
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<WatchEvent>> + Send {
+        futures::stream::unfold(self, |mut watch| async move {
+            watch.next().await.map(|event| (event, watch))
+        })
+    }
+
+    /// Waits until a key in the range changes; `None` once the store is closed. Cancel-safe:
+    /// the version it reports from moves only when it returns an event.
     pub async fn next(&mut self) -> Option<Result<WatchEvent>> {
         loop {
             let now = match self.bee.version() {

@@ -55,7 +55,16 @@ impl std::fmt::Debug for Changes {
 }
 
 impl Changes {
+    /// These changes as a [`futures::Stream`].
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<StoreChange>> + Send {
+        futures::stream::unfold(self, |mut changes| async move {
+            changes.next().await.map(|change| (change, changes))
+        })
+    }
+
     /// The next change; `None` at the end (never, for a live stream, until the store closes).
+    /// Cancel-safe: dropping the future before it completes (in a `select!`, or on a timeout)
+    /// loses no change; the next call returns it.
     pub async fn next(&mut self) -> Option<Result<StoreChange>> {
         loop {
             let change = match &mut self.source {

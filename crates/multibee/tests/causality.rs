@@ -259,3 +259,89 @@ fn p7_converged_peers_list_the_same_conflicts() {
         assert_eq!(conflicts(a, "x").len(), 1);
     });
 }
+
+#[test]
+fn the_changes_stream_is_a_futures_stream_and_a_cancelled_wait_loses_nothing() {
+    use futures::StreamExt;
+    run(async {
+        let p = Peer::new(1_000_000).await;
+        let mut changes =
+            p.mb.changes(multibee_multibee::ChangesOptions {
+                live: true,
+                ..Default::default()
+            })
+            .unwrap();
+        // A wait cancelled before anything happened...
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(1), changes.next()).await;
+        assert!(waited.is_err());
+        p.mb.put("a", json!(1)).await.unwrap();
+        p.mb.put("b", json!(2)).await.unwrap();
+        // ...and the stream still yields every change, in order.
+        let got: Vec<_> = changes
+            .into_stream()
+            .take(2)
+            .map(|c| c.unwrap().key)
+            .collect()
+            .await;
+        assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec()]);
+    });
+}
+
+#[test]
+fn membership_operations_of_non_members_and_removals_of_strangers_are_rejected_alike() {
+    use multibee_multibee::{MemberOp, MemberRecord};
+    run(async {
+        let peers = cluster(2).await;
+        let (root, other) = (&peers[0], &peers[1]);
+        // W is a member whose feed (crafted) removes a writer that is not one; V is expelled
+        // before the operation it wrote, which then does not count.
+        let (_wd, _ws, w) = raw_writer().await;
+        let (_vd, _vs, v) = raw_writer().await;
+        let stranger = [42u8; 32];
+        let far = Hlc::new(9_000_000, 0);
+        let remove = MemberRecord {
+            ts: far,
+            op: MemberOp::Remove {
+                writer: stranger,
+                cut: 0,
+            },
+        };
+        w.append_batch(vec![remove.entry()]).await.unwrap();
+        let add = MemberRecord {
+            ts: far,
+            op: MemberOp::Add { writer: stranger },
+        };
+        v.append_batch(vec![add.entry()]).await.unwrap();
+        root.mb.add_writer(w.key()).await.unwrap();
+        root.mb.add_writer(v.key()).await.unwrap();
+        root.mb.expel_writer(v.key()).await.unwrap();
+        for p in &peers {
+            let mut events = p.mb.events();
+            if !std::ptr::eq(p, root) {
+                deliver(root, p, root.key(), u64::MAX).await;
+            }
+            p.mb.ingest(w.proof(0..1).unwrap()).await.unwrap();
+            p.mb.ingest(v.proof(0..1).unwrap()).await.unwrap();
+            let mut rejected = Vec::new();
+            while let Ok(e) = events.try_recv() {
+                if let Event::MembershipRejected { author, reason, .. } = e {
+                    rejected.push((author, reason));
+                }
+            }
+            rejected.sort();
+            let mut want = vec![
+                (
+                    w.key(),
+                    "it removes a writer that is not a member".to_string(),
+                ),
+                (v.key(), "its author was removed before it".to_string()),
+            ];
+            want.sort();
+            assert_eq!(rejected, want);
+            let keys: Vec<_> = p.mb.writers().unwrap().iter().map(|w| w.key.0).collect();
+            assert!(!keys.contains(&stranger), "the stranger is no member");
+        }
+        assert!(other.mb.writers().unwrap().iter().any(|x| x.key == w.key()));
+    });
+}
