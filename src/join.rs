@@ -23,6 +23,9 @@ const PROTOCOL: &str = "/multibee/join/1";
 const MAX_MESSAGE: usize = 1024;
 /// How long a join may take, from dialing to the answer.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this many join requests are answered at once; streams beyond are closed unread, so
+/// that a peer opening many cannot hold memory or tasks without bound.
+const MAX_CONCURRENT_JOINS: usize = 16;
 
 #[derive(Serialize, Deserialize)]
 enum Request {
@@ -75,9 +78,15 @@ pub(crate) async fn accept(mb: MultiBee, mut control: Control) {
             return;
         }
     };
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_JOINS));
     while let Some((peer, mut stream)) = incoming.next().await {
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many join requests at once: stream closed");
+            continue;
+        };
         let mb = mb.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let answered = tokio::time::timeout(JOIN_TIMEOUT, async {
                 let request: Request = receive(&mut stream).await?;
                 let reply = redeem(&mb, request).await;
