@@ -8,28 +8,27 @@
 //! stored by the node are merged in the background (with [`Options::auto_merge`], the default),
 //! so remote changes show up in [`MultiBee::changes`] and [`MultiBee::get`] as they arrive.
 //!
-//! Writers counted before [`serve`] are replicated from the start; a writer counted later,
+//! A new peer joins a database with a ticket ([`Served::invite`], [`join`]); writers counted
+//! before [`serve`] are replicated from the start; a writer counted later,
 //! through [`Served::add_writer`] or [`MultiBee::add_writer`] alike, or by a membership
 //! operation replicated from another member, is replicated from then on.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use multibee::{ChangesOptions, Config, MultiBee, Value, serve};
+//! use multibee::{ChangesOptions, Config, MultiBee, Options, Value, join, serve};
 //!
 //! let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
-//! let a = MultiBee::open(dir_a.path()).await?;
-//! let b = MultiBee::open(dir_b.path()).await?;
-//! a.put("greeting", Value::Bytes(b"hello".to_vec())).await?;
-//!
-//! // Each peer counts the other's writes (keys are exchanged out of band)...
-//! a.add_writer(b.diff_key()).await?;
-//! b.add_writer(a.diff_key()).await?;
-//! // ...and serves itself on the network (127.0.0.1 only here; `Config::default()` listens
+//! // A starts a database and serves it (127.0.0.1 only here; `Config::default()` listens
 //! // everywhere and finds peers on the local network with mDNS).
+//! let a = MultiBee::open(dir_a.path()).await?;
+//! a.put("greeting", Value::Bytes(b"hello".to_vec())).await?;
 //! let served_a = serve(&a, Config::loopback()).await?;
-//! let served_b = serve(&b, Config::loopback()).await?;
-//! served_b.dial(served_a.listen_addrs().await?[0].clone()).await?;
+//!
+//! // B joins with one string: A's ticket. A adds B as a writer, and B replicates.
+//! let ticket: multibee::Ticket = served_a.invite().await?.to_string().parse()?;
+//! let served_b = join(dir_b.path(), &ticket, Options::default(), Config::loopback()).await?;
+//! let b = served_b.multibee().clone();
 //!
 //! // A's write is replicated, verified and merged on B.
 //! let mut changes = b.changes(ChangesOptions { live: true, ..Default::default() })?;
