@@ -124,7 +124,8 @@ async fn follow_writers(
 ) {
     loop {
         let followed = match events.recv().await {
-            Ok(db::Event::WriterAdded { writer }) => handle
+            // A writer learned of as already removed is fetched too (see `sync_writers`).
+            Ok(db::Event::WriterAdded { writer } | db::Event::WriterRemoved { writer }) => handle
                 .replicate(writer)
                 .await
                 .map(drop)

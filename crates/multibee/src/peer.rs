@@ -38,6 +38,8 @@ struct Inner {
     events: broadcast::Sender<Event>,
     wake: Arc<Notify>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The writers whose feeds a task watches (one task each).
+    watched: Mutex<std::collections::HashSet<FeedKey>>,
 }
 
 impl Drop for Inner {
@@ -122,6 +124,7 @@ impl MultiBee {
                 events,
                 wake: Arc::new(Notify::new()),
                 tasks: Mutex::new(Vec::new()),
+                watched: Mutex::new(std::collections::HashSet::new()),
             }),
         };
         let wanted = mb.inner.options.database;
@@ -556,9 +559,10 @@ impl MultiBee {
 
     fn report(&self, events: Vec<Event>) {
         for event in events {
-            if let Event::WriterAdded { writer } = &event
+            if let Event::WriterAdded { writer } | Event::WriterRemoved { writer } = &event
                 && self.inner.options.auto_merge
             {
+                // A removed writer's feed is still read, for its membership operations.
                 self.watch_writer(*writer);
             }
             match &event {
@@ -611,6 +615,11 @@ impl MultiBee {
         let Some(feed) = self.inner.store.feed(&key) else {
             return;
         };
+        let mut watched = self.inner.watched.lock().unwrap_or_else(|p| p.into_inner());
+        if !watched.insert(key) {
+            return;
+        }
+        drop(watched);
         let mut status = feed.subscribe();
         drop(feed);
         let wake = self.inner.wake.clone();

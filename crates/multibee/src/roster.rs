@@ -221,21 +221,24 @@ impl Ctx<'_> {
             }
         }
         let rows: BTreeMap<[u8; 32], WriterRow> = writer_rows(txn.raw())?.into_iter().collect();
-        let mut wanted: BTreeMap<[u8; 32], Status> = outcome.members;
+        // What each writer should be: (state, limit, remover).
+        let mut wanted: BTreeMap<[u8; 32], (WriterState, u64, Option<[u8; 32]>)> = outcome
+            .members
+            .iter()
+            .map(|(w, status)| {
+                let row = match *status {
+                    Status::Active => (WriterState::Active, u64::MAX, None),
+                    Status::Removed { cut, by } => (WriterState::Removed, cut, Some(by)),
+                };
+                (*w, row)
+            })
+            .collect();
         // A writer whose adding operation no longer counts does not count at all.
         for w in rows.keys() {
-            wanted.entry(*w).or_insert(Status::Removed {
-                cut: 0,
-                by: [0; 32],
-            });
+            wanted.entry(*w).or_insert((WriterState::Removed, 0, None));
         }
-        for (w, status) in wanted {
+        for (w, (state, limit, by)) in wanted {
             let key = FeedKey(w);
-            let (state, by) = match status {
-                Status::Active => (WriterState::Active, None),
-                Status::Removed { by, .. } => (WriterState::Removed, Some(by)),
-            };
-            let limit = status.limit();
             let read = if key == self.own {
                 txn.length(&self.own)?
             } else {
