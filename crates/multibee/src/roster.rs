@@ -17,6 +17,9 @@ use crate::txn::{Ctx, set_writer, writer_rows};
 
 type FeedResult<T> = multibee_feed::Result<T>;
 
+/// What a writer's row should say: its state, its limit and who removed it.
+type Wanted = (WriterState, u64, Option<[u8; 32]>);
+
 /// The identity of the database a peer belongs to (its first writer's diff feed key).
 pub(crate) fn database(raw: &WriteTransaction) -> FeedResult<[u8; 32]> {
     let meta = raw.open_table(META).map_err(storage)?;
@@ -222,7 +225,7 @@ impl Ctx<'_> {
         }
         let rows: BTreeMap<[u8; 32], WriterRow> = writer_rows(txn.raw())?.into_iter().collect();
         // What each writer should be: (state, limit, remover).
-        let mut wanted: BTreeMap<[u8; 32], (WriterState, u64, Option<[u8; 32]>)> = outcome
+        let mut wanted: BTreeMap<[u8; 32], Wanted> = outcome
             .members
             .iter()
             .map(|(w, status)| {
