@@ -26,6 +26,33 @@ fn node_binary() -> PathBuf {
     bin
 }
 
+/// Runs `command` to its end and returns what it printed; kills it and fails the test if it
+/// has not ended within the patience.
+fn output_within(command: &mut Command) -> std::process::Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let (done, watchdog) = mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || {
+        let late = watchdog.recv_timeout(PATIENCE).is_err();
+        if late {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+        late
+    });
+    let output = child.wait_with_output().unwrap();
+    let _ = done.send(());
+    assert!(
+        !killer.join().unwrap(),
+        "{command:?} did not end within {PATIENCE:?}"
+    );
+    output
+}
+
 /// A running node process; killed on drop.
 pub struct Node {
     child: Child,
@@ -183,6 +210,11 @@ impl Node {
         let stdin = self.stdin.as_mut().unwrap();
         writeln!(stdin, "{line}").unwrap();
         stdin.flush().unwrap();
+        self.answer()
+    }
+
+    /// The next answer (line with "ok") to a command sent earlier, within the patience.
+    pub fn answer(&mut self) -> Json {
         self.next_matching(|l| l.get("ok").is_some())
     }
 
@@ -324,18 +356,18 @@ fn nodes_join_with_tickets_and_converge_without_writer_add() {
         node.wait_value("from_d", json!({"n": 4}));
     }
     // A used ticket is refused with the reason, on one line.
-    let used = Command::new(node_binary())
-        .args(["--dir", &dirs[0].path().join("x").display().to_string()])
-        .args([
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--no-mdns",
-            "--join",
-            &ticket,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let used = output_within(
+        Command::new(node_binary())
+            .args(["--dir", &dirs[0].path().join("x").display().to_string()])
+            .args([
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--no-mdns",
+                "--join",
+                &ticket,
+            ])
+            .stdin(Stdio::null()),
+    );
     assert!(!used.status.success());
     let err = String::from_utf8_lossy(&used.stderr);
     assert!(err.contains("already used"), "{err}");
@@ -388,21 +420,21 @@ fn three_nodes_in_a_line_converge() {
 
 #[test]
 fn bad_arguments_and_a_folder_in_use_fail_with_one_line() {
-    let out = Command::new(node_binary())
-        .arg("--listen")
-        .arg("not-an-addr")
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(node_binary())
+            .arg("--listen")
+            .arg("not-an-addr"),
+    );
     assert!(!out.status.success());
     let dir = tempfile::tempdir().unwrap();
     let _a = Node::start(dir.path(), &[]);
-    let out = Command::new(node_binary())
-        .arg("--dir")
-        .arg(dir.path())
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(node_binary())
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .stdin(Stdio::null()),
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("error: "), "{stderr}");
