@@ -269,9 +269,9 @@ fn torture(seed: u64, rounds: u64) {
                 assert!(
                     got == state.acked || state.unacked.contains(&got),
                     "round {round}: after the kill node {victim} has {key} = {got}, neither the \
-                     last acknowledged outcome {} nor one sent after it {:?}",
+                     last acknowledged outcome {} nor one sent after it {}",
                     state.acked,
-                    state.unacked
+                    Json::Array(state.unacked.clone())
                 );
                 if !state.unacked.is_empty() {
                     match got == state.acked {
@@ -443,10 +443,20 @@ fn check_store_bee(mb: &multibee::MultiBee, what: &str) -> Rows {
                 (e.key, (e.seq, e.value))
             })
             .collect();
-        assert_eq!(&ranged, rows, "{what}: {label}, ranged");
+        assert!(
+            &ranged == rows,
+            "{what}: {label}, ranged: {} where the feed gives {}",
+            show(&ranged),
+            show(rows)
+        );
         for key in &keys {
             let got = at.get_entry(key).unwrap().map(|e| (e.seq, e.value));
-            assert_eq!(got.as_ref(), rows.get(*key), "{what}: {label}, key {key:?}");
+            assert!(
+                got.as_ref() == rows.get(*key),
+                "{what}: {label}, key {}: {got:?} where the feed gives {:?}",
+                String::from_utf8_lossy(key),
+                rows.get(*key)
+            );
         }
     };
     let mut rows = Rows::new();
@@ -461,6 +471,16 @@ fn check_store_bee(mb: &multibee::MultiBee, what: &str) -> Rows {
     }
     check(bee, &rows, "head");
     rows
+}
+
+/// Rows as text, for failure messages.
+fn show(rows: &Rows) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|(k, (seq, v))| format!("{} @{seq} = {:?}", text(k), text(v)))
+        .collect();
+    format!("{{{}}}", rows.join(", "))
 }
 
 /// Decodes a store bee entry with the test's own reading of the bee's entry format
