@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod causality;
+mod crash;
 mod faults;
 mod fuzz_decode;
 mod lessons;
