@@ -5,7 +5,17 @@ use multibee_feed::Store;
 use multibee_multibee::{BatchOp, Change, ChangesOptions, Event, FieldOp, Hlc, Value, WriterState};
 use serde_json::json;
 
-use crate::support::{Peer, cluster, deliver, run, sync_all};
+use crate::support::{Peer, cluster, deliver, sync_all};
+
+/// Runs a scenario, failing it if it has not finished within a minute: no wait in it can hang.
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    let limit = std::time::Duration::from_secs(60);
+    crate::support::run(async {
+        tokio::time::timeout(limit, f)
+            .await
+            .unwrap_or_else(|_| panic!("the scenario did not finish within {limit:?}"))
+    })
+}
 
 /// Asserts every peer holds the same merged state.
 fn converged(peers: &[Peer]) {
@@ -317,7 +327,12 @@ fn s9_diffs_received_but_not_merged_before_a_crash_are_merged_on_reopen() {
             .await
             .unwrap();
         assert_eq!(peers[0].mb.get("k0").unwrap(), None);
+        // A local write an hour ahead of the writer's: only the persisted HLC, not merging the
+        // writer's diffs on reopen, keeps the clock past it.
+        peers[0].clock.advance(3_600_000);
+        peers[0].mb.put("mine", json!(0)).await.unwrap();
         let clock_before = peers[0].mb.clock();
+        assert!(clock_before >= peers[0].mb.history("mine").unwrap()[0].ts);
         let b = peers.remove(0).reopen().await;
         assert_eq!(b.json("k4"), Some(json!(4)));
         assert_eq!(b.mb.writers().unwrap()[0].merged, 5);
@@ -338,10 +353,15 @@ fn s9_the_hlc_is_persisted_and_never_goes_backwards_across_restarts() {
         p.mb.put("k", json!(1)).await.unwrap();
         let t1 = p.mb.history("k").unwrap()[0].ts;
         let p = p.reopen().await;
+        assert!(p.mb.clock() >= t1, "the HLC is read back: {}", p.mb.clock());
         p.clock.set(10); // the wall clock went far back while we were down
+        // A key never written: no diff of it raises the stamp, only the persisted HLC does.
+        p.mb.put("fresh", json!(0)).await.unwrap();
+        let fresh = p.mb.history("fresh").unwrap()[0].ts;
+        assert!(fresh > t1, "{fresh} is not after {t1}");
         p.mb.put("k", json!(2)).await.unwrap();
         let t2 = p.mb.history("k").unwrap()[1].ts;
-        assert!(t2 > t1);
+        assert!(t2 > fresh);
         assert_eq!(p.json("k"), Some(json!(2)));
     });
 }
