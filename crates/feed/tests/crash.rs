@@ -1,5 +1,6 @@
 //! Crash safety: a child process appends and reports every acknowledged length; the test kills
-//! it with SIGKILL at random moments and checks, after each kill, that the folder reopens, every
+//! it with SIGKILL at random moments (once it has acknowledged a random number of appends, which
+//! it must do within a minute) and checks, after each kill, that the folder reopens, every
 //! acknowledged entry is there, and the signed head verifies.
 //!
 //! The child is this test binary itself, re-run with `crash_child` selected and the folder in
@@ -8,12 +9,17 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use multibee_feed::{Error, Store, proof};
 
 use crate::common::{all_entries, run};
 
 const DIR_VAR: &str = "MULTIBEE_CRASH_DIR";
+
+/// How long any wait on the child may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Kills and reaps the child on every exit path, including a failed assertion.
 struct KillOnDrop(Child);
@@ -25,8 +31,10 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn spawn_self(test: &str, dir: &std::path::Path) -> KillOnDrop {
-    let child = Command::new(std::env::current_exe().unwrap())
+/// Re-runs this test binary with only the ignored test `test`; its stdout lines arrive on the
+/// receiver (read on a thread, so that every wait on them can time out).
+fn spawn_self(test: &str, dir: &std::path::Path) -> (KillOnDrop, mpsc::Receiver<String>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             test,
             "--exact",
@@ -39,7 +47,38 @@ fn spawn_self(test: &str, dir: &std::path::Path) -> KillOnDrop {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    KillOnDrop(child)
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (KillOnDrop(child), rx)
+}
+
+/// The child's next line containing `word`, with what follows it (the harness may print its
+/// own words before ours on the same line); `Err` says why none came.
+fn next_after(
+    lines: &mpsc::Receiver<String>,
+    word: &str,
+    deadline: Instant,
+) -> Result<String, String> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if let Some((_, rest)) = line.split_once(word) {
+                    return Ok(rest.to_string());
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => return Err(format!("none within {PATIENCE:?}")),
+            Err(RecvTimeoutError::Disconnected) => return Err("the child ended".into()),
+        }
+    }
 }
 
 /// The content of batch `seq` of task `task`, entry `j`.
@@ -100,22 +139,19 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let mut acked: Vec<(u64, u64, u64, u64)> = Vec::new();
     for round in 0..rounds {
-        let mut child = spawn_self("crash::crash_child", dir.path());
-        let stdout = child.0.stdout.take().unwrap();
+        let (child, lines) = spawn_self("crash::crash_child", dir.path());
+        // The child must make progress: each round it acknowledges `wanted` appends in time.
         let wanted = rng.usize(1..60);
-        let mut seen = 0;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            // The harness may print its own words before ours on the same line.
-            let Some((_, ack)) = line.split_once("ack ") else {
-                continue;
-            };
+        let deadline = Instant::now() + PATIENCE;
+        for seen in 0..wanted {
+            let ack = next_after(&lines, "ack ", deadline).unwrap_or_else(|e| {
+                panic!(
+                    "seed {seed} round {round}: the child acknowledged {seen} of {wanted} \
+                     appends: {e}"
+                )
+            });
             let v: Vec<u64> = ack.split(' ').map(|x| x.parse().unwrap()).collect();
             acked.push((v[0], v[1], v[2], v[3]));
-            seen += 1;
-            if seen == wanted {
-                break;
-            }
         }
         drop(child); // SIGKILL, mid-stream: other appends are in flight
         check_folder(dir.path(), &acked)
@@ -167,11 +203,7 @@ fn lock_child() {
 fn a_second_process_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let _store = Store::open(dir.path()).unwrap();
-    let mut child = spawn_self("crash::lock_child", dir.path());
-    let stdout = child.0.stdout.take().unwrap();
-    let result = BufReader::new(stdout)
-        .lines()
-        .map(Result::unwrap)
-        .find_map(|l| l.split_once("result ").map(|(_, r)| r.to_string()));
-    assert_eq!(result.as_deref(), Some("locked"));
+    let (_child, lines) = spawn_self("crash::lock_child", dir.path());
+    let result = next_after(&lines, "result ", Instant::now() + PATIENCE);
+    assert_eq!(result.as_deref(), Ok("locked"));
 }
