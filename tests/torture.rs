@@ -440,7 +440,7 @@ fn check_store_bee(mb: &multibee::MultiBee, what: &str) -> Rows {
     let keys: BTreeSet<&Vec<u8>> = ops.iter().map(|(k, _)| k).collect();
     let check = |at: &multibee::bee::Bee, rows: &Rows, label: &str| {
         let v = at.version().unwrap();
-        if v % step == 0 || v == version {
+        if v.is_multiple_of(step) || v == version {
             let ranged: Rows = at
                 .range(&RangeOptions::all())
                 .unwrap()
