@@ -212,8 +212,8 @@ fn torture(seed: u64, rounds: u64) {
                     scope.spawn(move || match (doomed, node) {
                         (Some(mut node), _) => {
                             for (key, write) in plan {
-                                // A node killed early may have stopped reading: that is fine.
-                                let _ = node.send(&write.command(key));
+                                let line = write.command(key);
+                                node.send(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
                             }
                             let read = read_before_kill.unwrap();
                             for (key, write) in &plan[..read] {
