@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,33 @@ fn node_binary() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Runs `command` to its end (stdin empty, output captured); a watchdog kills it after the
+/// patience, so that a node that never exits fails the test instead of hanging it.
+fn output_within(command: &mut Command) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let (done, watchdog) = mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || {
+        let timed_out = watchdog.recv_timeout(PATIENCE).is_err();
+        if timed_out {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+        timed_out
+    });
+    let output = child.wait_with_output().unwrap();
+    let _ = done.send(());
+    assert!(
+        !killer.join().unwrap(),
+        "the node did not exit within {PATIENCE:?}"
+    );
+    output
 }
 
 /// A running node process; killed on drop.
@@ -101,7 +128,7 @@ impl Node {
             seen: HashMap::new(),
             merged: HashMap::new(),
         };
-        node.ready = node.next_matching(|l| l["event"] == "ready");
+        node.ready = node.next_matching("the ready line", |l| l["event"] == "ready");
         node
     }
 
@@ -114,22 +141,22 @@ impl Node {
     }
 
     /// The next stdout line `matches` accepts (skipping others, but remembering what change
-    /// and merge events they reported), within the patience.
-    fn next_matching(&mut self, matches: impl Fn(&Json) -> bool) -> Json {
+    /// and merge events they reported), within the patience; `what` names it if none comes.
+    fn next_matching(&mut self, what: &str, matches: impl Fn(&Json) -> bool) -> Json {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let line = self.next_line(deadline);
+            let line = self.next_line(deadline, what);
             if matches(&line) {
                 return line;
             }
         }
     }
 
-    fn next_line(&mut self, deadline: Instant) -> Json {
+    fn next_line(&mut self, deadline: Instant, what: &str) -> Json {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = match self.lines.recv_timeout(left) {
             Ok(line) => line,
-            Err(e) => panic!("no expected line from the node: {e}"),
+            Err(e) => panic!("waiting for {what} from the node: {e} (patience {PATIENCE:?})"),
         };
         match line["event"].as_str() {
             Some("change") => {
@@ -173,8 +200,9 @@ impl Node {
         let slot = self.merged.entry(writer.to_string()).or_default();
         *slot = (*slot).max(merged);
         let deadline = Instant::now() + PATIENCE;
+        let what = format!("{length} diffs of {writer} merged");
         while self.merged.get(writer).copied().unwrap_or(0) < length {
-            self.next_line(deadline);
+            self.next_line(deadline, &what);
         }
     }
 
@@ -183,7 +211,7 @@ impl Node {
         let stdin = self.stdin.as_mut().unwrap();
         writeln!(stdin, "{line}").unwrap();
         stdin.flush().unwrap();
-        self.next_matching(|l| l.get("ok").is_some())
+        self.next_matching(&format!("the answer to {line}"), |l| l.get("ok").is_some())
     }
 
     /// Sends a command line without waiting for its answer.
@@ -206,8 +234,9 @@ impl Node {
             return;
         }
         let deadline = Instant::now() + PATIENCE;
+        let what = format!("a change of {key} to {value}");
         while self.seen.get(key) != Some(&value) {
-            self.next_line(deadline);
+            self.next_line(deadline, &what);
         }
     }
 
@@ -324,18 +353,17 @@ fn nodes_join_with_tickets_and_converge_without_writer_add() {
         node.wait_value("from_d", json!({"n": 4}));
     }
     // A used ticket is refused with the reason, on one line.
-    let used = Command::new(node_binary())
-        .args(["--dir", &dirs[0].path().join("x").display().to_string()])
-        .args([
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--no-mdns",
-            "--join",
-            &ticket,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let used = output_within(
+        Command::new(node_binary())
+            .args(["--dir", &dirs[0].path().join("x").display().to_string()])
+            .args([
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--no-mdns",
+                "--join",
+                &ticket,
+            ]),
+    );
     assert!(!used.status.success());
     let err = String::from_utf8_lossy(&used.stderr);
     assert!(err.contains("already used"), "{err}");
@@ -388,21 +416,20 @@ fn three_nodes_in_a_line_converge() {
 
 #[test]
 fn bad_arguments_and_a_folder_in_use_fail_with_one_line() {
-    let out = Command::new(node_binary())
-        .arg("--listen")
-        .arg("not-an-addr")
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(node_binary())
+            .arg("--listen")
+            .arg("not-an-addr"),
+    );
     assert!(!out.status.success());
     let dir = tempfile::tempdir().unwrap();
     let _a = Node::start(dir.path(), &[]);
-    let out = Command::new(node_binary())
-        .arg("--dir")
-        .arg(dir.path())
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(node_binary())
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]),
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("error: "), "{stderr}");
