@@ -438,3 +438,114 @@ fn bad_arguments_and_a_folder_in_use_fail_with_one_line() {
         "{stderr}"
     );
 }
+
+/// What `node`'s `status` says of the diff feed `key`.
+fn feed_status(node: &mut Node, key: &str) -> Json {
+    let status = node.ok("status");
+    let feeds = status["feeds"].as_array().unwrap();
+    let feed = feeds.iter().find(|f| f["key"] == key);
+    feed.cloned()
+        .unwrap_or_else(|| panic!("status lists no feed {key}: {status}"))
+}
+
+#[test]
+fn patch_del_conflicts_history_and_writer_remove_between_two_nodes() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Node::start(dir_a.path(), &[]);
+    let a_key = a.diff_key();
+    let mut b = Node::start(dir_b.path(), &["--dial", &a.addr(), "--writer", &a_key]);
+    let b_key = b.diff_key();
+    a.ok(&format!("writer add {b_key}"));
+
+    // patch: only the fields it names, `null` removing one.
+    a.ok(r#"put doc {"title":"draft","tags":[],"n":1}"#);
+    b.wait_value("doc", json!({"title": "draft", "tags": [], "n": 1}));
+    b.ok(r#"patch doc {"tags":["x"],"n":null}"#);
+    a.wait_value("doc", json!({"title": "draft", "tags": ["x"]}));
+
+    // del: a tombstone that replicates.
+    b.ok(r#"put gone {"v":1}"#);
+    a.wait_value("gone", json!({"v": 1}));
+    a.ok("del gone");
+    b.wait_value("gone", Json::Null);
+
+    // conflicts: the same field edited on both while B is stopped, then exchanged.
+    b.ok("quit");
+    b.stop();
+    a.ok(r#"patch doc {"title":"from a"}"#);
+    let mut b = Node::start(dir_b.path(), &[]);
+    b.ok(r#"patch doc {"title":"from b"}"#);
+    b.ok(&format!("dial {}", a.addr()));
+    let (a_length, b_length) = (a.own_length(), b.own_length());
+    a.wait_merged(&b_key, b_length);
+    b.wait_merged(&a_key, a_length);
+    let merged = a.ok("get doc")["value"].clone();
+    assert_eq!(b.ok("get doc")["value"], merged);
+    let title = merged["title"].as_str().unwrap().to_string();
+    assert_eq!(merged, json!({"title": title, "tags": ["x"]}));
+    let (loser, lost) = match title.as_str() {
+        "from b" => (&a_key, "from a"),
+        _ => (&b_key, "from b"),
+    };
+    let conflicts = a.ok("conflicts doc")["conflicts"].clone();
+    assert_eq!(b.ok("conflicts doc")["conflicts"], conflicts);
+    let listed = conflicts.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{conflicts}");
+    assert_eq!(listed[0]["writer"], loser.as_str());
+    assert_eq!(
+        listed[0]["change"],
+        json!([{"set": ["title"], "value": lost}])
+    );
+
+    // history: every diff of the key, the same on both, oldest first.
+    let history = a.ok("history doc")["history"].clone();
+    assert_eq!(b.ok("history doc")["history"], history);
+    let entries = history.as_array().unwrap();
+    let writers: Vec<&str> = entries
+        .iter()
+        .map(|h| h["writer"].as_str().unwrap())
+        .collect();
+    assert_eq!(writers.len(), 4, "{history}");
+    assert_eq!(writers[..2], [a_key.as_str(), b_key.as_str()], "{history}");
+    let patch = entries[1]["change"].as_array().unwrap();
+    assert!(
+        patch.contains(&json!({"set": ["tags"], "value": ["x"]})),
+        "{history}"
+    );
+    assert!(patch.contains(&json!({"remove": ["n"]})), "{history}");
+    let titles: Vec<&Json> = entries[2..]
+        .iter()
+        .map(|h| &h["change"][0]["value"])
+        .collect();
+    assert_eq!(
+        titles.last().unwrap().as_str(),
+        Some(title.as_str()),
+        "{history}"
+    );
+    // A write made after merging both resolves the conflict, on both.
+    a.ok(r#"patch doc {"title":"final"}"#);
+    b.wait_value("doc", json!({"title": "final", "tags": ["x"]}));
+    for node in [&mut a, &mut b] {
+        assert_eq!(node.ok("conflicts doc")["conflicts"], json!([]));
+    }
+
+    // writer remove: a cut at what A merged of B, which stays; B learns it and is refused.
+    let merged_of_b = feed_status(&mut a, &b_key)["merged"].as_u64().unwrap();
+    a.ok(&format!("writer remove {b_key}"));
+    let entry = feed_status(&mut a, &b_key);
+    assert_eq!(entry["role"], "writer (removed)", "{entry}");
+    assert_eq!(entry["removed_by"], a_key.as_str(), "{entry}");
+    assert_eq!(entry["cut"].as_u64(), Some(merged_of_b), "{entry}");
+    let a_length = a.own_length();
+    b.wait_merged(&a_key, a_length);
+    let refused = b.cmd(r#"put late {"v":1}"#);
+    assert_eq!(refused["ok"], false, "{refused}");
+    let error = refused["error"].as_str().unwrap();
+    assert!(error.contains("removed"), "{error}");
+    assert_eq!(
+        a.ok("get doc")["value"],
+        json!({"title": "final", "tags": ["x"]})
+    );
+    b.stop();
+    a.stop();
+}
