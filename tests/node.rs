@@ -5,25 +5,65 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::sync::{OnceLock, mpsc};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value as Json, json};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The node example's binary, built by `cargo test` next to the test binaries.
+/// The node example's binary, built by `cargo test` next to the test binaries (not by
+/// `cargo test --test multibee`, which builds no example): checked to exist and to be newer
+/// than every source it is built from, so that the tests never run an old build.
 fn node_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/examples/node
-    let profile = exe.parent().unwrap().parent().unwrap();
-    let bin = profile.join("examples").join("node");
-    assert!(
-        bin.exists(),
-        "{} is missing: cargo test builds the examples",
-        bin.display()
-    );
-    bin
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            // target/<profile>/deps/<test> -> target/<profile>/examples/node
+            let profile = exe.parent().unwrap().parent().unwrap();
+            let bin = profile.join("examples").join("node");
+            let rebuild = "`cargo test -p multibee` builds it, `cargo test --test multibee` does \
+                           not: run `cargo build --example node` first";
+            let built = std::fs::metadata(&bin).and_then(|m| m.modified());
+            let built = built.unwrap_or_else(|_| panic!("{} is missing: {rebuild}", bin.display()));
+            let (newest, source) = newest_source();
+            assert!(
+                built >= newest,
+                "{} is older than {}: {rebuild}",
+                bin.display(),
+                source.display()
+            );
+            bin
+        })
+        .clone()
+}
+
+/// The most recently modified of the files the node binary is built from, and when.
+fn newest_source() -> (SystemTime, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut newest = (SystemTime::UNIX_EPOCH, root.to_path_buf());
+    let mut paths = vec![
+        root.join("src"),
+        root.join("examples"),
+        root.join("Cargo.toml"),
+        root.join("Cargo.lock"),
+    ];
+    for krate in ["feed", "bee", "multibee", "net"] {
+        paths.push(root.join("crates").join(krate).join("src"));
+        paths.push(root.join("crates").join(krate).join("Cargo.toml"));
+    }
+    while let Some(path) = paths.pop() {
+        let meta = std::fs::metadata(&path).unwrap();
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                paths.push(entry.unwrap().path());
+            }
+        } else if meta.modified().unwrap() > newest.0 {
+            newest = (meta.modified().unwrap(), path);
+        }
+    }
+    newest
 }
 
 /// Runs `command` to its end (stdin empty, output captured); a watchdog kills it after the
