@@ -78,6 +78,7 @@ async fn peers_join_with_tickets_write_and_converge_without_adding_writers() {
     let d = join_with(&ticket).await.unwrap();
     everywhere(&[&d], "from-a", json!(1)).await;
     everywhere(&[&d], "from-b", json!(2)).await;
+    everywhere(&[&d], "from-c", json!(3)).await;
     d.mb.put("from-d", json(json!(4))).await.unwrap();
     everywhere(&[&b, &c, &d], "from-d", json!(4)).await;
     // Every write is everywhere: the merged states are equal.
