@@ -1,7 +1,8 @@
 //! Sustained load: four served peers in one process, connected in a full mesh over loopback
 //! TCP, each writing single durable puts as fast as it can while replicating and merging the
-//! other three. Reports writes/s per peer, replication lag (a put committed on one peer to the
-//! change in another peer's live `changes()`), the process's resident memory every second
+//! other three. Reports writes/s per peer, replication lag (a put called on one peer to the
+//! change in another peer's live `changes()`, and by stage: committed on the writer, stored and
+//! merged on the reader, all from the same start), the process's resident memory every second
 //! (flat: no growth beyond 10% after the first 10 s), and, as the baseline in the same run, one
 //! peer writing alone without the network.
 //!
@@ -54,11 +55,15 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
-/// A 100-byte value that carries the moment it was written.
-fn stamped() -> Value {
+/// A 100-byte value that carries `at`, the moment its put was called.
+fn stamped(at: u64) -> Value {
     let mut bytes = vec![0u8; 100];
-    bytes[..8].copy_from_slice(&now_us().to_le_bytes());
+    bytes[..8].copy_from_slice(&at.to_le_bytes());
     Value::Bytes(bytes)
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap()
 }
 
 async fn baseline(sync: SyncMode, seconds: u64) -> f64 {
@@ -69,7 +74,9 @@ async fn baseline(sync: SyncMode, seconds: u64) -> f64 {
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < Duration::from_secs(seconds) {
-        mb.put(format!("alone/{n:010}"), stamped()).await.unwrap();
+        mb.put(format!("alone/{n:010}"), stamped(now_us()))
+            .await
+            .unwrap();
         n += 1;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
@@ -121,14 +128,18 @@ async fn load(sync: SyncMode, seconds: u64) {
     let written: Arc<Vec<AtomicU64>> = Arc::new((0..PEERS).map(|_| AtomicU64::new(0)).collect());
     let seen: Arc<Vec<AtomicU64>> = Arc::new((0..PEERS).map(|_| AtomicU64::new(0)).collect());
 
-    // When each put's diff was committed on its writer, by writer and sequence number (every
-    // put writes one diff), for the second lag figure.
-    let committed: Arc<Vec<std::sync::Mutex<Vec<u64>>>> = Arc::new(
+    // When each put was called, by writer and put number, for the lag by stage. Put `n` of a
+    // writer is entry `first[w] + n` of its diff feed (after its membership operations).
+    let called: Arc<Vec<std::sync::Mutex<Vec<u64>>>> = Arc::new(
         (0..PEERS)
             .map(|_| std::sync::Mutex::new(Vec::new()))
             .collect(),
     );
     let keys: Vec<_> = peers.iter().map(|(mb, _)| mb.diff_key()).collect();
+    let first: Vec<u64> = peers
+        .iter()
+        .map(|(mb, _)| mb.feed_store().feed(&mb.diff_key()).unwrap().length())
+        .collect();
 
     // Observers: every remote change seen, with its lag, until told to stop.
     let (done, finished) = tokio::sync::watch::channel(false);
@@ -144,7 +155,7 @@ async fn load(sync: SyncMode, seconds: u64) {
         let seen = seen.clone();
         let mut finished = finished.clone();
         observers.push(tokio::spawn(async move {
-            let mut lags = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+            let mut lags = histogram();
             loop {
                 let change = tokio::select! {
                     change = changes.next() => change,
@@ -164,18 +175,21 @@ async fn load(sync: SyncMode, seconds: u64) {
             lags
         }));
     }
-    // Lag from the writer's commit to each diff being stored here (net's `FeedProgressed`)
-    // and merged here (`Merged`): the replication and merge path alone.
+    // Lag from the put called on its writer to each diff being stored here (net's
+    // `FeedProgressed`) and merged here (`Merged`).
     let mut stage_observers = Vec::new();
     for (mb, served) in &peers {
         let stored = served.subscribe();
         let merged = mb.events();
-        let (committed, keys) = (committed.clone(), keys.clone());
+        let (called, keys, first) = (called.clone(), keys.clone(), first.clone());
         stage_observers.push(tokio::spawn(observe_stages(
             stored,
             merged,
-            committed,
-            keys,
+            Stamps {
+                called,
+                keys,
+                first,
+            },
             finished.clone(),
         )));
     }
@@ -184,15 +198,20 @@ async fn load(sync: SyncMode, seconds: u64) {
     let mut writers = Vec::new();
     for (i, (mb, _)) in peers.iter().enumerate() {
         let (mb, stop, written) = (mb.clone(), stop.clone(), written.clone());
-        let committed = committed.clone();
+        let called = called.clone();
         writers.push(tokio::spawn(async move {
+            // Put called -> committed on the writer.
+            let mut lags = histogram();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                mb.put(format!("p{i}/{n:010}"), stamped()).await.unwrap();
-                committed[i].lock().unwrap().push(now_us());
+                let at = now_us();
+                called[i].lock().unwrap().push(at);
+                mb.put(format!("p{i}/{n:010}"), stamped(at)).await.unwrap();
+                lags.saturating_record(now_us().saturating_sub(at).max(1));
                 n += 1;
                 written[i].store(n, Ordering::Relaxed);
             }
+            lags
         }));
     }
     // Memory, once a second.
@@ -215,8 +234,9 @@ async fn load(sync: SyncMode, seconds: u64) {
         );
     }
     stop.store(true, Ordering::Relaxed);
+    let mut commit_lags = histogram();
     for w in writers {
-        w.await.unwrap();
+        commit_lags.add(w.await.unwrap()).unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64();
     let counts: Vec<u64> = written.iter().map(|w| w.load(Ordering::Relaxed)).collect();
@@ -234,13 +254,13 @@ async fn load(sync: SyncMode, seconds: u64) {
     })
     .await;
     let drain = drain.elapsed();
-    let mut lags = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+    let mut lags = histogram();
     done.send(true).unwrap();
     for o in observers {
         lags.add(o.await.unwrap()).unwrap();
     }
-    let mut stored_lags = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
-    let mut merge_lags = stored_lags.clone();
+    let mut stored_lags = histogram();
+    let mut merge_lags = histogram();
     for o in stage_observers {
         let (stored, merged) = o.await.unwrap();
         stored_lags.add(stored).unwrap();
@@ -271,18 +291,24 @@ async fn load(sync: SyncMode, seconds: u64) {
     }
     let ms = |q: f64| lags.value_at_quantile(q) as f64 / 1e3;
     println!(
-        "  replication lag (put called on one peer -> change in another's changes()): p50 {:.1} ms, \
+        "  replication lag (put called on one peer -> change out of another's changes()): p50 {:.1} ms, \
          p99 {:.1} ms, max {:.1} ms over {} changes",
         ms(0.5),
         ms(0.99),
         lags.max() as f64 / 1e3,
         lags.len()
     );
-    for (stage, h) in [("stored", &stored_lags), ("merged", &merge_lags)] {
+    println!("  by stage, each from the put called on its writer:");
+    let stages = [
+        ("committed on the writer", &commit_lags, "puts"),
+        ("stored on another peer", &stored_lags, "diffs"),
+        ("merged there", &merge_lags, "diffs"),
+        ("out of its changes()", &lags, "changes"),
+    ];
+    for (stage, h, what) in stages {
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
         println!(
-            "  put committed on one peer -> {stage} on another: p50 {:.1} ms, p99 {:.1} ms, \
-             max {:.1} ms over {} diffs",
+            "    -> {stage}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} {what}",
             ms(0.5),
             ms(0.99),
             h.max() as f64 / 1e3,
@@ -301,27 +327,34 @@ async fn load(sync: SyncMode, seconds: u64) {
     );
 }
 
-/// Records, for every diff stored (net's `FeedProgressed`) and merged (`Merged`) on one peer,
-/// how long after its writer committed it that happened.
+/// When each writer's puts were called: `called[w][n]` for put `n` of writer `keys[w]`, which
+/// is entry `first[w] + n` of its diff feed.
+struct Stamps {
+    called: Arc<Vec<std::sync::Mutex<Vec<u64>>>>,
+    keys: Vec<multibee::FeedKey>,
+    first: Vec<u64>,
+}
+
+/// Records, for every put's diff stored (net's `FeedProgressed`) and merged (`Merged`) on one
+/// peer, how long after the put was called on its writer that happened.
 async fn observe_stages(
     mut stored: tokio::sync::broadcast::Receiver<multibee::net::Event>,
     mut merged: tokio::sync::broadcast::Receiver<Event>,
-    committed: Arc<Vec<std::sync::Mutex<Vec<u64>>>>,
-    keys: Vec<multibee::FeedKey>,
+    stamps: Stamps,
     mut finished: tokio::sync::watch::Receiver<bool>,
 ) -> (Histogram<u64>, Histogram<u64>) {
     use tokio::sync::broadcast::error::RecvError;
-    let new = || Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
-    let (mut stored_lags, mut merged_lags) = (new(), new());
+    let (mut stored_lags, mut merged_lags) = (histogram(), histogram());
     let (mut stored_so_far, mut merged_so_far) = ([0u64; PEERS], [0u64; PEERS]);
-    let record = |lags: &mut Histogram<u64>, so_far: &mut [u64; PEERS], writer, length| {
-        let Some(w) = keys.iter().position(|k| *k == writer) else {
+    let record = |lags: &mut Histogram<u64>, so_far: &mut [u64; PEERS], writer, length: u64| {
+        let Some(w) = stamps.keys.iter().position(|k| *k == writer) else {
             return;
         };
         let now = now_us();
-        let times = committed[w].lock().unwrap();
-        for seq in so_far[w]..length {
-            if let Some(&at) = times.get(seq as usize) {
+        let times = stamps.called[w].lock().unwrap();
+        // Entries before `first` are membership operations, not puts.
+        for seq in so_far[w].max(stamps.first[w])..length {
+            if let Some(&at) = times.get((seq - stamps.first[w]) as usize) {
                 lags.saturating_record(now.saturating_sub(at).max(1));
             }
         }

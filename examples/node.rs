@@ -326,6 +326,8 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
                     "role": format!("writer ({:?})", w.state).to_lowercase(),
                     "length": w.length,
                     "merged": w.merged,
+                    "cut": w.cut,
+                    "removed_by": w.removed_by.map(|k| k.to_string()),
                 }));
             }
             let hash = mb.state_hash().map_err(|e| e.to_string())?;

@@ -1,7 +1,9 @@
 //! Helpers shared by the tests: served peers in temporary folders and waits with generous
 //! timeouts (every wait is on an event or a subscription, never a sleep).
 
+use std::fmt::Display;
 use std::future::Future;
+use std::panic::Location;
 use std::time::Duration;
 
 use multibee::{
@@ -14,9 +16,24 @@ use tokio::sync::broadcast;
 /// How long any wait may take before the test fails (generous: 2-core CI under load).
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Runs `f`, failing the test if it takes longer than [`PATIENCE`].
-pub async fn within<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, f).await.expect("timed out")
+/// Runs `f`, failing the test with `what` it waited for if it takes longer than [`PATIENCE`].
+pub async fn waiting<T>(what: impl Display, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(PATIENCE, f).await {
+        Ok(done) => done,
+        Err(_) => panic!("timed out after {PATIENCE:?} waiting for {what}"),
+    }
+}
+
+/// [`waiting`] for the wait at the caller's line.
+#[track_caller]
+pub fn within<T>(f: impl Future<Output = T>) -> impl Future<Output = T> {
+    let at = Location::caller();
+    waiting(format!("the wait at {at}"), f)
+}
+
+/// A short name for a feed key in messages.
+pub fn short(key: &FeedKey) -> String {
+    key.to_string()[..8].to_string()
 }
 
 /// Loopback nodes: 127.0.0.1, ports from the OS, mDNS and the DHT off, so that peers connect
@@ -50,8 +67,12 @@ impl Peer {
 
     /// Stops the node and closes the peer, keeping the folder.
     pub async fn stop(self) -> TempDir {
-        self.served.shutdown().await;
-        close(self.mb).await;
+        let name = short(&self.key());
+        waiting(format!("{name} to shut down"), async {
+            self.served.shutdown().await;
+            close(self.mb).await;
+        })
+        .await;
         self.dir
     }
 
@@ -80,11 +101,13 @@ impl Peer {
         let (me, them) = (self.peer_id(), other.peer_id());
         wait_event(
             &mut mine,
+            format!("{me} to see {them} connected"),
             |e| matches!(e, net::Event::PeerConnected { peer, .. } if *peer == them),
         )
         .await;
         wait_event(
             &mut theirs,
+            format!("{them} to see {me} connected"),
             |e| matches!(e, net::Event::PeerConnected { peer, .. } if *peer == me),
         )
         .await;
@@ -98,11 +121,13 @@ impl Peer {
         assert!(self.served.disconnect(them).await.unwrap());
         wait_event(
             &mut mine,
+            format!("{me} to see {them} disconnected"),
             |e| matches!(e, net::Event::PeerDisconnected { peer } if *peer == them),
         )
         .await;
         wait_event(
             &mut theirs,
+            format!("{them} to see {me} disconnected"),
             |e| matches!(e, net::Event::PeerDisconnected { peer } if *peer == me),
         )
         .await;
@@ -152,7 +177,12 @@ pub async fn close(mb: MultiBee) {
 /// Waits until `mb` has merged at least `length` entries of each writer's diff feed.
 pub async fn wait_merged(mb: &MultiBee, targets: &[(FeedKey, u64)]) {
     let mut events = mb.events();
-    within(async {
+    let wanted: Vec<String> = targets
+        .iter()
+        .map(|(key, length)| format!("{}: {length}", short(key)))
+        .collect();
+    let what = format!("{} to merge {wanted:?}", short(&mb.diff_key()));
+    waiting(what, async {
         loop {
             let writers = mb.writers().unwrap();
             let done = targets
@@ -178,7 +208,11 @@ pub async fn wait_change(mb: &MultiBee, key: &str, value: &Value) {
             ..Default::default()
         })
         .unwrap();
-    within(async {
+    let what = format!(
+        "{key} = {value:?} in the changes of {}",
+        short(&mb.diff_key())
+    );
+    waiting(what, async {
         loop {
             let change = changes.next().await.expect("a live stream").unwrap();
             if change.key == key.as_bytes() && change.value.as_ref() == Some(value) {
@@ -189,12 +223,13 @@ pub async fn wait_change(mb: &MultiBee, key: &str, value: &Value) {
     .await
 }
 
-/// Waits for a node event matching `pred`.
+/// Waits for a node event matching `pred` (`what`, for the message if it never comes).
 pub async fn wait_event(
     events: &mut broadcast::Receiver<net::Event>,
+    what: impl Display,
     pred: impl Fn(&net::Event) -> bool,
 ) {
-    within(async {
+    waiting(what, async {
         loop {
             match events.recv().await {
                 Ok(event) if pred(&event) => return,

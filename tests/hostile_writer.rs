@@ -7,12 +7,12 @@ use multibee::db::Event;
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use crate::common::{Peer, json, within};
+use crate::common::{Peer, json, waiting};
 
 /// Waits for `count` invalid-diff reports of `writer` and returns their sequence numbers.
 async fn invalid_reports(events: &mut broadcast::Receiver<Event>, count: usize) -> Vec<u64> {
     let mut seqs = Vec::new();
-    within(async {
+    waiting(format!("{count} invalid-diff reports"), async {
         while seqs.len() < count {
             match events.recv().await {
                 Ok(Event::InvalidDiff { seq, .. }) => seqs.push(seq),

@@ -6,7 +6,7 @@ use multibee::{JoinError, MultiBee, Options, Served, SyncMode, Ticket, join};
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::common::{config, json, wait_change};
+use crate::common::{config, json, wait_change, waiting};
 
 struct Joined {
     _dir: TempDir,
@@ -31,7 +31,8 @@ async fn start() -> Joined {
 
 async fn join_with(ticket: &Ticket) -> multibee::Result<Joined> {
     let dir = tempfile::tempdir().unwrap();
-    let served = join(dir.path(), ticket, options(), config()).await?;
+    let joining = join(dir.path(), ticket, options(), config());
+    let served = waiting("a join with a ticket to end", joining).await?;
     Ok(Joined {
         mb: served.multibee().clone(),
         _dir: dir,
@@ -69,11 +70,15 @@ async fn peers_join_with_tickets_write_and_converge_without_adding_writers() {
     let c_addr = c.served.listen_addrs().await.unwrap()[0].clone();
     b.served.dial(c_addr).await.unwrap();
     let ticket = c.served.invite().await.unwrap();
-    a.served.shutdown().await;
-    a.mb.close().await;
+    waiting("A to shut down", async {
+        a.served.shutdown().await;
+        a.mb.close().await;
+    })
+    .await;
     let d = join_with(&ticket).await.unwrap();
     everywhere(&[&d], "from-a", json!(1)).await;
     everywhere(&[&d], "from-b", json!(2)).await;
+    everywhere(&[&d], "from-c", json!(3)).await;
     d.mb.put("from-d", json(json!(4))).await.unwrap();
     everywhere(&[&b, &c, &d], "from-d", json!(4)).await;
     // Every write is everywhere: the merged states are equal.
@@ -102,6 +107,6 @@ async fn peers_join_with_tickets_write_and_converge_without_adding_writers() {
         "{err}"
     );
     for p in [d, c, b] {
-        p.served.shutdown().await;
+        waiting("a peer to shut down", p.served.shutdown()).await;
     }
 }

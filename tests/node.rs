@@ -4,31 +4,71 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::{OnceLock, mpsc};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value as Json, json};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The node example's binary, built by `cargo test` next to the test binaries.
+/// The node example's binary, built by `cargo test` next to the test binaries (not by
+/// `cargo test --test multibee`, which builds no example): checked to exist and to be newer
+/// than every source it is built from, so that the tests never run an old build.
 fn node_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/examples/node
-    let profile = exe.parent().unwrap().parent().unwrap();
-    let bin = profile.join("examples").join("node");
-    assert!(
-        bin.exists(),
-        "{} is missing: cargo test builds the examples",
-        bin.display()
-    );
-    bin
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            // target/<profile>/deps/<test> -> target/<profile>/examples/node
+            let profile = exe.parent().unwrap().parent().unwrap();
+            let bin = profile.join("examples").join("node");
+            let rebuild = "`cargo test -p multibee` builds it, `cargo test --test multibee` does \
+                           not: run `cargo build --example node` first";
+            let built = std::fs::metadata(&bin).and_then(|m| m.modified());
+            let built = built.unwrap_or_else(|_| panic!("{} is missing: {rebuild}", bin.display()));
+            let (newest, source) = newest_source();
+            assert!(
+                built >= newest,
+                "{} is older than {}: {rebuild}",
+                bin.display(),
+                source.display()
+            );
+            bin
+        })
+        .clone()
 }
 
-/// Runs `command` to its end and returns what it printed; kills it and fails the test if it
-/// has not ended within the patience.
-fn output_within(command: &mut Command) -> std::process::Output {
+/// The most recently modified of the files the node binary is built from, and when.
+fn newest_source() -> (SystemTime, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut newest = (SystemTime::UNIX_EPOCH, root.to_path_buf());
+    let mut paths = vec![
+        root.join("src"),
+        root.join("examples"),
+        root.join("Cargo.toml"),
+        root.join("Cargo.lock"),
+    ];
+    for krate in ["feed", "bee", "multibee", "net"] {
+        paths.push(root.join("crates").join(krate).join("src"));
+        paths.push(root.join("crates").join(krate).join("Cargo.toml"));
+    }
+    while let Some(path) = paths.pop() {
+        let meta = std::fs::metadata(&path).unwrap();
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                paths.push(entry.unwrap().path());
+            }
+        } else if meta.modified().unwrap() > newest.0 {
+            newest = (meta.modified().unwrap(), path);
+        }
+    }
+    newest
+}
+
+/// Runs `command` to its end (stdin empty, output captured); a watchdog kills it after the
+/// patience, so that a node that never exits fails the test instead of hanging it.
+fn output_within(command: &mut Command) -> Output {
     let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -38,17 +78,17 @@ fn output_within(command: &mut Command) -> std::process::Output {
     let pid = child.id().to_string();
     let (done, watchdog) = mpsc::channel::<()>();
     let killer = std::thread::spawn(move || {
-        let late = watchdog.recv_timeout(PATIENCE).is_err();
-        if late {
+        let timed_out = watchdog.recv_timeout(PATIENCE).is_err();
+        if timed_out {
             let _ = Command::new("kill").args(["-9", &pid]).status();
         }
-        late
+        timed_out
     });
     let output = child.wait_with_output().unwrap();
     let _ = done.send(());
     assert!(
         !killer.join().unwrap(),
-        "{command:?} did not end within {PATIENCE:?}"
+        "the node did not exit within {PATIENCE:?}"
     );
     output
 }
@@ -128,7 +168,7 @@ impl Node {
             seen: HashMap::new(),
             merged: HashMap::new(),
         };
-        node.ready = node.next_matching(|l| l["event"] == "ready");
+        node.ready = node.next_matching("the ready line", |l| l["event"] == "ready");
         node
     }
 
@@ -141,22 +181,22 @@ impl Node {
     }
 
     /// The next stdout line `matches` accepts (skipping others, but remembering what change
-    /// and merge events they reported), within the patience.
-    fn next_matching(&mut self, matches: impl Fn(&Json) -> bool) -> Json {
+    /// and merge events they reported), within the patience; `what` names it if none comes.
+    fn next_matching(&mut self, what: &str, matches: impl Fn(&Json) -> bool) -> Json {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let line = self.next_line(deadline);
+            let line = self.next_line(deadline, what);
             if matches(&line) {
                 return line;
             }
         }
     }
 
-    fn next_line(&mut self, deadline: Instant) -> Json {
+    fn next_line(&mut self, deadline: Instant, what: &str) -> Json {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = match self.lines.recv_timeout(left) {
             Ok(line) => line,
-            Err(e) => panic!("no expected line from the node: {e}"),
+            Err(e) => panic!("waiting for {what} from the node: {e} (patience {PATIENCE:?})"),
         };
         match line["event"].as_str() {
             Some("change") => {
@@ -200,8 +240,9 @@ impl Node {
         let slot = self.merged.entry(writer.to_string()).or_default();
         *slot = (*slot).max(merged);
         let deadline = Instant::now() + PATIENCE;
+        let what = format!("{length} diffs of {writer} merged");
         while self.merged.get(writer).copied().unwrap_or(0) < length {
-            self.next_line(deadline);
+            self.next_line(deadline, &what);
         }
     }
 
@@ -210,12 +251,12 @@ impl Node {
         let stdin = self.stdin.as_mut().unwrap();
         writeln!(stdin, "{line}").unwrap();
         stdin.flush().unwrap();
-        self.answer()
+        self.next_matching(&format!("the answer to {line}"), |l| l.get("ok").is_some())
     }
 
     /// The next answer (line with "ok") to a command sent earlier, within the patience.
     pub fn answer(&mut self) -> Json {
-        self.next_matching(|l| l.get("ok").is_some())
+        self.next_matching("the answer to a command", |l| l.get("ok").is_some())
     }
 
     /// Sends a command line without waiting for its answer.
@@ -238,8 +279,9 @@ impl Node {
             return;
         }
         let deadline = Instant::now() + PATIENCE;
+        let what = format!("a change of {key} to {value}");
         while self.seen.get(key) != Some(&value) {
-            self.next_line(deadline);
+            self.next_line(deadline, &what);
         }
     }
 
@@ -442,4 +484,115 @@ fn bad_arguments_and_a_folder_in_use_fail_with_one_line() {
         stderr.contains("in use") || stderr.contains("lock"),
         "{stderr}"
     );
+}
+
+/// What `node`'s `status` says of the diff feed `key`.
+fn feed_status(node: &mut Node, key: &str) -> Json {
+    let status = node.ok("status");
+    let feeds = status["feeds"].as_array().unwrap();
+    let feed = feeds.iter().find(|f| f["key"] == key);
+    feed.cloned()
+        .unwrap_or_else(|| panic!("status lists no feed {key}: {status}"))
+}
+
+#[test]
+fn patch_del_conflicts_history_and_writer_remove_between_two_nodes() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Node::start(dir_a.path(), &[]);
+    let a_key = a.diff_key();
+    let mut b = Node::start(dir_b.path(), &["--dial", &a.addr(), "--writer", &a_key]);
+    let b_key = b.diff_key();
+    a.ok(&format!("writer add {b_key}"));
+
+    // patch: only the fields it names, `null` removing one.
+    a.ok(r#"put doc {"title":"draft","tags":[],"n":1}"#);
+    b.wait_value("doc", json!({"title": "draft", "tags": [], "n": 1}));
+    b.ok(r#"patch doc {"tags":["x"],"n":null}"#);
+    a.wait_value("doc", json!({"title": "draft", "tags": ["x"]}));
+
+    // del: a tombstone that replicates.
+    b.ok(r#"put gone {"v":1}"#);
+    a.wait_value("gone", json!({"v": 1}));
+    a.ok("del gone");
+    b.wait_value("gone", Json::Null);
+
+    // conflicts: the same field edited on both while B is stopped, then exchanged.
+    b.ok("quit");
+    b.stop();
+    a.ok(r#"patch doc {"title":"from a"}"#);
+    let mut b = Node::start(dir_b.path(), &[]);
+    b.ok(r#"patch doc {"title":"from b"}"#);
+    b.ok(&format!("dial {}", a.addr()));
+    let (a_length, b_length) = (a.own_length(), b.own_length());
+    a.wait_merged(&b_key, b_length);
+    b.wait_merged(&a_key, a_length);
+    let merged = a.ok("get doc")["value"].clone();
+    assert_eq!(b.ok("get doc")["value"], merged);
+    let title = merged["title"].as_str().unwrap().to_string();
+    assert_eq!(merged, json!({"title": title, "tags": ["x"]}));
+    let (loser, lost) = match title.as_str() {
+        "from b" => (&a_key, "from a"),
+        _ => (&b_key, "from b"),
+    };
+    let conflicts = a.ok("conflicts doc")["conflicts"].clone();
+    assert_eq!(b.ok("conflicts doc")["conflicts"], conflicts);
+    let listed = conflicts.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{conflicts}");
+    assert_eq!(listed[0]["writer"], loser.as_str());
+    assert_eq!(
+        listed[0]["change"],
+        json!([{"set": ["title"], "value": lost}])
+    );
+
+    // history: every diff of the key, the same on both, oldest first.
+    let history = a.ok("history doc")["history"].clone();
+    assert_eq!(b.ok("history doc")["history"], history);
+    let entries = history.as_array().unwrap();
+    let writers: Vec<&str> = entries
+        .iter()
+        .map(|h| h["writer"].as_str().unwrap())
+        .collect();
+    assert_eq!(writers.len(), 4, "{history}");
+    assert_eq!(writers[..2], [a_key.as_str(), b_key.as_str()], "{history}");
+    let patch = entries[1]["change"].as_array().unwrap();
+    assert!(
+        patch.contains(&json!({"set": ["tags"], "value": ["x"]})),
+        "{history}"
+    );
+    assert!(patch.contains(&json!({"remove": ["n"]})), "{history}");
+    let titles: Vec<&Json> = entries[2..]
+        .iter()
+        .map(|h| &h["change"][0]["value"])
+        .collect();
+    assert_eq!(
+        titles.last().unwrap().as_str(),
+        Some(title.as_str()),
+        "{history}"
+    );
+    // A write made after merging both resolves the conflict, on both.
+    a.ok(r#"patch doc {"title":"final"}"#);
+    b.wait_value("doc", json!({"title": "final", "tags": ["x"]}));
+    for node in [&mut a, &mut b] {
+        assert_eq!(node.ok("conflicts doc")["conflicts"], json!([]));
+    }
+
+    // writer remove: a cut at what A merged of B, which stays; B learns it and is refused.
+    let merged_of_b = feed_status(&mut a, &b_key)["merged"].as_u64().unwrap();
+    a.ok(&format!("writer remove {b_key}"));
+    let entry = feed_status(&mut a, &b_key);
+    assert_eq!(entry["role"], "writer (removed)", "{entry}");
+    assert_eq!(entry["removed_by"], a_key.as_str(), "{entry}");
+    assert_eq!(entry["cut"].as_u64(), Some(merged_of_b), "{entry}");
+    let a_length = a.own_length();
+    b.wait_merged(&a_key, a_length);
+    let refused = b.cmd(r#"put late {"v":1}"#);
+    assert_eq!(refused["ok"], false, "{refused}");
+    let error = refused["error"].as_str().unwrap();
+    assert!(error.contains("removed"), "{error}");
+    assert_eq!(
+        a.ok("get doc")["value"],
+        json!({"title": "final", "tags": ["x"]})
+    );
+    b.stop();
+    a.stop();
 }

@@ -1,9 +1,11 @@
-//! Three peers in a line A - B - C (A and C never connect) write concurrently to the same
-//! keys while connected, while partitioned and after reconnecting.
+//! Four peers in a line A - B - C - D (only neighbours connect) write concurrently to the same
+//! keys while connected, while the line is cut in the middle, and after it is joined again.
 
 use serde_json::json;
 
 use crate::common::{Peer, json, keys};
+
+const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
 /// Keys `k0..k9` are written by everyone (`k0` is also deleted by A), `own/{peer}/{i}` by one.
 async fn write(peer: &Peer, name: &str, from: u64, to: u64) {
@@ -24,81 +26,106 @@ async fn write(peer: &Peer, name: &str, from: u64, to: u64) {
     }
 }
 
+/// Every peer writes `from..to` at once.
+async fn write_all(peers: &[Peer], from: u64, to: u64) {
+    tokio::join!(
+        write(&peers[0], NAMES[0], from, to),
+        write(&peers[1], NAMES[1], from, to),
+        write(&peers[2], NAMES[2], from, to),
+        write(&peers[3], NAMES[3], from, to),
+    );
+}
+
+/// Waits until every peer has merged every other peer's writes; all hold the same state.
+async fn converge(peers: &[Peer]) {
+    for p in peers {
+        let others: Vec<&Peer> = peers.iter().filter(|q| q.key() != p.key()).collect();
+        p.wait_merged(&others).await;
+    }
+    let hash = peers[0].mb.state_hash().unwrap();
+    for p in peers {
+        assert_eq!(p.mb.state_hash().unwrap(), hash);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn line_partitioned_then_reconnected_converges() {
-    let a = Peer::start().await;
-    let b = Peer::start().await;
-    let c = Peer::start().await;
-    for p in [&a, &b, &c] {
-        for q in [&a, &b, &c] {
+    let mut peers = Vec::new();
+    for _ in NAMES {
+        peers.push(Peer::start().await);
+    }
+    for p in &peers {
+        for q in &peers {
             if p.key() != q.key() {
                 p.served.add_writer(q.key()).await.unwrap();
             }
         }
     }
-    a.connect(&b).await;
-    c.connect(&b).await;
+    let [a, b, c, d] = [&peers[0], &peers[1], &peers[2], &peers[3]];
+    a.connect(b).await;
+    c.connect(b).await;
+    d.connect(c).await;
 
     // Connected: everyone writes to the same keys at once.
-    tokio::join!(
-        write(&a, "a", 0, 30),
-        write(&b, "b", 0, 30),
-        write(&c, "c", 0, 30)
-    );
-    a.wait_merged(&[&b, &c]).await;
-    c.wait_merged(&[&a, &b]).await;
-    b.wait_merged(&[&a, &c]).await;
-    let hash = a.mb.state_hash().unwrap();
-    assert_eq!(b.mb.state_hash().unwrap(), hash);
-    assert_eq!(c.mb.state_hash().unwrap(), hash);
+    write_all(&peers, 0, 30).await;
+    converge(&peers).await;
 
-    // Partitioned: B closes both connections; everyone writes more.
-    b.disconnect(&a).await;
-    b.disconnect(&c).await;
-    let before = (a.own_length(), b.own_length(), c.own_length());
-    tokio::join!(
-        write(&a, "a", 30, 60),
-        write(&b, "b", 30, 60),
-        write(&c, "c", 30, 60)
-    );
-    assert!(b.served.node().connected_peers().await.unwrap().is_empty());
-    // Nothing crossed the partition.
-    assert_eq!(b.merged(a.key()).1, before.0);
-    assert_eq!(a.merged(b.key()).1, before.1);
-    assert_eq!(a.merged(c.key()).1, before.2);
-    assert_ne!(a.mb.state_hash().unwrap(), b.mb.state_hash().unwrap());
+    // Partitioned: the link B - C goes, leaving {A, B} and {C, D}; everyone writes more.
+    b.disconnect(c).await;
+    let before: Vec<u64> = peers.iter().map(Peer::own_length).collect();
+    write_all(&peers, 30, 60).await;
+    // Each side converges alone: replication ran on both sides after every write of the
+    // other side had been made...
+    converge(&peers[..2]).await;
+    converge(&peers[2..]).await;
+    assert_ne!(a.mb.state_hash().unwrap(), d.mb.state_hash().unwrap());
+    // ...and nothing crossed: no connection, and no entry of the other side's feeds.
+    for (mine, theirs) in [([0, 1], [2, 3]), ([2, 3], [0, 1])] {
+        for i in mine {
+            let p = &peers[i];
+            let neighbour = peers[mine[0] + mine[1] - i].peer_id();
+            let connected = p.served.node().connected_peers().await.unwrap();
+            assert_eq!(
+                connected,
+                vec![neighbour],
+                "{}: its neighbour only",
+                NAMES[i]
+            );
+            for j in theirs {
+                let (name, writer) = (NAMES[j], peers[j].key());
+                assert_eq!(
+                    p.merged(writer).1,
+                    before[j],
+                    "{name}'s feed crossed the cut"
+                );
+                assert_eq!(p.mb.get(format!("own/{name}/30")).unwrap(), None);
+            }
+        }
+    }
 
     // Reconnected: the line again, and a few more concurrent writes.
-    a.connect(&b).await;
-    c.connect(&b).await;
-    tokio::join!(
-        write(&a, "a", 60, 70),
-        write(&b, "b", 60, 70),
-        write(&c, "c", 60, 70)
-    );
-    a.wait_merged(&[&b, &c]).await;
-    b.wait_merged(&[&a, &c]).await;
-    c.wait_merged(&[&a, &b]).await;
+    c.connect(b).await;
+    write_all(&peers, 60, 70).await;
+    converge(&peers).await;
 
-    let hash = a.mb.state_hash().unwrap();
-    assert_eq!(b.mb.state_hash().unwrap(), hash);
-    assert_eq!(c.mb.state_hash().unwrap(), hash);
     let found = keys(&a.mb);
-    assert_eq!(found, keys(&c.mb));
-    for name in ["a", "b", "c"] {
+    for p in &peers {
+        assert_eq!(keys(&p.mb), found);
+    }
+    for name in NAMES {
         for i in 0..70 {
             let key = format!("own/{name}/{i}");
             assert!(found.contains(&key), "{key} is missing");
         }
         assert_eq!(
-            c.mb.get(format!("own/{name}/69")).unwrap(),
+            d.mb.get(format!("own/{name}/69")).unwrap(),
             Some(json(json!({"n": 69})))
         );
     }
     for k in 1..10 {
         assert!(found.contains(&format!("k{k}")));
     }
-    for p in [c, b, a] {
+    for p in peers.into_iter().rev() {
         p.stop().await;
     }
 }

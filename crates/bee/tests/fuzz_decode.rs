@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 #[path = "../../feed/tests/mutations.rs"]
 mod mutations;
-use mutations::{edits, mutate};
+use mutations::{check_truncating, edits, mutate};
 
 /// Decodes an entry and uses what decodes.
 fn decode(bytes: &[u8]) {
@@ -22,16 +22,29 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
         decode(&bytes);
     }
+}
 
-    #[test]
-    fn mutated_entries_never_panic(
-        key in prop::collection::vec(any::<u8>(), 0..40),
-        value in prop::collection::vec(any::<u8>(), 0..200),
-        put in any::<bool>(),
-        edits in edits(),
-    ) {
-        let key = Keyspace::default().sub(b"s").encode(&key);
-        let op = if put { Op::Put { key, value } } else { Op::Del { key } };
-        decode(&mutate(op.encode_entry(), &edits));
-    }
+#[test]
+fn mutated_entries_never_panic() {
+    let inputs = (
+        prop::collection::vec(any::<u8>(), 0..40),
+        prop::collection::vec(any::<u8>(), 0..200),
+        any::<bool>(),
+        edits(),
+    );
+    check_truncating(
+        file!(),
+        "mutated_entries_never_panic",
+        inputs,
+        |(key, value, put, edits)| {
+            let key = Keyspace::default().sub(b"s").encode(&key);
+            let op = if put {
+                Op::Put { key, value }
+            } else {
+                Op::Del { key }
+            };
+            decode(&mutate(op.encode_entry(), &edits));
+            Ok(())
+        },
+    );
 }

@@ -7,5 +7,6 @@ mod faults;
 mod fuzz_decode;
 mod lessons;
 mod model;
+mod reopen;
 mod scenarios;
 mod support;

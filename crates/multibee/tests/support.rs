@@ -117,6 +117,17 @@ pub async fn sync_all(peers: &[Peer]) {
     }
 }
 
+/// How long any wait may take before the test fails (generous: 2-core CI under load).
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `f`, failing the test with `what` it waited for if it takes longer than [`PATIENCE`].
+pub async fn within<T>(what: impl std::fmt::Display, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(PATIENCE, f).await {
+        Ok(done) => done,
+        Err(_) => panic!("timed out after {PATIENCE:?} waiting for {what}"),
+    }
+}
+
 pub fn run<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
