@@ -135,3 +135,44 @@ pub fn run<F: std::future::Future>(f: F) -> F::Output {
         .unwrap()
         .block_on(f)
 }
+
+/// Like [`cluster`], but peer 0 adds only the peers `i` with `added[i]` (`added[0]` is
+/// ignored: peer 0 is the database's first writer); every peer is opened on the database and
+/// holds peer 0's diff feed (its `Add` entries) after setup. The others may write, count their
+/// own writes, and be added later.
+pub async fn cluster_adding(added: &[bool]) -> Vec<Peer> {
+    let mut peers = vec![Peer::new(1_000_000).await];
+    let database = peers[0].key();
+    for _ in 1..added.len() {
+        peers.push(Peer::with(1_000_000, |o| o.database(database)).await);
+    }
+    for (i, add) in added.iter().enumerate().skip(1) {
+        if *add {
+            let key = peers[i].key();
+            peers[0].mb.add_writer(key).await.unwrap();
+        }
+    }
+    for i in 1..added.len() {
+        deliver(&peers[0], &peers[i], database, u64::MAX).await;
+    }
+    peers
+}
+
+/// Like [`deliver`], but returns `ingest`'s error (such as
+/// [`multibee_multibee::Error::UnknownWriter`] when `to` does not know `writer`) instead of
+/// panicking: nothing moves then.
+pub async fn try_deliver(
+    from: &Peer,
+    to: &Peer,
+    writer: FeedKey,
+    count: u64,
+) -> multibee_multibee::Result<u64> {
+    let start = to.holds(&writer);
+    let end = from.holds(&writer).min(start.saturating_add(count));
+    if end <= start {
+        return Ok(0);
+    }
+    let feed = from.mb.feed_store().feed(&writer).unwrap();
+    to.mb.ingest(feed.proof(start..end).unwrap()).await?;
+    Ok(end - start)
+}
