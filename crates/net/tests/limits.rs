@@ -39,14 +39,20 @@ async fn streams_beyond_the_cap_are_refused_as_busy() {
     let protocol = StreamProtocol::new(wire::REPLICATE_PROTOCOL);
     let mut open = Vec::new();
     for i in 0..5 {
-        let mut stream = within(control.open_stream(them, protocol.clone()))
-            .await
-            .unwrap();
+        let mut stream = within(
+            "a stream to open",
+            control.open_stream(them, protocol.clone()),
+        )
+        .await
+        .unwrap();
         let mut client = Client::new(feed.key(), &me.to_bytes(), &them.to_bytes());
         let want = wire::encode(&client.want(0), wire::DEFAULT_MAX_FRAME_BYTES).unwrap();
-        stream.write_all(&want).await.unwrap();
-        stream.flush().await.unwrap();
-        let answer = within(read_message(&mut stream)).await;
+        let answer = within("a request to be answered", async {
+            stream.write_all(&want).await.unwrap();
+            stream.flush().await.unwrap();
+            read_message(&mut stream).await
+        })
+        .await;
         match i {
             0..4 => assert!(matches!(answer, Message::Have(_)), "{answer:?}"),
             _ => assert_eq!(answer, Message::Refused(Refusal::Busy)),
@@ -57,7 +63,7 @@ async fn streams_beyond_the_cap_are_refused_as_busy() {
     drop(open.pop());
     drop(open.remove(0));
     // The slot comes back once the server noticed the close: until then a request is busy.
-    within(async {
+    within("a closed stream's slot to be given back", async {
         loop {
             let mut stream = control.open_stream(them, protocol.clone()).await.unwrap();
             let mut client = Client::new(feed.key(), &me.to_bytes(), &them.to_bytes());
