@@ -139,6 +139,8 @@ async fn a_reconnected_peer_catches_up_and_goes_live_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_no_longer_replicated_stops_growing_while_others_go_on() {
+    // No DHT: C must reach the feed only through B.
+    let config = || config().kademlia(false);
     let a = Peer::start(config()).await;
     let (dropped, kept) = (
         a.store.create_feed().await.unwrap(),
@@ -165,6 +167,28 @@ async fn a_feed_no_longer_replicated_stops_growing_while_others_go_on() {
         10,
         "nothing more of the dropped feed"
     );
-    // It is still served from what is held.
-    assert_eq!(b.store.feed(&dropped.key()).unwrap().length(), 10);
+
+    // What B holds stays served: C, which knows only B, fetches it from B.
+    let mut c = Peer::start(config()).await;
+    c.node
+        .handle()
+        .dial(b.addr(Transport::Tcp).await)
+        .await
+        .unwrap();
+    let on_c = c.node.handle().replicate(dropped.key()).await.unwrap();
+    let b_id = b.node.peer_id();
+    let from = c
+        .event(|e| match e {
+            Event::FeedProgressed { key, peer, .. } if *key == dropped.key() => Some(*peer),
+            _ => None,
+        })
+        .await;
+    assert_eq!(from, b_id, "served by B");
+    wait_length(&on_c, 10).await;
+    check_entries(&on_c, 10);
+    assert_eq!(
+        c.node.handle().connected_peers().await.unwrap(),
+        vec![b_id],
+        "C only ever talks to B"
+    );
 }
