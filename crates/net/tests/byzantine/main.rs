@@ -409,6 +409,21 @@ async fn run(s: &Scenario, m: &Material) -> String {
             assert!(is(&reason), "{}: rejected for {reason}", s.name);
             format!("rejected: {reason}")
         }
+        Expect::Frozen => {
+            let mut status = h.replica.subscribe();
+            within("the fork to be detected", status.wait_for(|s| s.forked))
+                .await
+                .unwrap();
+            let evidence = h.replica.fork_evidence().unwrap().expect("the evidence");
+            assert_ne!(
+                evidence.ours, evidence.theirs,
+                "{}: two signed heads",
+                s.name
+            );
+            "frozen: the writer equivocated, both signed heads kept as evidence; the peer is \
+             not rejected (it may only have forwarded them)"
+                .to_string()
+        }
         Expect::AskedAgain => {
             within(
                 "the honest node to ask the attacker again",
@@ -531,6 +546,11 @@ async fn run(s: &Scenario, m: &Material) -> String {
         match events.try_recv() {
             Ok(Event::PeerRejected { peer, reason }) if peer == bystander => {
                 panic!("{}: the bystander was rejected: {reason}", s.name)
+            }
+            Ok(Event::PeerRejected { peer, reason })
+                if peer == bad && matches!(s.expect, Expect::Frozen) =>
+            {
+                panic!("{}: the peer was rejected: {reason}", s.name)
             }
             Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
             Err(_) => break,
