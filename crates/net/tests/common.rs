@@ -76,7 +76,7 @@ impl Peer {
     /// counters.
     pub async fn stop(self) -> (TempDir, Stats) {
         let handle = self.node.handle();
-        self.node.shutdown().await;
+        within("the node to stop", self.node.shutdown()).await;
         let stats = handle.stats();
         drop(handle);
         drop(self.store);
@@ -109,6 +109,41 @@ pub fn config() -> Config {
         .with_test_writer()
         .try_init();
     Config::loopback()
+}
+
+/// How long a whole test may run before [`Watchdog`] ends the test process.
+pub const TEST_LIMIT: Duration = Duration::from_secs(180);
+
+/// A backstop for the awaits that have no timeout of their own (a node's commands, its
+/// shutdown): if the test is still running after its limit, it says which test and ends the
+/// test process, so that a hang fails CI in minutes. Dropping it (the test ended, or
+/// panicked) disarms it.
+pub struct Watchdog(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+impl Watchdog {
+    /// Arms a watchdog for [`TEST_LIMIT`].
+    pub fn arm(test: &'static str) -> Watchdog {
+        Watchdog::arm_for(test, TEST_LIMIT)
+    }
+
+    /// Arms a watchdog for `limit`.
+    pub fn arm_for(test: &'static str, limit: Duration) -> Watchdog {
+        let (disarm, armed) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = armed.recv_timeout(limit) {
+                // Straight to stderr: the test harness captures `eprintln!` in this thread
+                // too, and the capture is lost when the process exits.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{test} is still running after {limit:?}: something it awaits hangs; \
+                     ending the test process"
+                );
+                std::process::exit(101);
+            }
+        });
+        Watchdog(disarm)
+    }
 }
 
 /// Runs `f`, failing the test, with `what` was awaited, if it takes longer than [`PATIENCE`].

@@ -6,10 +6,11 @@
 use multibee_feed::{Store, VerifyError};
 use multibee_net::Event;
 
-use crate::common::{Peer, Transport, append, config, copy_dir, wait_length, within};
+use crate::common::{Peer, Transport, Watchdog, append, config, copy_dir, wait_length, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_equivocating_writer_is_detected_and_its_feed_frozen() {
+    let _watchdog = Watchdog::arm("fork::an_equivocating_writer_is_detected_and_its_feed_frozen");
     let first = tempfile::tempdir().unwrap();
     let key = {
         let store = Store::open(first.path()).unwrap();
@@ -86,6 +87,9 @@ async fn an_equivocating_writer_is_detected_and_its_feed_frozen() {
 /// the forwarding peer, which cannot tell either, and goes on replicating its other feeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn equivocation_forwarded_by_a_relay_freezes_the_feed_and_spares_the_relay() {
+    let _watchdog = Watchdog::arm(
+        "fork::equivocation_forwarded_by_a_relay_freezes_the_feed_and_spares_the_relay",
+    );
     // No DHT: who talks to whom is the test's.
     let config = || config().kademlia(false);
     let first = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@ use libp2p::{Stream, StreamProtocol};
 use multibee_net::protocol::Client;
 use multibee_net::wire::{self, Message, Refusal};
 
-use crate::common::{Peer, Transport, append, bare_swarm, config, dial_bare, within};
+use crate::common::{Peer, Transport, Watchdog, append, bare_swarm, config, dial_bare, within};
 
 async fn read_message(stream: &mut Stream) -> Message {
     let mut prefix = [0u8; wire::PREFIX_BYTES];
@@ -19,6 +19,7 @@ async fn read_message(stream: &mut Stream) -> Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_beyond_the_cap_are_refused_as_busy() {
+    let _watchdog = Watchdog::arm("limits::streams_beyond_the_cap_are_refused_as_busy");
     let mut small = config().kademlia(false);
     small.max_streams_per_peer = 4;
     let server = Peer::start(small).await;

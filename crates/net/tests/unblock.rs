@@ -11,8 +11,8 @@ use multibee_net::wire;
 use multibee_net::{Event, Violation};
 
 use crate::common::{
-    AT_ONCE, Dials, Peer, Redial, Transport, append, bare_swarm, config, dial_bare, redial, served,
-    within,
+    AT_ONCE, Dials, Peer, Redial, Transport, Watchdog, append, bare_swarm, config, dial_bare,
+    redial, served, within,
 };
 
 const FRAME_TIMEOUT: Duration = Duration::from_millis(500);
@@ -20,6 +20,7 @@ const BLOCK: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_too_slow_is_blocked_for_a_while_then_let_back() {
+    let _watchdog = Watchdog::arm("unblock::a_peer_too_slow_is_blocked_for_a_while_then_let_back");
     let mut settings = config().kademlia(false);
     settings.frame_timeout = FRAME_TIMEOUT;
     settings.slow_peer_block = BLOCK;

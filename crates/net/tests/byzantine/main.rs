@@ -35,8 +35,8 @@ use tokio::sync::{broadcast, watch};
 
 use attacker::Attacker;
 use common::{
-    AT_ONCE, DialRequest, Peer, Redial, Transport, append, config, copy_dir, redial, wait_length,
-    within,
+    AT_ONCE, DialRequest, Peer, Redial, Transport, Watchdog, append, config, copy_dir, redial,
+    wait_length, within,
 };
 use scenarios::{Attack, Expect, Material, Request, Scenario, frame, material, scenarios};
 
@@ -60,15 +60,16 @@ const HEAP_BOUND: usize = 48 << 20;
 
 /// How long a frame may take once begun: short, so that slowloris scenarios end quickly.
 ///
-/// It applies to the bystander too, and cannot fail it: the bystander's only requests (its
-/// `Want` and its announcement) are made while it is set up, before any attack, and are
-/// answered before the setup ends; after that it opens no stream to the honest node (its one
-/// fetch stream stays open) and sends nothing, so the only deadline left that concerns it is
-/// on the honest node's writes to it. Those are one small data frame per heartbeat (a few
-/// hundred bytes, see [`Heartbeat`]), each read before the next is written: it always fits
-/// in the stream's 256 KiB flow-control window, so the write completes without waiting for
-/// the bystander to read, however loaded the machine. A bystander rejected anyway fails the
-/// scenario with that reason, not with a timeout.
+/// It applies to the bystander too, and what the bystander needs to stay clear of it, it is
+/// given: it sends the honest node nothing that the deadline covers once it is set up. Its
+/// `Want` and the announcement it makes as it connects are written as soon as their streams
+/// open, during the setup (the `Want` is answered before the setup ends); after that it opens
+/// no stream to the honest node (its one fetch stream stays open, so resyncs open none) and
+/// sends nothing more. The deadline left that concerns it is on the honest node's writes to
+/// it: one data frame of a few hundred bytes per heartbeat entry, each received before the
+/// next is appended, so the stream's flow-control window (256 KiB) never fills and no write
+/// waits for the bystander to read, however slowly a loaded machine runs it. A bystander
+/// rejected anyway fails its scenario with the reason.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The honest node's connection limit: small, for the crowd scenario.
@@ -583,6 +584,8 @@ async fn run(s: &Scenario, m: &Material) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attack_is_contained() {
+    // About 30 s when all goes well; each scenario fails on its own after a minute.
+    let _watchdog = Watchdog::arm_for("every_attack_is_contained", Duration::from_secs(600));
     let m = material().await;
     let scenarios = scenarios(&m);
     assert!(scenarios.len() >= 20);
