@@ -154,6 +154,7 @@ struct Heartbeat {
 impl Heartbeat {
     fn start(h: &Honest) -> Heartbeat {
         let (served, seen) = (h.served.clone(), h.seen.clone());
+        let mut rejections = Rejections::of(h);
         let received = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = watch::channel(false);
         let times = received.clone();
@@ -165,7 +166,7 @@ impl Heartbeat {
                     _ = pace.tick() => {}
                 }
                 let length = served.append(b"heartbeat".to_vec()).await.unwrap();
-                wait_length(&seen, length).await;
+                rejections.or_fail(wait_length(&seen, length)).await;
                 times.lock().unwrap().push(Instant::now());
             }
         });
@@ -191,10 +192,44 @@ impl Heartbeat {
     }
 }
 
+/// The honest node's rejections of the bystander.
+struct Rejections {
+    bystander: PeerId,
+    events: broadcast::Receiver<Event>,
+}
+
+impl Rejections {
+    fn of(h: &Honest) -> Rejections {
+        Rejections {
+            bystander: h.bystander.node.peer_id(),
+            events: h.node.node.handle().subscribe(),
+        }
+    }
+
+    /// Awaits `f`, failing at once with the reason if the bystander is rejected meanwhile.
+    async fn or_fail<T>(&mut self, f: impl Future<Output = T>) -> T {
+        let rejected = async {
+            loop {
+                match self.events.recv().await {
+                    Ok(Event::PeerRejected { peer, reason }) if peer == self.bystander => {
+                        return reason;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                    _ => {}
+                }
+            }
+        };
+        tokio::select! {
+            done = f => done,
+            reason = rejected => panic!("the bystander was rejected: {reason}"),
+        }
+    }
+}
+
 /// The served feed grows by one entry, and the bystander receives it.
-async fn bystander_served_live(h: &Honest) {
+async fn bystander_served_live(h: &Honest, rejections: &mut Rejections) {
     let length = h.served.append(b"live".to_vec()).await.unwrap();
-    wait_length(&h.seen, length).await;
+    rejections.or_fail(wait_length(&h.seen, length)).await;
 }
 
 /// A valid request for `key` from the attacker to the honest node.
@@ -375,6 +410,7 @@ async fn run(s: &Scenario, m: &Material) -> String {
     }
     let feeds_before: BTreeSet<FeedKey> = h.node.store.feeds().into_iter().collect();
     let mut events = h.node.node.handle().subscribe();
+    let mut rejections = Rejections::of(&h);
     let them = h.node.node.peer_id();
     let addr = h.node.addr(Transport::Tcp).await;
     ATTACK_HEAP.reset_peak_memory();
@@ -474,7 +510,7 @@ async fn run(s: &Scenario, m: &Material) -> String {
     }
     heartbeat.stop().await;
     within("the bystander to be served during the attack", async {
-        bystander_served_live(&h).await
+        bystander_served_live(&h, &mut rejections).await
     })
     .await;
 
@@ -530,7 +566,7 @@ async fn run(s: &Scenario, m: &Material) -> String {
     }
     // The bystander is still served, live, and was never rejected.
     within("the bystander to be served after the attack", async {
-        bystander_served_live(&h).await
+        bystander_served_live(&h, &mut rejections).await
     })
     .await;
     let bystander = h.bystander.node.peer_id();
