@@ -61,7 +61,9 @@ pub enum Violation {
     #[error("empty data message")]
     EmptyData,
     /// Entries that fail verification against the writer's signature (bad signature, bad
-    /// proof, over a limit, or proof that the writer equivocated).
+    /// proof, over a limit, or proof that the writer equivocated). A node does not reject a
+    /// peer for the last ([`VerifyError::Forked`]): the peer may only have forwarded what the
+    /// writer signed; the feed is frozen and no longer fetched instead.
     #[error("invalid entries: {0}")]
     Invalid(VerifyError),
     /// A frame that had begun stopped moving, or a request on a new stream did not come,

@@ -539,9 +539,13 @@ impl EventLoop {
             }
             _ => tracing::debug!(%peer, ?end, retry, "replication stream ended"),
         }
-        if let SessionEnd::Violation(reason) = end {
-            self.reject(peer, reason);
-            return;
+        match end {
+            SessionEnd::Violation(reason) => return self.reject(peer, reason),
+            // The peer is not rejected: it cannot tell a forked writer's histories apart
+            // until it holds both, so it may only have forwarded one. The feed takes nothing
+            // more, so it is no longer asked for (what is held stays served).
+            SessionEnd::Forked => return self.stop_replicating(dk),
+            _ => {}
         }
         if !self.swarm.is_connected(&peer) {
             return;

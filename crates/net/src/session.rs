@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams};
-use multibee_feed::{DiscoveryKey, Feed, Store, VerifiedBatch};
+use multibee_feed::{DiscoveryKey, Feed, Store, VerifiedBatch, VerifyError};
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -110,6 +110,19 @@ pub(crate) enum SessionEnd {
     Closed(String),
     /// The local store failed.
     Local(multibee_feed::Error),
+    /// The feed's writer signed two histories, and the peer sent the one not held: the feed
+    /// is frozen. Not the peer's fault: it may only have forwarded what the writer signed.
+    Forked,
+}
+
+impl SessionEnd {
+    /// How a session that met `violation` ends.
+    fn violation(violation: Violation) -> Self {
+        match violation {
+            Violation::Invalid(VerifyError::Forked) => SessionEnd::Forked,
+            other => SessionEnd::Violation(other),
+        }
+    }
 }
 
 impl From<StreamError> for SessionEnd {
@@ -132,7 +145,7 @@ impl From<multibee_feed::Error> for SessionEnd {
     fn from(e: multibee_feed::Error) -> Self {
         match e {
             multibee_feed::Error::Rejected { reason, .. } => {
-                SessionEnd::Violation(Violation::Invalid(reason))
+                SessionEnd::violation(Violation::Invalid(reason))
             }
             other => SessionEnd::Local(other),
         }
@@ -418,7 +431,7 @@ async fn fetch_stream(
                 }
                 Ok(ClientAction::RemoteLength(_)) => {}
                 Ok(ClientAction::Refused(refusal)) => return Err(SessionEnd::Refused(refusal)),
-                Err(ReceiveError::Peer(v)) => return Err(SessionEnd::Violation(v)),
+                Err(ReceiveError::Peer(v)) => return Err(SessionEnd::violation(v)),
                 Err(ReceiveError::Local(e)) => return Err(SessionEnd::Local(e)),
             }
         }

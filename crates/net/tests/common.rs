@@ -38,24 +38,45 @@ impl Peer {
             .expect("a listen address of that transport")
     }
 
-    /// Waits for an event matching `pred` and returns it.
-    pub async fn event<T>(&mut self, mut pred: impl FnMut(&Event) -> Option<T>) -> T {
-        within(async {
+    /// Waits for an event matching `pred` and returns it; fails the test after [`PATIENCE`],
+    /// listing the last events seen meanwhile.
+    pub async fn event<T>(&mut self, pred: impl FnMut(&Event) -> Option<T>) -> T {
+        self.event_within(PATIENCE, pred).await
+    }
+
+    /// [`Peer::event`], failing the test after `limit`.
+    pub async fn event_within<T>(
+        &mut self,
+        limit: Duration,
+        mut pred: impl FnMut(&Event) -> Option<T>,
+    ) -> T {
+        let mut seen = std::collections::VecDeque::new();
+        let wait = async {
             loop {
                 let event = self.node.next_event().await.expect("the node runs");
                 if let Some(found) = pred(&event) {
                     return found;
                 }
+                if seen.len() == 8 {
+                    seen.pop_front();
+                }
+                seen.push_back(format!("{event:?}"));
             }
-        })
-        .await
+        };
+        match tokio::time::timeout(limit, wait).await {
+            Ok(found) => found,
+            Err(_) => panic!(
+                "the event awaited did not come in {limit:?}; the last ones: {:#?}",
+                seen
+            ),
+        }
     }
 
     /// Stops the node and closes the store, keeping the folder; returns the node's final
     /// counters.
     pub async fn stop(self) -> (TempDir, Stats) {
         let handle = self.node.handle();
-        self.node.shutdown().await;
+        within("the node to stop", self.node.shutdown()).await;
         let stats = handle.stats();
         drop(handle);
         drop(self.store);
@@ -90,17 +111,62 @@ pub fn config() -> Config {
     Config::loopback()
 }
 
-/// Runs `f`, failing the test if it takes longer than [`PATIENCE`].
-pub async fn within<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, f).await.expect("timed out")
+/// How long a whole test may run before [`Watchdog`] ends the test process.
+pub const TEST_LIMIT: Duration = Duration::from_secs(180);
+
+/// A backstop for the awaits that have no timeout of their own (a node's commands, its
+/// shutdown): if the test is still running after its limit, it says which test and ends the
+/// test process, so that a hang fails CI in minutes. Dropping it (the test ended, or
+/// panicked) disarms it.
+pub struct Watchdog(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+impl Watchdog {
+    /// Arms a watchdog for [`TEST_LIMIT`].
+    pub fn arm(test: &'static str) -> Watchdog {
+        Watchdog::arm_for(test, TEST_LIMIT)
+    }
+
+    /// Arms a watchdog for `limit`.
+    pub fn arm_for(test: &'static str, limit: Duration) -> Watchdog {
+        let (disarm, armed) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = armed.recv_timeout(limit) {
+                // Straight to stderr: the test harness captures `eprintln!` in this thread
+                // too, and the capture is lost when the process exits.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{test} is still running after {limit:?}: something it awaits hangs; \
+                     ending the test process"
+                );
+                std::process::exit(101);
+            }
+        });
+        Watchdog(disarm)
+    }
+}
+
+/// Runs `f`, failing the test, with `what` was awaited, if it takes longer than [`PATIENCE`].
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(PATIENCE, f).await {
+        Ok(done) => done,
+        Err(_) => panic!("timed out after {PATIENCE:?} waiting for {what}"),
+    }
 }
 
 /// Waits until `feed` holds at least `length` entries.
 pub async fn wait_length(feed: &Feed, length: u64) {
     let mut status = feed.subscribe();
-    within(status.wait_for(|s| s.length >= length))
-        .await
-        .unwrap();
+    let reached = tokio::time::timeout(PATIENCE, status.wait_for(|s| s.length >= length)).await;
+    match reached {
+        Ok(status) => drop(status.unwrap()),
+        Err(_) => panic!(
+            "timed out after {PATIENCE:?} waiting for feed {} to reach {length} entries \
+             (it holds {})",
+            feed.key(),
+            feed.length()
+        ),
+    }
 }
 
 /// Entries `i` of the test feeds.
@@ -162,7 +228,7 @@ pub async fn dial_bare(
     use futures::StreamExt;
     use libp2p::swarm::SwarmEvent;
     swarm.dial(addr).unwrap();
-    within(async {
+    within("a dial from a bare swarm to end", async {
         loop {
             match swarm.select_next_some().await {
                 SwarmEvent::ConnectionEstablished { .. } => return true,
@@ -182,7 +248,7 @@ pub async fn listen_loopback<B: libp2p::swarm::NetworkBehaviour>(
     swarm
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
-    within(async {
+    within("a bare swarm to listen", async {
         loop {
             if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
                 swarm.select_next_some().await
@@ -192,4 +258,171 @@ pub async fn listen_loopback<B: libp2p::swarm::NetworkBehaviour>(
         }
     })
     .await
+}
+
+/// A dial for the task that drives a bare swarm (see [`Dials`]): to `addr`, once the swarm has
+/// no connection to `peer` left (so that what is asked next goes over the new connection).
+/// The reply is `None` if the dial failed, or else resolves once that connection closed.
+pub struct DialRequest {
+    pub addr: Multiaddr,
+    pub peer: libp2p::PeerId,
+    pub reply: tokio::sync::oneshot::Sender<Option<tokio::sync::oneshot::Receiver<()>>>,
+}
+
+/// The dials a bare swarm's driving task was asked for, and the connections they opened.
+#[derive(Default)]
+pub struct Dials {
+    deferred: Vec<DialRequest>,
+    pending: std::collections::HashMap<
+        libp2p::swarm::ConnectionId,
+        tokio::sync::oneshot::Sender<Option<tokio::sync::oneshot::Receiver<()>>>,
+    >,
+    open: std::collections::HashMap<libp2p::swarm::ConnectionId, tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Dials {
+    /// Dials as asked, or once the swarm's last connection to the peer closed.
+    pub fn start<B: libp2p::swarm::NetworkBehaviour>(
+        &mut self,
+        swarm: &mut libp2p::Swarm<B>,
+        request: DialRequest,
+    ) {
+        if swarm.is_connected(&request.peer) {
+            self.deferred.push(request);
+            return;
+        }
+        let opts = libp2p::swarm::dial_opts::DialOpts::unknown_peer_id()
+            .address(request.addr)
+            .build();
+        let id = opts.connection_id();
+        match swarm.dial(opts) {
+            Ok(()) => drop(self.pending.insert(id, request.reply)),
+            Err(_) => drop(request.reply.send(None)),
+        }
+    }
+
+    /// Follows the swarm's events: answers the dials and reports their connections' closing.
+    pub fn on_event<B: libp2p::swarm::NetworkBehaviour>(
+        &mut self,
+        swarm: &mut libp2p::Swarm<B>,
+        event: &libp2p::swarm::SwarmEvent<B::ToSwarm>,
+    ) {
+        use libp2p::swarm::SwarmEvent;
+        match event {
+            SwarmEvent::ConnectionEstablished { connection_id, .. } => {
+                if let Some(reply) = self.pending.remove(connection_id) {
+                    let (closed, on_close) = tokio::sync::oneshot::channel();
+                    self.open.insert(*connection_id, closed);
+                    let _ = reply.send(Some(on_close));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, .. } => {
+                if let Some(reply) = self.pending.remove(connection_id) {
+                    let _ = reply.send(None);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                connection_id,
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if let Some(closed) = self.open.remove(connection_id) {
+                    let _ = closed.send(());
+                }
+                if *num_established == 0 {
+                    let (due, waiting) = std::mem::take(&mut self.deferred)
+                        .into_iter()
+                        .partition(|d| d.peer == *peer_id);
+                    self.deferred = waiting;
+                    for request in due {
+                        self.start(swarm, request);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What dialing a node again came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redial {
+    /// The dial failed, or the connection was closed at once and nothing was served on it.
+    Refused,
+    /// The node answered a request for a feed it holds over the new connection.
+    Served,
+}
+
+/// How long a node may take to close a connection it does not keep ("at once": generous for a
+/// loaded machine, and well under the node's 60 s idle timeout, which would close it anyway).
+pub const AT_ONCE: Duration = Duration::from_secs(10);
+
+/// Dials `node` at `addr` again through the task behind `dials` (which drives the swarm of
+/// `control`), and asks it, on a new replicate stream, with the request frame `want` for a
+/// feed it holds.
+pub async fn redial(
+    dials: &tokio::sync::mpsc::Sender<DialRequest>,
+    control: &mut libp2p_stream::Control,
+    node: libp2p::PeerId,
+    addr: Multiaddr,
+    want: &[u8],
+) -> Redial {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = DialRequest {
+        addr,
+        peer: node,
+        reply,
+    };
+    dials.send(request).await.expect("the swarm's task runs");
+    let dialed = within("a redial to connect or fail", answer).await;
+    let Some(closed) = dialed.expect("the swarm's task answers") else {
+        return Redial::Refused;
+    };
+    if within(
+        "a request on the new connection to be answered or fail",
+        async { served(control, node, want).await },
+    )
+    .await
+    {
+        return Redial::Served;
+    }
+    match tokio::time::timeout(AT_ONCE, closed).await {
+        Ok(_) => Redial::Refused,
+        Err(_) => panic!(
+            "a new connection that served nothing was still open after {AT_ONCE:?}: neither \
+             refused nor served"
+        ),
+    }
+}
+
+/// Whether `node` answers the request `want` on a new replicate stream with `Have`.
+pub async fn served(
+    control: &mut libp2p_stream::Control,
+    node: libp2p::PeerId,
+    want: &[u8],
+) -> bool {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    let protocol = libp2p::StreamProtocol::new(multibee_net::wire::REPLICATE_PROTOCOL);
+    let Ok(mut stream) = control.open_stream(node, protocol).await else {
+        return false;
+    };
+    if stream.write_all(want).await.is_err() || stream.flush().await.is_err() {
+        return false;
+    }
+    let mut prefix = [0u8; multibee_net::wire::PREFIX_BYTES];
+    if stream.read_exact(&mut prefix).await.is_err() {
+        return false;
+    }
+    let Ok(length) = multibee_net::wire::body_length(prefix, 1 << 16) else {
+        return false;
+    };
+    let mut body = vec![0u8; length];
+    if stream.read_exact(&mut body).await.is_err() {
+        return false;
+    }
+    matches!(
+        multibee_net::wire::decode(&body),
+        Ok(multibee_net::wire::Message::Have(_))
+    )
 }

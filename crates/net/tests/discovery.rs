@@ -3,10 +3,11 @@
 
 use multibee_net::Event;
 
-use crate::common::{Peer, Transport, append, check_entries, config, wait_length};
+use crate::common::{Peer, Transport, Watchdog, append, check_entries, config, wait_length};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_finds_the_writer_through_the_dht() {
+    let _watchdog = Watchdog::arm("discovery::a_reader_finds_the_writer_through_the_dht");
     // A holds the feed; B knows A; C knows only B, and B does not replicate the feed.
     let a = Peer::start(config()).await;
     let feed = a.store.create_feed().await.unwrap();
@@ -40,6 +41,7 @@ async fn a_reader_finds_the_writer_through_the_dht() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_gets_the_feed_later_is_asked_again() {
+    let _watchdog = Watchdog::arm("discovery::a_peer_that_gets_the_feed_later_is_asked_again");
     let writer = tempfile::tempdir().unwrap();
     let writer = multibee_feed::Store::open(writer.path()).unwrap();
     let feed = writer.create_feed().await.unwrap();

@@ -6,7 +6,7 @@ use libp2p::{Stream, StreamProtocol};
 use multibee_net::protocol::Client;
 use multibee_net::wire::{self, Message, Refusal};
 
-use crate::common::{Peer, Transport, append, bare_swarm, config, dial_bare, within};
+use crate::common::{Peer, Transport, Watchdog, append, bare_swarm, config, dial_bare, within};
 
 async fn read_message(stream: &mut Stream) -> Message {
     let mut prefix = [0u8; wire::PREFIX_BYTES];
@@ -19,6 +19,7 @@ async fn read_message(stream: &mut Stream) -> Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_beyond_the_cap_are_refused_as_busy() {
+    let _watchdog = Watchdog::arm("limits::streams_beyond_the_cap_are_refused_as_busy");
     let mut small = config().kademlia(false);
     small.max_streams_per_peer = 4;
     let server = Peer::start(small).await;
@@ -39,14 +40,20 @@ async fn streams_beyond_the_cap_are_refused_as_busy() {
     let protocol = StreamProtocol::new(wire::REPLICATE_PROTOCOL);
     let mut open = Vec::new();
     for i in 0..5 {
-        let mut stream = within(control.open_stream(them, protocol.clone()))
-            .await
-            .unwrap();
+        let mut stream = within(
+            "a stream to open",
+            control.open_stream(them, protocol.clone()),
+        )
+        .await
+        .unwrap();
         let mut client = Client::new(feed.key(), &me.to_bytes(), &them.to_bytes());
         let want = wire::encode(&client.want(0), wire::DEFAULT_MAX_FRAME_BYTES).unwrap();
-        stream.write_all(&want).await.unwrap();
-        stream.flush().await.unwrap();
-        let answer = within(read_message(&mut stream)).await;
+        let answer = within("a request to be answered", async {
+            stream.write_all(&want).await.unwrap();
+            stream.flush().await.unwrap();
+            read_message(&mut stream).await
+        })
+        .await;
         match i {
             0..4 => assert!(matches!(answer, Message::Have(_)), "{answer:?}"),
             _ => assert_eq!(answer, Message::Refused(Refusal::Busy)),
@@ -57,7 +64,7 @@ async fn streams_beyond_the_cap_are_refused_as_busy() {
     drop(open.pop());
     drop(open.remove(0));
     // The slot comes back once the server noticed the close: until then a request is busy.
-    within(async {
+    within("a closed stream's slot to be given back", async {
         loop {
             let mut stream = control.open_stream(them, protocol.clone()).await.unwrap();
             let mut client = Client::new(feed.key(), &me.to_bytes(), &them.to_bytes());

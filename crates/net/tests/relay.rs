@@ -6,7 +6,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{Multiaddr, SwarmBuilder, identify, noise, relay, tcp, yamux};
 use multibee_net::Event;
 
-use crate::common::{Peer, append, check_entries, config, listen_loopback, wait_length};
+use crate::common::{Peer, Watchdog, append, check_entries, config, listen_loopback, wait_length};
 
 #[derive(NetworkBehaviour)]
 struct RelayServer {
@@ -54,6 +54,7 @@ async fn relay_server() -> Multiaddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_through_a_relay() {
+    let _watchdog = Watchdog::arm("relay::replication_through_a_relay");
     let relay = relay_server().await;
     let circuit = relay.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
     let a = Peer::start(config().kademlia(false).listen_on([circuit.clone()])).await;

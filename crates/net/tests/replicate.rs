@@ -3,7 +3,7 @@
 
 use multibee_net::Event;
 
-use crate::common::{Peer, Transport, append, check_entries, config, wait_length};
+use crate::common::{Peer, Transport, Watchdog, append, check_entries, config, wait_length};
 
 async fn full_then_live(transport: Transport) {
     let a = Peer::start(config()).await;
@@ -37,16 +37,19 @@ async fn full_then_live(transport: Transport) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_over_tcp() {
+    let _watchdog = Watchdog::arm("replicate::two_nodes_over_tcp");
     full_then_live(Transport::Tcp).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_over_quic() {
+    let _watchdog = Watchdog::arm("replicate::two_nodes_over_quic");
     full_then_live(Transport::Quic).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_and_many_feeds_on_one_connection() {
+    let _watchdog = Watchdog::arm("replicate::both_directions_and_many_feeds_on_one_connection");
     let a = Peer::start(config()).await;
     let b = Peer::start(config()).await;
     let a_feeds = [
@@ -76,6 +79,7 @@ async fn both_directions_and_many_feeds_on_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_feeds_at_once() {
+    let _watchdog = Watchdog::arm("replicate::many_feeds_at_once");
     let a = Peer::start(config()).await;
     let mut feeds = Vec::new();
     for _ in 0..100 {
@@ -101,6 +105,7 @@ async fn many_feeds_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnected_peer_catches_up_and_goes_live_again() {
+    let _watchdog = Watchdog::arm("replicate::a_reconnected_peer_catches_up_and_goes_live_again");
     // No DHT: its queries could dial the peer again while the test wants it disconnected.
     let config = || config().kademlia(false);
     let a = Peer::start(config()).await;
@@ -139,6 +144,10 @@ async fn a_reconnected_peer_catches_up_and_goes_live_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_no_longer_replicated_stops_growing_while_others_go_on() {
+    let _watchdog =
+        Watchdog::arm("replicate::a_feed_no_longer_replicated_stops_growing_while_others_go_on");
+    // No DHT: C must reach the feed only through B.
+    let config = || config().kademlia(false);
     let a = Peer::start(config()).await;
     let (dropped, kept) = (
         a.store.create_feed().await.unwrap(),
@@ -165,6 +174,28 @@ async fn a_feed_no_longer_replicated_stops_growing_while_others_go_on() {
         10,
         "nothing more of the dropped feed"
     );
-    // It is still served from what is held.
-    assert_eq!(b.store.feed(&dropped.key()).unwrap().length(), 10);
+
+    // What B holds stays served: C, which knows only B, fetches it from B.
+    let mut c = Peer::start(config()).await;
+    c.node
+        .handle()
+        .dial(b.addr(Transport::Tcp).await)
+        .await
+        .unwrap();
+    let on_c = c.node.handle().replicate(dropped.key()).await.unwrap();
+    let b_id = b.node.peer_id();
+    let from = c
+        .event(|e| match e {
+            Event::FeedProgressed { key, peer, .. } if *key == dropped.key() => Some(*peer),
+            _ => None,
+        })
+        .await;
+    assert_eq!(from, b_id, "served by B");
+    wait_length(&on_c, 10).await;
+    check_entries(&on_c, 10);
+    assert_eq!(
+        c.node.handle().connected_peers().await.unwrap(),
+        vec![b_id],
+        "C only ever talks to B"
+    );
 }

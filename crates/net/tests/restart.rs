@@ -3,13 +3,14 @@
 
 use multibee_net::protocol::Limits;
 
-use crate::common::{Peer, Transport, append, check_entries, config, wait_length};
+use crate::common::{Peer, Transport, Watchdog, append, check_entries, config, wait_length};
 
 const TOTAL: u64 = 100_000;
 const BATCH: u64 = 256;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_resumes_from_its_persisted_length() {
+    let _watchdog = Watchdog::arm("restart::a_restarted_node_resumes_from_its_persisted_length");
     let mut limits = Limits::default();
     limits.max_batch_entries = BATCH;
     let config = || config().limits(limits.clone());

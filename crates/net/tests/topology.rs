@@ -1,10 +1,11 @@
 #![allow(clippy::unwrap_used)]
 //! A line A — B — C where A and C never connect: entries flow through B both ways.
 
-use crate::common::{Peer, Transport, append, check_entries, config, entry, wait_length};
+use crate::common::{Peer, Transport, Watchdog, append, check_entries, config, entry, wait_length};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_converges_through_the_middle() {
+    let _watchdog = Watchdog::arm("topology::a_line_converges_through_the_middle");
     // No DHT: it could introduce A and C to each other.
     let config = || config().kademlia(false);
     let a = Peer::start(config()).await;

@@ -9,10 +9,10 @@ use futures::future::BoxFuture;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use multibee_net::wire;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::common::{bare_swarm, dial_bare, listen_loopback};
+use crate::common::{DialRequest, Dials, bare_swarm, dial_bare, listen_loopback, within};
 
 /// What the attacker does with each replicate stream the honest node opens to it.
 pub type Script = Arc<dyn Fn(Stream) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -24,12 +24,16 @@ pub struct Attacker {
     pub control: libp2p_stream::Control,
     /// How many replicate streams the honest node has opened to the attacker.
     pub asked: watch::Receiver<usize>,
-    task: JoinHandle<()>,
+    /// Dials for the attacker's swarm (see [`crate::common::redial`]).
+    pub dials: mpsc::Sender<DialRequest>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl Drop for Attacker {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -51,10 +55,13 @@ impl Attacker {
             .accept(StreamProtocol::new(wire::REPLICATE_PROTOCOL))
             .unwrap();
         let (asked_tx, asked) = watch::channel(0);
+        let (dials, mut requests) = mpsc::channel(4);
         let task = tokio::spawn(async move {
+            let mut dialing = Dials::default();
             loop {
                 tokio::select! {
-                    _ = swarm.select_next_some() => {}
+                    event = swarm.select_next_some() => dialing.on_event(&mut swarm, &event),
+                    Some(request) = requests.recv() => dialing.start(&mut swarm, request),
                     Some((_, stream)) = incoming.next() => {
                         asked_tx.send_modify(|n| *n += 1);
                         if let Some(script) = &script {
@@ -69,7 +76,16 @@ impl Attacker {
             addr,
             control,
             asked,
-            task,
+            dials,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the attacker's swarm and waits until it is gone (its connections closed).
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = within("an attacker's swarm to stop", task).await;
         }
     }
 
