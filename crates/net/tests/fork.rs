@@ -8,9 +8,9 @@ use multibee_net::Event;
 
 use crate::common::{Peer, Transport, Watchdog, append, config, copy_dir, wait_length, within};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_equivocating_writer_is_detected_and_its_feed_frozen() {
-    let _watchdog = Watchdog::arm("fork::an_equivocating_writer_is_detected_and_its_feed_frozen");
+/// One writer's key with two diverging histories, each served by a node of its own: `one` holds
+/// ten entries then "one", `two` (a copy of the folder before) ten then "two", "more".
+async fn two_histories() -> (multibee_feed::FeedKey, Peer, Peer) {
     let first = tempfile::tempdir().unwrap();
     let key = {
         let store = Store::open(first.path()).unwrap();
@@ -20,8 +20,7 @@ async fn an_equivocating_writer_is_detected_and_its_feed_frozen() {
     };
     let backup = tempfile::tempdir().unwrap();
     copy_dir(first.path(), backup.path());
-
-    // Two diverging histories under one key.
+    // No DHT: who talks to whom is the test's.
     let one = Peer::start_in(first, config().kademlia(false)).await;
     one.store
         .feed(&key)
@@ -30,32 +29,36 @@ async fn an_equivocating_writer_is_detected_and_its_feed_frozen() {
         .await
         .unwrap();
     let two = Peer::start_in(backup, config().kademlia(false)).await;
-    let feed_two = two.store.feed(&key).unwrap();
-    feed_two
+    two.store
+        .feed(&key)
+        .unwrap()
         .append_batch(vec![b"two".to_vec(), b"more".to_vec()])
         .await
         .unwrap();
+    (key, one, two)
+}
 
-    let reader = Peer::start(config().kademlia(false)).await;
-    let replica = reader.node.handle().replicate(key).await.unwrap();
-    reader
-        .node
-        .handle()
-        .dial(one.addr(Transport::Tcp).await)
-        .await
-        .unwrap();
-    wait_length(&replica, 11).await;
-
-    reader
-        .node
-        .handle()
-        .dial(two.addr(Transport::Tcp).await)
-        .await
-        .unwrap();
+/// `reader` takes `replica` (11 entries) from `one`, then meets `other`, which serves the
+/// second history: waits until the fork is detected.
+async fn meet_both(reader: &Peer, replica: &multibee_feed::Feed, one: &Peer, other: &Peer) {
+    let handle = reader.node.handle();
+    handle.dial(one.addr(Transport::Tcp).await).await.unwrap();
+    wait_length(replica, 11).await;
+    handle.dial(other.addr(Transport::Tcp).await).await.unwrap();
     let mut status = replica.subscribe();
     within("the fork to be detected", status.wait_for(|s| s.forked))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_equivocating_writer_is_detected_and_its_feed_frozen() {
+    let _watchdog = Watchdog::arm("fork::an_equivocating_writer_is_detected_and_its_feed_frozen");
+    let (key, one, two) = two_histories().await;
+    let feed_two = two.store.feed(&key).unwrap();
+    let reader = Peer::start(config().kademlia(false)).await;
+    let replica = reader.node.handle().replicate(key).await.unwrap();
+    meet_both(&reader, &replica, &one, &two).await;
     assert!(replica.fork_evidence().unwrap().is_some());
     assert_eq!(replica.length(), 11);
     assert_eq!(replica.get(10).unwrap(), Some(b"one".to_vec()));
@@ -90,27 +93,10 @@ async fn equivocation_forwarded_by_a_relay_freezes_the_feed_and_spares_the_relay
     let _watchdog = Watchdog::arm(
         "fork::equivocation_forwarded_by_a_relay_freezes_the_feed_and_spares_the_relay",
     );
+    let (key, one, two) = two_histories().await;
+    let feed_one = one.store.feed(&key).unwrap();
     // No DHT: who talks to whom is the test's.
     let config = || config().kademlia(false);
-    let first = tempfile::tempdir().unwrap();
-    let key = {
-        let store = Store::open(first.path()).unwrap();
-        let feed = store.create_feed().await.unwrap();
-        append(&feed, 0, 10).await;
-        feed.key()
-    };
-    let backup = tempfile::tempdir().unwrap();
-    copy_dir(first.path(), backup.path());
-    let one = Peer::start_in(first, config()).await;
-    let feed_one = one.store.feed(&key).unwrap();
-    feed_one.append(b"one".to_vec()).await.unwrap();
-    let two = Peer::start_in(backup, config()).await;
-    two.store
-        .feed(&key)
-        .unwrap()
-        .append_batch(vec![b"two".to_vec(), b"more".to_vec()])
-        .await
-        .unwrap();
 
     // The relay holds the second history, and a feed of its own.
     let relay = Peer::start(config()).await;
@@ -135,23 +121,7 @@ async fn equivocation_forwarded_by_a_relay_freezes_the_feed_and_spares_the_relay
         .replicate(relays_own.key())
         .await
         .unwrap();
-    honest
-        .node
-        .handle()
-        .dial(one.addr(Transport::Tcp).await)
-        .await
-        .unwrap();
-    wait_length(&replica, 11).await;
-    honest
-        .node
-        .handle()
-        .dial(relay.addr(Transport::Tcp).await)
-        .await
-        .unwrap();
-    let mut status = replica.subscribe();
-    within("the fork to be detected", status.wait_for(|s| s.forked))
-        .await
-        .unwrap();
+    meet_both(&honest, &replica, &one, &relay).await;
     let evidence = replica
         .fork_evidence()
         .unwrap()
