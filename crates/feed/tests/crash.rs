@@ -7,79 +7,18 @@
 //! `MULTIBEE_CRASH_DIR`. Rounds: `MULTIBEE_CRASH_ROUNDS` (default 20); seed:
 //! `MULTIBEE_CRASH_SEED` (printed on failure).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use multibee_feed::{Error, Store, proof};
 
+use crate::child::{next_after, spawn_self};
 use crate::common::{all_entries, run};
 
 const DIR_VAR: &str = "MULTIBEE_CRASH_DIR";
 
 /// How long any wait on the child may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Kills and reaps the child on every exit path, including a failed assertion.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Re-runs this test binary with only the ignored test `test`; its stdout lines arrive on the
-/// receiver (read on a thread, so that every wait on them can time out).
-fn spawn_self(test: &str, dir: &std::path::Path) -> (KillOnDrop, mpsc::Receiver<String>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            test,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(DIR_VAR, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    (KillOnDrop(child), rx)
-}
-
-/// The child's next line containing `word`, with what follows it (the harness may print its
-/// own words before ours on the same line); `Err` says why none came.
-fn next_after(
-    lines: &mpsc::Receiver<String>,
-    word: &str,
-    deadline: Instant,
-) -> Result<String, String> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => {
-                if let Some((_, rest)) = line.split_once(word) {
-                    return Ok(rest.to_string());
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => return Err(format!("none within {PATIENCE:?}")),
-            Err(RecvTimeoutError::Disconnected) => return Err("the child ended".into()),
-        }
-    }
-}
 
 /// The content of batch `seq` of task `task`, entry `j`.
 fn content(task: u64, seq: u64, j: u64) -> Vec<u8> {
@@ -139,7 +78,10 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let mut acked: Vec<(u64, u64, u64, u64)> = Vec::new();
     for round in 0..rounds {
-        let (child, lines) = spawn_self("crash::crash_child", dir.path());
+        let (child, lines) = spawn_self(
+            "crash::crash_child",
+            &[(DIR_VAR, dir.path().display().to_string())],
+        );
         // The child must make progress: each round it acknowledges `wanted` appends in time.
         let wanted = rng.usize(1..60);
         let deadline = Instant::now() + PATIENCE;
@@ -203,7 +145,10 @@ fn lock_child() {
 fn a_second_process_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let _store = Store::open(dir.path()).unwrap();
-    let (_child, lines) = spawn_self("crash::lock_child", dir.path());
+    let (_child, lines) = spawn_self(
+        "crash::lock_child",
+        &[(DIR_VAR, dir.path().display().to_string())],
+    );
     let result = next_after(&lines, "result ", Instant::now() + PATIENCE);
     assert_eq!(result.as_deref(), Ok("locked"));
 }

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod basic;
+mod child;
 mod common;
 mod crash;
 mod faults;

@@ -10,13 +10,15 @@
 //! `MULTIBEE_HLC_CRASH_SEED` (printed).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
+use child::{next_after, spawn_self};
 use multibee_multibee::{Hlc, ManualClock, MultiBee, Options, Value};
 use serde_json::json;
+
+#[path = "../../feed/tests/child.rs"]
+mod child;
 
 const DIR_VAR: &str = "MULTIBEE_HLC_CRASH_DIR";
 /// The round, so that the child's values grow across restarts.
@@ -24,50 +26,6 @@ const ROUND_VAR: &str = "MULTIBEE_HLC_CRASH_ROUND";
 
 /// How long any wait may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Kills and reaps the child on every exit path, including a failed assertion.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Re-runs this test binary with only the ignored test `test`; its stdout lines arrive on the
-/// receiver (read on a thread, so that every wait on them can time out).
-fn spawn_self(
-    test: &str,
-    dir: &std::path::Path,
-    round: u64,
-) -> (KillOnDrop, mpsc::Receiver<String>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            test,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(DIR_VAR, dir)
-        .env(ROUND_VAR, round.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    (KillOnDrop(child), rx)
-}
 
 /// Runs `f` to its end on a fresh runtime, failing the test if it takes longer than the
 /// patience.
@@ -137,27 +95,22 @@ fn the_hlc_survives_sigkill_ahead_of_every_acknowledged_write() {
     // Per key, the newest acknowledged write: (n, its timestamp).
     let mut acked: BTreeMap<String, (u64, Hlc)> = BTreeMap::new();
     for round in 0..rounds {
-        let (child, lines) = spawn_self("crash::hlc_child", dir.path(), round);
+        let envs = [
+            (DIR_VAR, dir.path().display().to_string()),
+            (ROUND_VAR, round.to_string()),
+        ];
+        let (child, lines) = spawn_self("crash::hlc_child", &envs);
         let wanted = 1 + below(40);
         let mut seen = 0;
         let deadline = Instant::now() + PATIENCE;
         while seen < wanted {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match lines.recv_timeout(left) {
-                Ok(line) => line,
-                Err(RecvTimeoutError::Timeout) => panic!(
+            let ack = next_after(&lines, "ack ", deadline).unwrap_or_else(|why| {
+                panic!(
                     "seed {seed} round {round}: the child acknowledged {seen} of {wanted} \
-                     writes within {PATIENCE:?}"
-                ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "seed {seed} round {round}: the child ended after acknowledging {seen} of \
-                     {wanted} writes"
-                ),
-            };
-            // The harness may print its own words before ours on the same line.
-            let Some((_, ack)) = line.split_once("ack ") else {
-                continue;
-            };
+                     writes within {PATIENCE:?}: {why}"
+                )
+            });
+            let ack = ack.as_str();
             let fields: Vec<&str> = ack.split(' ').collect();
             let (n, ts) = (fields[1].parse().unwrap(), Hlc(fields[2].parse().unwrap()));
             acked.insert(fields[0].to_string(), (n, ts));
