@@ -23,6 +23,13 @@ const MERGE_CHUNK: u64 = 4096;
 
 /// One peer of a multi-writer database: its own `store` and `diff` bees, the writers whose
 /// diff feeds it merges, its HLC and its merge cursors, all in one folder. Cheap to clone.
+///
+/// **Cancel safety.** Every write (`put`, `patch`, `del`, `batch`, `add_writer`,
+/// `remove_writer`, `expel_writer`, `create_invite`, `redeem_invite`, `ingest`, `merge`) runs
+/// as one job of the folder's single writer, in one transaction: dropping its future before it
+/// completes never applies part of it, but the job may already be queued, and then it commits
+/// anyway (the caller just does not learn the outcome; read back to find out). Reading streams
+/// ([`crate::Changes::next`]) are cancel-safe: a cancelled wait loses nothing.
 #[derive(Clone, Debug)]
 pub struct MultiBee {
     inner: Arc<Inner>,
