@@ -31,7 +31,8 @@ pub struct Options {
     /// The database this peer belongs to (its first writer's diff feed key). `None` (the
     /// default): a new folder starts a new database whose first writer is this peer; a folder
     /// that exists keeps the database it has. Set it to join an existing database (see
-    /// [`crate::MultiBee::join`]): the peer's writes count once a member adds it.
+    /// `multibee::join` in the root crate, with a ticket): the peer's writes count once a
+    /// member adds it.
     pub database: Option<multibee_feed::FeedKey>,
     /// Merge replicated diffs as soon as they are stored (default). Off: only
     /// [`crate::MultiBee::merge`] and [`crate::MultiBee::ingest`] merge.
