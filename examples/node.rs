@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 
 /// A multibee peer: a leaderless multi-writer document store served over libp2p.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, after_help = STDIN_HELP)]
 struct Args {
     /// The folder holding this peer's data.
     #[arg(long, default_value = "./multibee-data")]
@@ -69,6 +69,17 @@ struct Args {
     )]
     clock_offset_ms: i64,
 }
+
+/// What `--help` says of stdin and stdout.
+const STDIN_HELP: &str = "\
+Commands on stdin, one per line, each answered with one JSON line carrying \"ok\":
+  put KEY JSON | patch KEY JSON | get KEY | del KEY
+  list [PREFIX] [--limit N] [--start KEY]   (1000 entries by default; \"more\" and \"next\")
+  writer add KEY | writer remove KEY | invite | dial ADDR
+  conflicts KEY | history KEY | status | quit
+A bad line (not UTF-8, over 16 MiB, unknown) is answered with an error; the node goes on.
+Event lines carry \"event\": ready, change, peer_connected, peer_disconnected, peer_rejected,
+future_timestamp, invalid_diff, writer_frozen, merged.";
 
 /// The system clock moved by a fixed offset.
 #[derive(Debug)]

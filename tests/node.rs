@@ -685,3 +685,18 @@ fn a_restarted_node_keeps_its_peer_id() {
     assert_eq!(a.ready["peer_id"], peer_id);
     a.stop();
 }
+
+#[test]
+fn help_documents_the_stdin_commands_and_event_lines() {
+    let out = output_within(Command::new(node_binary()).arg("--help"));
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "list [PREFIX] [--limit N] [--start KEY]",
+        "writer add KEY",
+        "peer_connected",
+        "invalid_diff",
+    ] {
+        assert!(help.contains(word), "{word}: {help}");
+    }
+}
