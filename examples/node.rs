@@ -11,7 +11,9 @@
 //! `put KEY JSON`, `patch KEY JSON` (a JSON merge patch), `get KEY`, `del KEY`,
 //! `list [PREFIX] [--limit N] [--start KEY]` (at most N entries, 1000 by default, from KEY on;
 //! `"more":true,"next":KEY` when more remain: pass that KEY as `--start` for the next page),
-//! `writer add KEY`, `writer remove KEY` (replicated membership operations),
+//! `writer add KEY` (refuses this node's own diff and store keys with the reason; another
+//! peer's store key is not recognized: it is accepted, and its entries are reported as
+//! `invalid_diff` events), `writer remove KEY` (replicated membership operations),
 //! `invite` (answers a `ticket` that `--join TICKET` takes on a new peer), `dial ADDR`,
 //! `conflicts KEY`, `history KEY`, `status`, `quit`. Answers carry `"ok"`; other
 //! lines carry `"event"` (a change to the merged store, a peer connected or rejected). End of

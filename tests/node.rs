@@ -700,3 +700,21 @@ fn help_documents_the_stdin_commands_and_event_lines() {
         assert!(help.contains(word), "{word}: {help}");
     }
 }
+
+#[test]
+fn writer_add_refuses_the_nodes_own_feeds_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Node::start(dir.path(), &[]);
+    let status = a.ok("status");
+    let feeds = status["feeds"].as_array().unwrap();
+    let store = feeds.iter().find(|f| f["role"] == "store").unwrap()["key"].clone();
+    for key in [store.as_str().unwrap().to_string(), a.diff_key()] {
+        let refused = a.cmd(&format!("writer add {key}"));
+        assert_eq!(refused["ok"], false, "{refused}");
+        assert!(
+            refused["error"].as_str().unwrap().contains("own feeds"),
+            "{refused}"
+        );
+    }
+    a.stop();
+}
