@@ -5,14 +5,21 @@
 //! cargo run --release --example node -- --dir ./a
 //! ```
 //!
-//! Once listening it prints
+//! The peer's libp2p identity is kept in the folder (`identity.key`, owner-only), so its peer id
+//! is the same after a restart. Once listening it prints
 //! `{"event":"ready","peer_id":..,"diff_key":..,"database":..,"listen":[..]}`. Then:
 //! `put KEY JSON`, `patch KEY JSON` (a JSON merge patch), `get KEY`, `del KEY`,
-//! `list [PREFIX]`, `writer add KEY`, `writer remove KEY` (replicated membership operations),
+//! `list [PREFIX] [--limit N] [--start KEY]` (at most N entries, 1000 by default, from KEY on;
+//! `"more":true,"next":KEY` when more remain: pass that KEY as `--start` for the next page),
+//! `writer add KEY` (refuses this node's own diff and store keys with the reason; another
+//! peer's store key is not recognized: it is accepted, and its entries are reported as
+//! `invalid_diff` events), `writer remove KEY` (replicated membership operations),
 //! `invite` (answers a `ticket` that `--join TICKET` takes on a new peer), `dial ADDR`,
 //! `conflicts KEY`, `history KEY`, `status`, `quit`. Answers carry `"ok"`; other
 //! lines carry `"event"` (a change to the merged store, a peer connected or rejected). End of
-//! input, SIGINT and SIGTERM shut it down cleanly. Logs go to stderr (`RUST_LOG`).
+//! input, SIGINT and SIGTERM shut it down cleanly. A bad line (not UTF-8, longer than 16 MiB, an
+//! unknown command) is answered with an error quoting at most its first 64 characters, and the
+//! node goes on. Logs go to stderr (`RUST_LOG`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -30,7 +37,7 @@ use tokio::sync::mpsc;
 
 /// A multibee peer: a leaderless multi-writer document store served over libp2p.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, after_help = STDIN_HELP)]
 struct Args {
     /// The folder holding this peer's data.
     #[arg(long, default_value = "./multibee-data")]
@@ -64,6 +71,17 @@ struct Args {
     )]
     clock_offset_ms: i64,
 }
+
+/// What `--help` says of stdin and stdout.
+const STDIN_HELP: &str = "\
+Commands on stdin, one per line, each answered with one JSON line carrying \"ok\":
+  put KEY JSON | patch KEY JSON | get KEY | del KEY
+  list [PREFIX] [--limit N] [--start KEY]   (1000 entries by default; \"more\" and \"next\")
+  writer add KEY | writer remove KEY | invite | dial ADDR
+  conflicts KEY | history KEY | status | quit
+A bad line (not UTF-8, over 16 MiB, unknown) is answered with an error; the node goes on.
+Event lines carry \"event\": ready, change, peer_connected, peer_disconnected, peer_rejected,
+future_timestamp, invalid_diff, writer_frozen, merged.";
 
 /// The system clock moved by a fixed offset.
 #[derive(Debug)]
@@ -112,6 +130,47 @@ fn fail(message: &str) -> ! {
     std::process::exit(1);
 }
 
+/// The file in the folder holding this peer's libp2p identity (an ed25519 keypair in libp2p's
+/// protobuf encoding, readable by the owner only): the peer id stays the same across restarts.
+const IDENTITY_FILE: &str = "identity.key";
+
+/// The folder's identity, or a new one (`true`: not saved yet).
+fn load_identity(dir: &std::path::Path) -> Result<(libp2p::identity::Keypair, bool), String> {
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => libp2p::identity::Keypair::from_protobuf_encoding(&bytes)
+            .map(|key| (key, false))
+            .map_err(|e| format!("{} holds no identity: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok((libp2p::identity::Keypair::generate_ed25519(), true))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Saves `identity` in the folder, owner-only, whole or not at all.
+fn save_identity(
+    dir: &std::path::Path,
+    identity: &libp2p::identity::Keypair,
+) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(IDENTITY_FILE);
+    let temp = dir.join(format!("{IDENTITY_FILE}.new"));
+    let failed = |e: &dyn std::fmt::Display| format!("cannot save {}: {e}", path.display());
+    let bytes = identity.to_protobuf_encoding().map_err(|e| failed(&e))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(|e| failed(&e))?;
+    file.write_all(&bytes).map_err(|e| failed(&e))?;
+    file.sync_all().map_err(|e| failed(&e))?;
+    std::fs::rename(&temp, &path).map_err(|e| failed(&e))
+}
+
 /// Writes whole lines to stdout, one writer for answers and events alike.
 #[derive(Clone)]
 struct Out(mpsc::Sender<String>);
@@ -131,6 +190,8 @@ async fn run(args: Args) -> Result<(), String> {
     for addr in args.dial.iter().chain(&args.bootstrap) {
         config = config.dial(addr.clone());
     }
+    let (identity, new_identity) = load_identity(&args.dir)?;
+    config = config.identity(identity.clone());
     let options = Options::default().clock(OffsetClock(args.clock_offset_ms));
     let served = match &args.join {
         Some(ticket) => multibee::join(&args.dir, ticket, options, config)
@@ -146,6 +207,14 @@ async fn run(args: Args) -> Result<(), String> {
         }
     };
     let mb = served.multibee().clone();
+    if new_identity {
+        // The folder exists (and is this process's) once the store is open.
+        if let Err(e) = save_identity(&args.dir, &identity) {
+            served.shutdown().await;
+            mb.close().await;
+            return Err(e);
+        }
+    }
     for key in &args.writer {
         served
             .add_writer(*key)
@@ -197,18 +266,102 @@ async fn run(args: Args) -> Result<(), String> {
     result
 }
 
+/// The longest command line read; a longer one is answered with an error and skipped.
+const MAX_LINE: usize = 16 << 20;
+
+/// How much of a bad input an error message quotes.
+const QUOTE_CHARS: usize = 64;
+
+/// At most the first [`QUOTE_CHARS`] characters of `input`, marked when cut.
+fn quote(input: &str) -> String {
+    match input.char_indices().nth(QUOTE_CHARS) {
+        Some((end, _)) => format!("{:?}...", &input[..end]),
+        None => format!("{input:?}"),
+    }
+}
+
+/// One line of stdin: a command, or why it cannot be one.
+enum Line {
+    Text(String),
+    Bad(String),
+}
+
+/// Reads the next line (without its newline) holding at most [`MAX_LINE`] bytes; `None` at the
+/// end of input. A longer line is read to its end and discarded, keeping only a prefix to quote.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> std::io::Result<Option<Line>> {
+    let mut line = Vec::new();
+    let mut overlong = false;
+    let mut read_any = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            if !read_any {
+                return Ok(None);
+            }
+            break;
+        }
+        read_any = true;
+        let (chunk, used, end) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..i], i + 1, true),
+            None => (available, available.len(), false),
+        };
+        if !overlong && line.len() + chunk.len() > max {
+            overlong = true;
+        }
+        if !overlong {
+            line.extend_from_slice(chunk);
+        } else if line.len() < 4 * QUOTE_CHARS {
+            let room = 4 * QUOTE_CHARS - line.len();
+            line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        reader.consume(used);
+        if end {
+            break;
+        }
+    }
+    let prefix = |bytes: &[u8]| {
+        let head = &bytes[..bytes.len().min(4 * QUOTE_CHARS)];
+        quote(&String::from_utf8_lossy(head))
+    };
+    if overlong {
+        let error = format!("the line is longer than {max} bytes: {}", prefix(&line));
+        return Ok(Some(Line::Bad(error)));
+    }
+    Ok(Some(match String::from_utf8(line) {
+        Ok(text) => Line::Text(text),
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let bytes = e.into_bytes();
+            Line::Bad(format!(
+                "the line is not UTF-8 (byte {at}): {}",
+                prefix(&bytes)
+            ))
+        }
+    }))
+}
+
 /// Reads commands until `quit`, end of input, SIGINT or SIGTERM.
 async fn commands(served: &Served, out: &Out) -> Result<(), String> {
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin = BufReader::new(tokio::io::stdin());
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         let line = tokio::select! {
-            line = lines.next_line() => line.map_err(|e| format!("reading stdin: {e}"))?,
+            line = read_line(&mut stdin, MAX_LINE) => line.map_err(|e| format!("reading stdin: {e}"))?,
             _ = term.recv() => None,
             _ = int.recv() => None,
         };
-        let Some(line) = line else { return Ok(()) };
+        let line = match line {
+            None => return Ok(()),
+            Some(Line::Text(line)) => line,
+            Some(Line::Bad(error)) => {
+                out.send(json!({"ok": false, "error": error})).await;
+                continue;
+            }
+        };
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -264,11 +417,24 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
             fields.insert("version".into(), json!(version));
         }
         "list" => {
+            let (prefix, limit, start) = list_args(rest)?;
+            let mut opts = multibee::db::RangeOptions::all()
+                .gte(start.max(prefix))
+                .limit(limit + 1);
+            if let Some(end) = prefix_end(prefix.as_bytes()) {
+                opts = opts.lt(end);
+            }
             let mut entries = Vec::new();
-            for entry in mb.list(rest.as_bytes()).map_err(|e| e.to_string())? {
+            for entry in mb.range(&opts).map_err(|e| e.to_string())? {
                 let (key, value) = entry.map_err(|e| e.to_string())?;
+                if entries.len() == limit {
+                    fields.insert("more".into(), json!(true));
+                    fields.insert("next".into(), json!(text(&key)));
+                    break;
+                }
                 entries.push(json!({"key": text(&key), "value": to_json(&value)}));
             }
+            fields.entry("more").or_insert(json!(false));
             fields.insert("entries".into(), Json::Array(entries));
         }
         "writer" => {
@@ -279,7 +445,8 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
                 "remove" => served.remove_writer(key).await.map_err(|e| e.to_string())?,
                 other => {
                     return Err(format!(
-                        "unknown writer action {other:?}: use add or remove"
+                        "unknown writer action {}: use add or remove",
+                        quote(other)
                     ));
                 }
             }
@@ -344,9 +511,46 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
             );
             fields.insert("feeds".into(), Json::Array(feeds));
         }
-        other => return Err(format!("unknown command {other:?}")),
+        other => return Err(format!("unknown command {}", quote(other))),
     }
     Ok(fields)
+}
+
+/// How many entries `list` answers unless `--limit` says.
+const LIST_LIMIT: usize = 1000;
+
+/// `[PREFIX] [--limit N] [--start KEY]`: the prefix, the limit and the first key.
+fn list_args(rest: &str) -> Result<(&str, usize, &str), String> {
+    let usage = "usage: list [PREFIX] [--limit N] [--start KEY]";
+    let (mut prefix, mut limit, mut start) = (None, LIST_LIMIT, "");
+    let mut words = rest.split_whitespace();
+    while let Some(word) = words.next() {
+        match word {
+            "--limit" => {
+                limit = words
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n: &usize| n > 0)
+                    .ok_or(format!("--limit takes a number above 0; {usage}"))?;
+            }
+            "--start" => start = words.next().ok_or(usage)?,
+            _ if prefix.is_none() && !word.starts_with("--") => prefix = Some(word),
+            _ => return Err(format!("unexpected {}; {usage}", quote(word))),
+        }
+    }
+    Ok((prefix.unwrap_or(""), limit, start))
+}
+
+/// The smallest key above every key starting with `prefix` (`None`: no bound).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 fn one_arg<'a>(rest: &'a str, usage: &str) -> Result<&'a str, String> {

@@ -266,6 +266,14 @@ impl Node {
         stdin.flush()
     }
 
+    /// Sends raw bytes (a newline is not added) and returns the next answer.
+    pub fn cmd_bytes(&mut self, bytes: &[u8]) -> Json {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+        self.answer()
+    }
+
     /// Sends a command that must succeed.
     pub fn ok(&mut self, line: &str) -> Json {
         let answer = self.cmd(line);
@@ -594,5 +602,119 @@ fn patch_del_conflicts_history_and_writer_remove_between_two_nodes() {
         json!({"title": "final", "tags": ["x"]})
     );
     b.stop();
+    a.stop();
+}
+
+#[test]
+fn bad_lines_get_an_error_quoting_a_short_prefix_and_the_node_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Node::start(dir.path(), &[]);
+    let not_utf8 = a.cmd_bytes(b"put k \xff\xfe {}\n");
+    assert_eq!(not_utf8["ok"], false, "{not_utf8}");
+    assert!(
+        not_utf8["error"].as_str().unwrap().contains("not UTF-8"),
+        "{not_utf8}"
+    );
+    // A line over 16 MiB, then a good command right behind it.
+    let mut long = vec![b'x'; (16 << 20) + 10];
+    long.push(b'\n');
+    let too_long = a.cmd_bytes(&long);
+    assert_eq!(too_long["ok"], false);
+    let error = too_long["error"].as_str().unwrap();
+    assert!(error.contains("longer than"), "{error}");
+    assert!(error.len() < 200, "{error}");
+    let unknown = a.cmd(&format!("{} arg", "y".repeat(10_000)));
+    let error = unknown["error"].as_str().unwrap();
+    assert!(error.contains("unknown command"), "{error}");
+    assert!(error.len() < 200, "{error}");
+    a.ok(r#"put k {"v":1}"#);
+    assert_eq!(a.ok("get k")["value"], json!({"v": 1}));
+    a.stop();
+}
+
+#[test]
+fn list_pages_with_limit_and_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Node::start(dir.path(), &[]);
+    for i in 0..5 {
+        a.ok(&format!("put p/{i} {i}"));
+    }
+    a.ok("put q/0 0");
+    let all = a.ok("list p/");
+    assert_eq!(all["entries"].as_array().unwrap().len(), 5);
+    assert_eq!(all["more"], false);
+    let first = a.ok("list p/ --limit 2");
+    let keys = |page: &Json| -> Vec<String> {
+        page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(keys(&first), ["p/0", "p/1"]);
+    assert_eq!(first["more"], true);
+    assert_eq!(first["next"], "p/2");
+    let second = a.ok("list p/ --limit 2 --start p/2");
+    assert_eq!(keys(&second), ["p/2", "p/3"]);
+    let last = a.ok("list p/ --start p/4 --limit 2");
+    assert_eq!(keys(&last), ["p/4"]);
+    assert_eq!(last["more"], false);
+    assert_eq!(keys(&a.ok("list --limit 1 --start q")), ["q/0"]);
+    assert_eq!(a.cmd("list --limit 0")["ok"], false);
+    assert_eq!(a.cmd("list a b")["ok"], false);
+    a.stop();
+}
+
+#[test]
+fn a_restarted_node_keeps_its_peer_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(dir.path(), &[]);
+    let peer_id = a.ready["peer_id"].clone();
+    a.stop();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dir.path().join("identity.key")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+    let a = Node::start(dir.path(), &[]);
+    assert_eq!(a.ready["peer_id"], peer_id);
+    a.kill();
+    let a = Node::start(dir.path(), &[]);
+    assert_eq!(a.ready["peer_id"], peer_id);
+    a.stop();
+}
+
+#[test]
+fn help_documents_the_stdin_commands_and_event_lines() {
+    let out = output_within(Command::new(node_binary()).arg("--help"));
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "list [PREFIX] [--limit N] [--start KEY]",
+        "writer add KEY",
+        "peer_connected",
+        "invalid_diff",
+    ] {
+        assert!(help.contains(word), "{word}: {help}");
+    }
+}
+
+#[test]
+fn writer_add_refuses_the_nodes_own_feeds_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Node::start(dir.path(), &[]);
+    let status = a.ok("status");
+    let feeds = status["feeds"].as_array().unwrap();
+    let store = feeds.iter().find(|f| f["role"] == "store").unwrap()["key"].clone();
+    for key in [store.as_str().unwrap().to_string(), a.diff_key()] {
+        let refused = a.cmd(&format!("writer add {key}"));
+        assert_eq!(refused["ok"], false, "{refused}");
+        assert!(
+            refused["error"].as_str().unwrap().contains("own feeds"),
+            "{refused}"
+        );
+    }
     a.stop();
 }

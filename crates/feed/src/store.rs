@@ -287,6 +287,7 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         create_private_dir(&dir)?;
         let lock = Arc::new(lock_folder(&dir)?);
+        restrict_own_dir(&dir, &lock)?;
         let path = dir.join(DB_FILE);
         // redb panics on some damaged files instead of returning an error; a damaged file is
         // input we do not control, so it becomes an error here.
@@ -646,14 +647,40 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Creates `dir` (and missing parents) readable by the owner only. An existing folder must open
+/// before anything is changed in it: one this process cannot open is left exactly as it is.
 fn create_private_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    if dir.is_dir() {
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(format!("restricting {}", dir.display()), e))?;
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+}
+
+/// Makes the folder owner-only (it holds secret keys) if this process owns it (owns it as it
+/// owns the lock file it just created there); another user's folder is never changed.
+fn restrict_own_dir(dir: &Path, lock: &std::fs::File) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let folder = std::fs::metadata(dir)
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        let ours = lock
+            .metadata()
+            .map_err(|e| Error::io(format!("reading the lock of {}", dir.display()), e))?;
+        if folder.uid() == ours.uid() && folder.mode() & 0o777 != 0o700 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io(format!("restricting {}", dir.display()), e))?;
+        }
     }
     Ok(())
 }

@@ -78,3 +78,34 @@ fn a_damaged_feed_record_is_named_in_the_error() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn opening_never_changes_a_folder_it_cannot_open_or_does_not_own() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = |p: &std::path::Path| std::fs::metadata(p).unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let running_as = meta(parent.path()).uid();
+    // A folder of another user (only root can make one): left exactly as it is.
+    let theirs = parent.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if running_as == 0 {
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        drop(Store::open(&theirs));
+        assert_eq!(meta(&theirs).mode() & 0o777, 0o755);
+    }
+    // A folder this process cannot open (root can open any): an error, and unchanged.
+    let closed = parent.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if std::fs::read_dir(&closed).is_err() {
+        assert!(Store::open(&closed).is_err());
+        assert_eq!(meta(&closed).mode() & 0o777, 0o000);
+    }
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A folder the store creates, parents included, is the owner's only.
+    let fresh = parent.path().join("a").join("b");
+    drop(Store::open(&fresh).unwrap());
+    assert_eq!(meta(&fresh).mode() & 0o077, 0);
+}
