@@ -532,3 +532,59 @@ async fn a_bound_server_answers_and_shuts_down() {
     assert!(tokio::net::TcpStream::connect(&addr).await.is_err());
     mb.close().await;
 }
+
+/// The address (`host:port`) of a node's HTTP API, from its ready line.
+fn http_addr(node: &crate::node::Node) -> String {
+    let url = node.ready["http"]
+        .as_str()
+        .expect("an http address")
+        .to_string();
+    url.strip_prefix("http://").unwrap().to_string()
+}
+
+#[test]
+fn two_nodes_with_http_replicate_and_outlive_their_stdin() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = crate::node::Node::start(dir_a.path(), &["--http", "127.0.0.1:0"]);
+    let ticket = a.ok("invite")["ticket"].as_str().unwrap().to_string();
+    a.close_stdin();
+    let mut b =
+        crate::node::Node::start(dir_b.path(), &["--join", &ticket, "--http", "127.0.0.1:0"]);
+    b.close_stdin();
+    let (http_a, http_b) = (http_addr(&a), http_addr(&b));
+    rt.block_on(async {
+        let (status, info) = http_request(&http_a, "GET", "/", "").await;
+        assert_eq!(status, 200);
+        assert_eq!(info["diff_key"], a.ready["diff_key"]);
+        let (status, _) = http_request(&http_a, "PUT", "/docs/from%20a", r#"{"n":1}"#).await;
+        assert_eq!(status, 200);
+        // Long polls on B until the write arrives (each answers at once if it already has).
+        let mut since = 0;
+        loop {
+            let path = format!("/_changes?since={since}&feed=longpoll&timeout=60000");
+            let (status, changes) = http_request(&http_b, "GET", &path, "").await;
+            assert_eq!(status, 200, "{changes}");
+            if changes["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["key"] == "from a")
+            {
+                break;
+            }
+            since = changes["last_seq"].as_u64().unwrap();
+        }
+        let (status, doc) = http_request(&http_b, "GET", "/docs/from%20a", "").await;
+        assert_eq!(
+            (status, doc),
+            (200, json!({"key": "from a", "doc": {"n": 1}}))
+        );
+        for addr in [&http_a, &http_b] {
+            let (status, _) = http_request(addr, "POST", "/_shutdown", "").await;
+            assert_eq!(status, 200);
+        }
+    });
+    a.wait_exit("POST /_shutdown");
+    b.wait_exit("POST /_shutdown");
+}
