@@ -20,6 +20,9 @@
 //! input, SIGINT and SIGTERM shut it down cleanly. A bad line (not UTF-8, longer than 16 MiB, an
 //! unknown command) is answered with an error quoting at most its first 64 characters, and the
 //! node goes on. Logs go to stderr (`RUST_LOG`).
+//! With `--http ADDR` it also serves the HTTP API (`multibee::http`; the ready line gains
+//! `"http":"http://HOST:PORT"`) and keeps running when stdin closes, until SIGINT, SIGTERM or
+//! `POST /_shutdown`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -70,6 +73,11 @@ struct Args {
         default_value_t = 0
     )]
     clock_offset_ms: i64,
+    /// Serve the HTTP API (`multibee::http`) on this address (port 0: one the OS chooses);
+    /// the node then keeps running when stdin closes, until SIGINT, SIGTERM or
+    /// `POST /_shutdown`.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
 }
 
 /// What `--help` says of stdin and stdout.
@@ -238,22 +246,37 @@ async fn run(args: Args) -> Result<(), String> {
             }
         }
     });
-    out.send(json!({
+    let mut ready = json!({
         "event": "ready",
         "peer_id": served.peer_id().to_string(),
         "diff_key": mb.diff_key().to_string(),
         "database": mb.database().map(|d| d.to_string()).unwrap_or_default(),
         "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-    }))
-    .await;
+    });
+    let http = match args.http {
+        Some(addr) => {
+            let api = multibee::http::HttpApi::served(&served);
+            let requested = api.shutdown_requested();
+            let server = multibee::http::serve_http(addr, api)
+                .await
+                .map_err(|e| format!("cannot serve HTTP on {addr}: {e}"))?;
+            ready["http"] = json!(format!("http://{}", server.local_addr()));
+            Some((server, requested))
+        }
+        None => None,
+    };
+    out.send(ready).await;
 
     let background = [
         tokio::spawn(print_changes(mb.clone(), out.clone())),
         tokio::spawn(print_node_events(served.subscribe(), out.clone())),
         tokio::spawn(print_db_events(mb.events(), out.clone())),
     ];
-    let result = commands(&served, &out).await;
+    let result = commands(&served, &out, http.as_ref().map(|(_, r)| r.clone())).await;
     tracing::info!("shutting down");
+    if let Some((server, _)) = http {
+        server.shutdown().await;
+    }
     for task in background {
         task.abort();
     }
@@ -343,19 +366,39 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     }))
 }
 
-/// Reads commands until `quit`, end of input, SIGINT or SIGTERM.
-async fn commands(served: &Served, out: &Out) -> Result<(), String> {
+/// Reads commands until `quit`, end of input, SIGINT or SIGTERM; with `http` (the HTTP API's
+/// `POST /_shutdown`), until that instead of the end of input.
+async fn commands(
+    served: &Served,
+    out: &Out,
+    http: Option<std::sync::Arc<tokio::sync::Notify>>,
+) -> Result<(), String> {
     let mut stdin = BufReader::new(tokio::io::stdin());
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut stdin_open = true;
+    let requested = async {
+        match &http {
+            Some(r) => r.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(requested);
     loop {
         let line = tokio::select! {
-            line = read_line(&mut stdin, MAX_LINE) => line.map_err(|e| format!("reading stdin: {e}"))?,
-            _ = term.recv() => None,
-            _ = int.recv() => None,
+            line = read_line(&mut stdin, MAX_LINE), if stdin_open => line.map_err(|e| format!("reading stdin: {e}"))?,
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = &mut requested => return Ok(()),
         };
         let line = match line {
-            None => return Ok(()),
+            None => {
+                if http.is_some() {
+                    stdin_open = false;
+                    continue;
+                }
+                return Ok(());
+            }
             Some(Line::Text(line)) => line,
             Some(Line::Bad(error)) => {
                 out.send(json!({"ok": false, "error": error})).await;

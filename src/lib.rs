@@ -60,6 +60,7 @@ pub use multibee_multibee::{
 pub use multibee_net::{Config, Multiaddr, PeerId};
 pub use ticket::{Ticket, TicketError};
 
+pub mod http;
 mod join;
 mod ticket;
 

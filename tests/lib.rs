@@ -3,6 +3,7 @@
 
 mod common;
 mod hostile_writer;
+mod http;
 mod join;
 mod netns;
 mod node;

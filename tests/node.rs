@@ -299,6 +299,16 @@ impl Node {
         self.clean_exit("end of input");
     }
 
+    /// Closes stdin (a node with `--http` keeps running).
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
+    }
+
+    /// Waits for a clean exit caused by something else (`cause`).
+    pub fn wait_exit(mut self, cause: &str) {
+        self.clean_exit(cause);
+    }
+
     /// Sends SIGTERM (stdin stays open) and waits for a clean exit.
     pub fn terminate(mut self) {
         let pid = self.child.id().to_string();
