@@ -464,7 +464,7 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
             let mut opts = multibee::db::RangeOptions::all()
                 .gte(start.max(prefix))
                 .limit(limit + 1);
-            if let Some(end) = prefix_end(prefix.as_bytes()) {
+            if let Some(end) = multibee::db::prefix_end(prefix.as_bytes()) {
                 opts = opts.lt(end);
             }
             let mut entries = Vec::new();
@@ -582,18 +582,6 @@ fn list_args(rest: &str) -> Result<(&str, usize, &str), String> {
         }
     }
     Ok((prefix.unwrap_or(""), limit, start))
-}
-
-/// The smallest key above every key starting with `prefix` (`None`: no bound).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xFF {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 fn one_arg<'a>(rest: &'a str, usage: &str) -> Result<&'a str, String> {

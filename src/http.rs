@@ -339,18 +339,6 @@ fn check_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-/// The smallest key greater than every key starting with `prefix` (`None`: no such key).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 async fn range(
     State(api): State<HttpApi>,
     params: Result<Query<RangeParams>, QueryRejection>,
@@ -358,7 +346,7 @@ async fn range(
     let Query(params) = params?;
     let limit = check_limit(params.limit)?;
     let prefix = params.prefix.unwrap_or_default().into_bytes();
-    let end = prefix_end(&prefix);
+    let end = multibee_multibee::prefix_end(&prefix);
     let start = params.start.map(String::into_bytes);
     let mut opts = RangeOptions {
         reverse: params.reverse,

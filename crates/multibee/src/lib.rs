@@ -93,7 +93,7 @@ pub use merge::{Diff, LastWriterWins, Merge};
 pub use multibee_bee::RangeOptions;
 pub use multibee_feed::FeedKey;
 pub use options::{Event, Options};
-pub use peer::{MultiBee, WriterInfo};
+pub use peer::{MultiBee, WriterInfo, prefix_end};
 pub use tables::WriterState;
 pub use txn::BatchOp;
 pub use value::{MAX_DEPTH, Value};

@@ -657,8 +657,9 @@ pub(crate) fn prefix_range(prefix: &[u8]) -> RangeOptions {
     }
 }
 
-/// The smallest key greater than every key starting with `prefix` (`None`: no such key).
-pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+/// The smallest key greater than every key starting with `prefix` (`None`: no such key): the
+/// exclusive end of a prefix range.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xFF {
