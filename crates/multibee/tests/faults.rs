@@ -8,11 +8,21 @@ use std::fmt::Debug;
 
 use multibee_feed::faults::{Fault, Faults};
 use multibee_feed::{FeedKey, SyncMode};
-use multibee_multibee::{BatchOp, Event, Hlc, ManualClock, MultiBee, Value};
+use multibee_multibee::{BatchOp, Event, Hlc, ManualClock, MultiBee, Options, Value};
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
 use crate::support::{Peer, options, run, within};
+
+/// A durable peer in a new folder whose database file sits on a fault-injecting backend.
+async fn open_on_faults(options: Options) -> (tempfile::TempDir, Faults, MultiBee) {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let mb = MultiBee::open_with(dir.path(), options.backend(faults.backend()))
+        .await
+        .unwrap();
+    (dir, faults, mb)
+}
 
 #[test]
 fn failed_writes_fsyncs_and_a_full_disk_lose_nothing_acknowledged() {
@@ -20,12 +30,8 @@ fn failed_writes_fsyncs_and_a_full_disk_lose_nothing_acknowledged() {
         run(async {
             let remote = Peer::new(1_000_000).await;
             let clock = ManualClock::new(1_000_000);
-            let dir = tempfile::tempdir().unwrap();
-            let faults = Faults::new();
             let durable = || options(&clock).sync(SyncMode::Durable);
-            let mb = MultiBee::open_with(dir.path(), durable().backend(faults.backend()))
-                .await
-                .unwrap();
+            let (dir, faults, mb) = open_on_faults(durable()).await;
             mb.add_writer(remote.key()).await.unwrap();
             for i in 0..20 {
                 mb.put(format!("doc{i}"), json!({"n": i})).await.unwrap();
@@ -246,12 +252,8 @@ fn the_hlc_after_a_fault_and_a_reopen_is_at_least_every_timestamp_acknowledged()
             // A remote clock 30 s ahead (within the drift): merging its diff raises the HLC.
             let ahead = Peer::new(1_030_000).await;
             let clock = ManualClock::new(1_000_000);
-            let dir = tempfile::tempdir().unwrap();
-            let faults = Faults::new();
             let durable = || options(&clock).sync(SyncMode::Durable);
-            let mb = MultiBee::open_with(dir.path(), durable().backend(faults.backend()))
-                .await
-                .unwrap();
+            let (dir, faults, mb) = open_on_faults(durable()).await;
             mb.add_writer(ahead.key()).await.unwrap();
             mb.put("local", json!(1)).await.unwrap();
             ahead.mb.put("remote", json!(2)).await.unwrap();
