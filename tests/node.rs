@@ -338,14 +338,19 @@ impl Node {
     }
 }
 
+/// Two nodes, B dialing A, each counting the other's writes.
+fn counting_each_other(dir_a: &Path, dir_b: &Path) -> (Node, Node) {
+    let mut a = Node::start(dir_a, &[]);
+    let b = Node::start(dir_b, &["--dial", &a.addr(), "--writer", &a.diff_key()]);
+    a.ok(&format!("writer add {}", b.diff_key()));
+    (a, b)
+}
+
 #[test]
 fn two_nodes_replicate_merge_concurrent_edits_and_survive_sigkill() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = Node::start(dir_a.path(), &[]);
-    let a_key = a.diff_key();
-    let mut b = Node::start(dir_b.path(), &["--dial", &a.addr(), "--writer", &a_key]);
-    let b_key = b.diff_key();
-    a.ok(&format!("writer add {b_key}"));
+    let (mut a, mut b) = counting_each_other(dir_a.path(), dir_b.path());
+    let (a_key, b_key) = (a.diff_key(), b.diff_key());
 
     a.ok(r#"put doc {"a":1,"b":1}"#);
     b.wait_value("doc", json!({"a": 1, "b": 1}));
@@ -516,11 +521,8 @@ fn feed_status(node: &mut Node, key: &str) -> Json {
 #[test]
 fn patch_del_conflicts_history_and_writer_remove_between_two_nodes() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = Node::start(dir_a.path(), &[]);
-    let a_key = a.diff_key();
-    let mut b = Node::start(dir_b.path(), &["--dial", &a.addr(), "--writer", &a_key]);
-    let b_key = b.diff_key();
-    a.ok(&format!("writer add {b_key}"));
+    let (mut a, mut b) = counting_each_other(dir_a.path(), dir_b.path());
+    let (a_key, b_key) = (a.diff_key(), b.diff_key());
 
     // patch: only the fields it names, `null` removing one.
     a.ok(r#"put doc {"title":"draft","tags":[],"n":1}"#);
