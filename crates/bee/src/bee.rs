@@ -355,6 +355,11 @@ pub struct HeadReader<'t> {
 impl HeadReader<'_> {
     /// The value of `key`, if set.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_seq(key)?.map(|(_, value)| value))
+    }
+
+    /// The sequence number of the entry that set `key`, and its value, if set.
+    pub fn get_seq(&self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>> {
         let stored = self.space.encode(key);
         let row = self
             .table
@@ -363,8 +368,8 @@ impl HeadReader<'_> {
         match row {
             None => Ok(None),
             Some(row) => {
-                let (_, value) = tables::split_latest_row(row.value()).ok_or_else(corrupt)?;
-                Ok(Some(value.to_vec()))
+                let (seq, value) = tables::split_latest_row(row.value()).ok_or_else(corrupt)?;
+                Ok(Some((seq, value.to_vec())))
             }
         }
     }

@@ -51,6 +51,17 @@ pub enum Error {
         /// The newest timestamp in the way.
         after: crate::Hlc,
     },
+    /// A conditional write ([`crate::MultiBee::batch_if`]) found a key not as it expected:
+    /// nothing of the batch was written.
+    #[error("{:?} is not as expected ({expected:?}): its revision is {}", String::from_utf8_lossy(key), found.map_or("absent".to_string(), |r| r.to_string()))]
+    PreconditionFailed {
+        /// The key.
+        key: Vec<u8>,
+        /// What the write expected.
+        expected: crate::Precondition,
+        /// The key's revision when the write was tried (`None`: absent).
+        found: Option<u64>,
+    },
 }
 
 impl From<multibee_bee::Error> for Error {

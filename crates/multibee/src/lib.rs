@@ -95,5 +95,5 @@ pub use multibee_feed::FeedKey;
 pub use options::{Event, Options};
 pub use peer::{MultiBee, WriterInfo, prefix_end};
 pub use tables::WriterState;
-pub use txn::BatchOp;
+pub use txn::{BatchOp, Committed, Precondition};
 pub use value::{MAX_DEPTH, Value};

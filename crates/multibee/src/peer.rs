@@ -15,7 +15,7 @@ use crate::hlc::Hlc;
 use crate::membership::MemberOp;
 use crate::options::{Event, Options};
 use crate::tables::{self, META, WRITERS, WriterRow, WriterState};
-use crate::txn::{BatchOp, Ctx};
+use crate::txn::{BatchOp, Committed, Ctx, Precondition};
 use crate::value::Value;
 
 /// Replicated entries merged per transaction.
@@ -217,6 +217,20 @@ impl MultiBee {
         }
     }
 
+    /// The merged value of `key` with its revision: the sequence number of the store entry
+    /// that last changed it on this peer. The revision changes whenever the value does (by a
+    /// local write or a merge) and is what [`Precondition::Rev`] expects; it is this peer's
+    /// own token (another peer's revision of the same value differs).
+    pub fn get_rev(&self, key: impl AsRef<[u8]>) -> Result<Option<(u64, Value)>> {
+        match self.inner.store_bee.get_entry(key)? {
+            None => Ok(None),
+            Some(e) => Ok(Some((
+                e.seq,
+                Value::from_stored(&e.value).map_err(corrupt)?,
+            ))),
+        }
+    }
+
     /// The merged entries of a range query, in key order (or reversed), lazily.
     pub fn range(
         &self,
@@ -266,6 +280,20 @@ impl MultiBee {
     /// [`crate::MAX_DEPTH`], and with [`Error::ClockExhausted`] if no fresh timestamp is left for
     /// a key (nothing of the batch is written then).
     pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<u64> {
+        Ok(self.batch_if(Vec::new(), ops).await?.version)
+    }
+
+    /// Applies every op atomically, as [`MultiBee::batch`] does, if every key of `conditions`
+    /// meets its [`Precondition`] when the batch commits (checked in the write transaction, so
+    /// no write can come between the check and the batch). Fails with
+    /// [`Error::PreconditionFailed`], writing nothing, if one does not: the optimistic
+    /// concurrency of a read-modify-write (read with [`MultiBee::get_rev`], write expecting
+    /// that revision). Answers the version and each op's key's revision after the batch.
+    pub async fn batch_if(
+        &self,
+        conditions: Vec<(Vec<u8>, Precondition)>,
+        ops: Vec<BatchOp>,
+    ) -> Result<Committed> {
         for op in &ops {
             let depth = match op {
                 BatchOp::Put(_, v) => v.depth(),
@@ -279,8 +307,10 @@ impl MultiBee {
                 });
             }
         }
-        self.write_refusable(move |this, txn, refused| this.ctx().write_local(txn, &ops, refused))
-            .await
+        self.write_refusable(move |this, txn, refused| {
+            this.ctx().write_local(txn, &conditions, &ops, refused)
+        })
+        .await
     }
 
     /// Runs a write job that may refuse with one of this crate's errors: the job puts it in

@@ -44,6 +44,38 @@ pub enum BatchOp {
     Patch(Vec<u8>, serde_json::Value),
 }
 
+/// What a conditional write ([`crate::MultiBee::batch_if`]) expects of a key when it commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// The key is absent (never set, or deleted).
+    Absent,
+    /// The key is set, to anything.
+    Present,
+    /// The key's revision ([`crate::MultiBee::get_rev`]) is this one: it did not change since
+    /// it was read.
+    Rev(u64),
+}
+
+/// What a committed [`crate::MultiBee::batch_if`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The store version once it was durable.
+    pub version: u64,
+    /// Each op's key's revision after the batch (`None`: absent), in the order of the ops.
+    pub revs: Vec<Option<u64>>,
+}
+
+impl Precondition {
+    /// Whether a key whose revision is `rev` (`None`: absent) meets it.
+    pub fn holds(self, rev: Option<u64>) -> bool {
+        match (self, rev) {
+            (Precondition::Absent, None) | (Precondition::Present, Some(_)) => true,
+            (Precondition::Rev(want), Some(have)) => want == have,
+            _ => false,
+        }
+    }
+}
+
 impl BatchOp {
     fn key(&self) -> &[u8] {
         match self {
@@ -97,9 +129,26 @@ impl Ctx<'_> {
     pub(crate) fn write_local(
         &self,
         txn: &mut WriteTxn<'_>,
+        conditions: &[(Vec<u8>, Precondition)],
         ops: &[BatchOp],
         refused: &mut Option<Error>,
-    ) -> FeedResult<u64> {
+    ) -> FeedResult<Committed> {
+        if !conditions.is_empty() {
+            let head = self.store.head_in(txn.raw()).map_err(bee_error)?;
+            for (key, condition) in conditions {
+                let rev = head.get_seq(key).map_err(bee_error)?.map(|(seq, _)| seq);
+                if !condition.holds(rev) {
+                    let e = Error::PreconditionFailed {
+                        key: key.clone(),
+                        expected: *condition,
+                        found: rev,
+                    };
+                    let message = e.to_string();
+                    *refused = Some(e);
+                    return Err(multibee_feed::Error::InvalidArgument(message));
+                }
+            }
+        }
         let start = txn.length(&self.own)?;
         if let Some(row) = writer_row(txn.raw(), &self.own.0)?
             && row.state != WriterState::Active
@@ -163,7 +212,12 @@ impl Ctx<'_> {
         }
         let version = self.write_store(txn, pending)?;
         self.persist_hlc(txn.raw())?;
-        Ok(version)
+        let head = self.store.head_in(txn.raw()).map_err(bee_error)?;
+        let revs = ops
+            .iter()
+            .map(|op| Ok(head.get_seq(op.key()).map_err(bee_error)?.map(|(seq, _)| seq)))
+            .collect::<FeedResult<Vec<_>>>()?;
+        Ok(Committed { version, revs })
     }
 
     /// Writes the changed values into the store bee (skipping those that end as they were).

@@ -922,3 +922,72 @@ fn a_patch_made_on_a_stale_read_keeps_fields_changed_elsewhere_where_a_put_rever
         converged(&peers);
     });
 }
+
+#[test]
+fn conditional_writes_see_local_writes_and_merges_alike() {
+    use multibee_multibee::{Error, Precondition};
+    run(async {
+        let peers = cluster(2).await;
+        let (a, b) = (&peers[0].mb, &peers[1].mb);
+        // Create-only, then a read-modify-write at the revision read.
+        let created = a
+            .batch_if(
+                vec![(b"doc".to_vec(), Precondition::Absent)],
+                vec![BatchOp::Put(b"doc".to_vec(), json!({"n": 1}).into())],
+            )
+            .await
+            .unwrap();
+        let (rev, _) = a.get_rev("doc").unwrap().unwrap();
+        assert_eq!(created.revs, vec![Some(rev)]);
+        assert_eq!(created.version, a.version().unwrap());
+        let again = a
+            .batch_if(
+                vec![(b"doc".to_vec(), Precondition::Absent)],
+                vec![BatchOp::Put(b"doc".to_vec(), json!({"n": 9}).into())],
+            )
+            .await;
+        assert!(matches!(again, Err(Error::PreconditionFailed { found: Some(r), .. }) if r == rev));
+        // A change merged from another writer moves the revision: a write expecting the old
+        // one fails and writes nothing, not even its other ops.
+        sync_all(&peers).await;
+        b.put("doc", json!({"n": 2})).await.unwrap();
+        sync_all(&peers).await;
+        let (moved, value) = a.get_rev("doc").unwrap().unwrap();
+        assert_ne!(moved, rev);
+        assert_eq!(value, Value::Json(json!({"n": 2})));
+        let version = a.version().unwrap();
+        let stale = a
+            .batch_if(
+                vec![(b"doc".to_vec(), Precondition::Rev(rev))],
+                vec![
+                    BatchOp::Put(b"other".to_vec(), json!(1).into()),
+                    BatchOp::Put(b"doc".to_vec(), json!({"n": 3}).into()),
+                ],
+            )
+            .await;
+        assert!(matches!(stale, Err(Error::PreconditionFailed { .. })), "{stale:?}");
+        assert_eq!(a.version().unwrap(), version);
+        assert_eq!(a.get("other").unwrap(), None);
+        // At the revision it holds now, the write goes through; a put of the same value
+        // writes nothing and keeps the revision.
+        a.batch_if(
+            vec![(b"doc".to_vec(), Precondition::Rev(moved))],
+            vec![BatchOp::Put(b"doc".to_vec(), json!({"n": 3}).into())],
+        )
+        .await
+        .unwrap();
+        let (now, _) = a.get_rev("doc").unwrap().unwrap();
+        a.put("doc", json!({"n": 3})).await.unwrap();
+        assert_eq!(a.get_rev("doc").unwrap().unwrap().0, now);
+        // Deleted: absent again, and `Present` fails.
+        a.del("doc").await.unwrap();
+        assert!(a.get_rev("doc").unwrap().is_none());
+        let gone = a
+            .batch_if(
+                vec![(b"doc".to_vec(), Precondition::Present)],
+                vec![BatchOp::Del(b"doc".to_vec())],
+            )
+            .await;
+        assert!(matches!(gone, Err(Error::PreconditionFailed { found: None, .. })));
+    });
+}
