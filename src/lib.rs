@@ -62,6 +62,7 @@ pub use ticket::{Ticket, TicketError};
 
 pub mod http;
 mod join;
+pub mod progress;
 mod ticket;
 
 /// What can go wrong serving a [`MultiBee`].

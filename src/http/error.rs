@@ -41,6 +41,9 @@ impl From<crate::db::Error> for ApiError {
             E::InvalidArgument(_) | E::TooDeep { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             E::Removed { .. } | E::NotAMember(_) => (StatusCode::FORBIDDEN, "forbidden"),
             E::ClockExhausted { .. } => (StatusCode::CONFLICT, "conflict"),
+            E::PreconditionFailed { .. } => {
+                (StatusCode::PRECONDITION_FAILED, "precondition_failed")
+            }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
         };
         ApiError::new(status, kind, e.to_string())

@@ -2,38 +2,60 @@
 //!
 //! - `GET /`: the peer (peer id, diff key, database, listen addresses, version, state hash).
 //! - `PUT /docs/{key}` (a whole JSON document), `PATCH /docs/{key}` (a JSON merge patch),
-//!   `DELETE /docs/{key}`, `GET /docs/{key}` (`{"key":..,"doc":..}`, 404 when absent). A key
-//!   is any UTF-8 string, percent-encoded in the path (`/` included).
-//! - `GET /docs?prefix=&start=&limit=&reverse=`: keys in order, a page at a time
-//!   (`{"docs":[{"key":..,"doc":..}],"next":KEY|null}`; `next` is the `start` of the next page).
-//! - `POST /docs/_bulk` with `{"ops":[{"put":"k","doc":..}|{"patch":"k","doc":..}|{"delete":"k"}]}`:
-//!   one atomic [`MultiBee::batch`].
+//!   `DELETE /docs/{key}`, `GET /docs/{key}` (`{"key":..,"rev":..,"doc":..}`, 404 when
+//!   absent). A key is any UTF-8 string, percent-encoded in the path (`/` included). Every
+//!   document answer carries the key's revision as `ETag`; a write with `If-Match: "REV"`
+//!   (or `*`: the document exists) or `If-None-Match: *` (it does not) answers 412 and writes
+//!   nothing when the key is not so ([`MultiBee::batch_if`]). A `GET` with
+//!   `If-None-Match: "REV"` answers 304 while the document is at that revision.
+//! - `GET /docs/{key}/_history` (every counted diff of the key, oldest first) and
+//!   `GET /docs/{key}/_conflicts` (the concurrent writes that lost). A key that itself ends in
+//!   `/_history` or `/_conflicts` is addressed with that `/` encoded as `%2F`.
+//! - `GET /docs?prefix=&start=&end=&limit=&reverse=&include_docs=`: keys in order, a page at a
+//!   time (`{"docs":[{"key":..,"rev":..,"doc":..}],"next":KEY|null}`; `next` is the `start`
+//!   of the next page; `end` is exclusive).
+//! - `POST /docs/_bulk` with `{"ops":[{"put":"k","doc":..}|{"patch":"k","doc":..}|{"delete":"k"}]}`
+//!   (each op may add `"if_match":"REV"|"*"` or `"if_none_match":"*"`): one atomic
+//!   [`MultiBee::batch_if`].
 //! - `GET /_changes?since=SEQ&feed=normal|longpoll&prefix=&limit=&include_docs=&timeout=MS`:
 //!   `{"results":[{"seq":N,"key":..,"deleted":bool,"doc":..}],"last_seq":N}`. A change's
 //!   `seq` is the store's version once it was made ([`MultiBee::version`], so 1 for the first
 //!   change); `since` is exclusive: resume with the `last_seq` of the previous answer, or
 //!   start with the `version` of `GET /` for changes from now on. `longpoll` waits (at most
 //!   `timeout` ms) for a change when there is none yet.
+//! - `GET /_writers`, `POST /_writers` with `{"key":"<hex diff key>"}`,
+//!   `DELETE /_writers/{key}[?expel=true]`: the membership.
+//! - `GET /_peers`: the connected peers. `GET /_status`: per writer the entries held, merged,
+//!   behind and the merge rate. `GET /_metrics`: Prometheus (OpenMetrics) text.
+//! - `GET /_ui`: a small page for people. `POST /_shutdown`: asks the server's owner to stop.
 //!
-//! Errors answer `{"error":"<kind>","reason":"<text>"}` with a fitting status.
+//! With a token ([`HttpApi::token`]) every request needs `Authorization: Bearer <token>`
+//! (401 without); [`serve_http`] refuses to listen on an address other than loopback without
+//! one. Bodies are limited ([`HttpApi::body_limit`], 413 beyond). Errors answer
+//! `{"error":"<kind>","reason":"<text>"}` with a fitting status.
 
+mod admin;
+mod auth;
 mod changes;
 mod docs;
 mod error;
+
+pub use docs::change_json;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use multibee_net::NodeHandle;
-use serde_json::json;
 use tokio::sync::{Notify, oneshot};
 
 use crate::MultiBee;
-use error::{ApiError, ApiResult, ok};
+use crate::progress::Progress;
+use auth::Requests;
+use error::ApiError;
 
 /// The largest request body accepted by default (1 MiB).
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
@@ -53,6 +75,9 @@ pub struct HttpApi {
     node: Option<NodeHandle>,
     body_limit: usize,
     shutdown: Arc<Notify>,
+    token: Option<Arc<str>>,
+    progress: Option<Progress>,
+    requests: Requests,
 }
 
 impl HttpApi {
@@ -63,6 +88,9 @@ impl HttpApi {
             node: None,
             body_limit: DEFAULT_BODY_LIMIT,
             shutdown: Arc::new(Notify::new()),
+            token: None,
+            progress: None,
+            requests: Requests::default(),
         }
     }
 
@@ -80,6 +108,19 @@ impl HttpApi {
         self
     }
 
+    /// Requires `Authorization: Bearer <token>` on every request (401 without it).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into().into());
+        self
+    }
+
+    /// Shows merge rates in `GET /_status` from `progress` ([`serve_http`] starts one if none
+    /// was given).
+    pub fn progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
     /// Notified by `POST /_shutdown`.
     pub fn shutdown_requested(&self) -> Arc<Notify> {
         self.shutdown.clone()
@@ -90,7 +131,7 @@ impl HttpApi {
 pub fn router(api: HttpApi) -> Router {
     let limit = api.body_limit;
     Router::new()
-        .route("/", get(docs::info))
+        .route("/", get(admin::info))
         .route("/docs", get(docs::range))
         .route("/docs/_bulk", post(docs::bulk))
         .route(
@@ -101,7 +142,13 @@ pub fn router(api: HttpApi) -> Router {
                 .delete(docs::del_doc),
         )
         .route("/_changes", get(changes::changes))
-        .route("/_shutdown", post(shutdown))
+        .route("/_writers", get(admin::writers).post(admin::add_writer))
+        .route("/_writers/{key}", delete(admin::remove_writer))
+        .route("/_peers", get(admin::peers))
+        .route("/_status", get(admin::status))
+        .route("/_metrics", get(admin::metrics))
+        .route("/_ui", get(ui))
+        .route("/_shutdown", post(admin::shutdown))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -111,7 +158,16 @@ pub fn router(api: HttpApi) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            auth::check,
+        ))
         .with_state(api)
+}
+
+/// `GET /_ui`: the page for people (self-contained: no external assets).
+async fn ui() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("ui.html"))
 }
 
 /// A running HTTP server (see [`serve_http`]).
@@ -139,7 +195,18 @@ impl HttpServer {
 
 /// Serves `api` over HTTP on `addr` (port 0: one the OS chooses) until
 /// [`HttpServer::shutdown`]. Must be called within a tokio runtime.
-pub async fn serve_http(addr: SocketAddr, api: HttpApi) -> std::io::Result<HttpServer> {
+pub async fn serve_http(addr: SocketAddr, mut api: HttpApi) -> std::io::Result<HttpServer> {
+    if !addr.ip().is_loopback() && api.token.is_none() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "refusing to serve HTTP on {addr} without a token: only loopback may go without"
+            ),
+        ));
+    }
+    if api.progress.is_none() {
+        api.progress = Some(Progress::start(&api.mb));
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -157,10 +224,4 @@ pub async fn serve_http(addr: SocketAddr, api: HttpApi) -> std::io::Result<HttpS
         stop: Some(stop),
         task,
     })
-}
-
-async fn shutdown(State(api): State<HttpApi>) -> ApiResult {
-    api.shutdown.notify_waiters();
-    api.shutdown.notify_one();
-    ok(json!({"ok": true}))
 }

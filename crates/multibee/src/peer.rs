@@ -243,6 +243,19 @@ impl MultiBee {
         }))
     }
 
+    /// The merged entries of a range query with their revisions ([`MultiBee::get_rev`]):
+    /// `(key, revision, value)`, in key order (or reversed), lazily.
+    pub fn range_revs(
+        &self,
+        opts: &RangeOptions,
+    ) -> Result<impl Iterator<Item = Result<(Vec<u8>, u64, Value)>> + use<>> {
+        Ok(self.inner.store_bee.range(opts)?.map(|e| {
+            let e = e?;
+            let value = Value::from_stored(&e.value).map_err(corrupt)?;
+            Ok((e.key, e.seq, value))
+        }))
+    }
+
     /// Every merged entry whose key starts with `prefix`.
     pub fn list(
         &self,

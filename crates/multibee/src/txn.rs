@@ -77,7 +77,8 @@ impl Precondition {
 }
 
 impl BatchOp {
-    fn key(&self) -> &[u8] {
+    /// The key it writes.
+    pub fn key(&self) -> &[u8] {
         match self {
             BatchOp::Put(k, _) | BatchOp::Del(k) | BatchOp::Patch(k, _) => k,
         }
@@ -215,7 +216,12 @@ impl Ctx<'_> {
         let head = self.store.head_in(txn.raw()).map_err(bee_error)?;
         let revs = ops
             .iter()
-            .map(|op| Ok(head.get_seq(op.key()).map_err(bee_error)?.map(|(seq, _)| seq)))
+            .map(|op| {
+                Ok(head
+                    .get_seq(op.key())
+                    .map_err(bee_error)?
+                    .map(|(seq, _)| seq))
+            })
             .collect::<FeedResult<Vec<_>>>()?;
         Ok(Committed { version, revs })
     }

@@ -965,7 +965,10 @@ fn conditional_writes_see_local_writes_and_merges_alike() {
                 ],
             )
             .await;
-        assert!(matches!(stale, Err(Error::PreconditionFailed { .. })), "{stale:?}");
+        assert!(
+            matches!(stale, Err(Error::PreconditionFailed { .. })),
+            "{stale:?}"
+        );
         assert_eq!(a.version().unwrap(), version);
         assert_eq!(a.get("other").unwrap(), None);
         // At the revision it holds now, the write goes through; a put of the same value
@@ -988,6 +991,9 @@ fn conditional_writes_see_local_writes_and_merges_alike() {
                 vec![BatchOp::Del(b"doc".to_vec())],
             )
             .await;
-        assert!(matches!(gone, Err(Error::PreconditionFailed { found: None, .. })));
+        assert!(matches!(
+            gone,
+            Err(Error::PreconditionFailed { found: None, .. })
+        ));
     });
 }

@@ -1,0 +1,286 @@
+//! The node itself: `GET /`, writers (`/_writers`), peers (`/_peers`), replication status
+//! (`/_status`), metrics (`/_metrics`) and `POST /_shutdown`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+
+use super::HttpApi;
+use super::error::{ApiError, ApiResult, ok, parse_json};
+use crate::{FeedKey, WriterInfo, WriterState};
+
+/// `GET /`: who this peer is and where its store stands.
+pub(super) async fn info(State(api): State<HttpApi>) -> ApiResult {
+    let mb = &api.mb;
+    let (peer_id, listen) = match &api.node {
+        Some(node) => {
+            let listen = node.listen_addrs().await.unwrap_or_default();
+            (
+                Json::String(node.peer_id().to_string()),
+                listen.iter().map(|a| json!(a.to_string())).collect(),
+            )
+        }
+        None => (Json::Null, Vec::new()),
+    };
+    ok(json!({
+        "peer_id": peer_id,
+        "diff_key": mb.diff_key().to_string(),
+        "store_key": mb.store_key().to_string(),
+        "database": mb.database().map(|d| d.to_string()).ok(),
+        "listen": listen,
+        "version": mb.version()?,
+        "state_hash": hex::encode(mb.state_hash()?),
+        "software": concat!("multibee ", env!("CARGO_PKG_VERSION")),
+    }))
+}
+
+/// `POST /_shutdown`: asks the program serving the API to stop.
+pub(super) async fn shutdown(State(api): State<HttpApi>) -> ApiResult {
+    api.shutdown.notify_waiters();
+    api.shutdown.notify_one();
+    ok(json!({"ok": true}))
+}
+
+fn state_name(state: WriterState) -> &'static str {
+    match state {
+        WriterState::Active => "active",
+        WriterState::Removed => "removed",
+        WriterState::Forked => "forked",
+    }
+}
+
+fn writer_json(w: &WriterInfo) -> Json {
+    json!({
+        "key": w.key.to_string(),
+        "state": state_name(w.state),
+        "length": w.length,
+        "merged": w.merged,
+        "cut": w.cut,
+        "removed_by": w.removed_by.map(|k| k.to_string()),
+    })
+}
+
+/// `GET /_writers`: every writer this peer counts or counted.
+pub(super) async fn writers(State(api): State<HttpApi>) -> ApiResult {
+    let list: Vec<Json> = api.mb.writers()?.iter().map(writer_json).collect();
+    ok(json!({"writers": list}))
+}
+
+fn feed_key(text: &str) -> Result<FeedKey, ApiError> {
+    text.parse::<FeedKey>()
+        .map_err(|e| ApiError::bad_request(format!("bad writer key {:?}: {e}", short(text))))
+}
+
+/// At most the first 64 characters of a client's text, for error messages.
+fn short(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
+/// `POST /_writers` with `{"key":"<hex diff key>"}`: adds a writer (a replicated membership
+/// operation).
+pub(super) async fn add_writer(
+    State(api): State<HttpApi>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = parse_json(&body?)?;
+    let key = body
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.get("key"))
+        .and_then(Json::as_str)
+        .ok_or_else(|| ApiError::bad_request("the body must be {\"key\":\"<hex diff key>\"}"))?;
+    let key = feed_key(key)?;
+    let mb = &api.mb;
+    if key == mb.diff_key() {
+        return Err(ApiError::bad_request(
+            "that is this peer's own diff key: it is a writer already",
+        ));
+    }
+    if key == mb.store_key() {
+        return Err(ApiError::bad_request(
+            "that is this peer's store key, not a diff key: give the diff key a peer shows as \
+             diff_key",
+        ));
+    }
+    mb.add_writer(key).await?;
+    ok(json!({"ok": true, "key": key.to_string()}))
+}
+
+/// The parameters of `DELETE /_writers/{key}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RemoveParams {
+    /// Un-merge every diff of the writer, not only those after what this peer merged.
+    #[serde(default)]
+    expel: bool,
+}
+
+/// `DELETE /_writers/{key}[?expel=true]`: removes a writer.
+pub(super) async fn remove_writer(
+    State(api): State<HttpApi>,
+    key: Result<Path<String>, PathRejection>,
+    params: Result<Query<RemoveParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Path(key) = key?;
+    let Query(params) = params?;
+    let key = feed_key(&key)?;
+    if params.expel {
+        api.mb.expel_writer(key).await?;
+    } else {
+        api.mb.remove_writer(key).await?;
+    }
+    ok(json!({"ok": true, "key": key.to_string(), "expelled": params.expel}))
+}
+
+/// `GET /_peers`: the peers connected now.
+pub(super) async fn peers(State(api): State<HttpApi>) -> ApiResult {
+    let Some(node) = &api.node else {
+        return ok(json!({"peers": []}));
+    };
+    let peers: Vec<Json> = node
+        .connected_peers()
+        .await
+        .map_err(net_error)?
+        .iter()
+        .map(|p| json!({"peer_id": p.to_string()}))
+        .collect();
+    ok(json!({"peers": peers}))
+}
+
+fn net_error(e: crate::net::Error) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "network", e.to_string())
+}
+
+/// `GET /_status`: per writer, what is held, merged and known elsewhere, and the merge rate.
+pub(super) async fn status(State(api): State<HttpApi>) -> ApiResult {
+    let mb = &api.mb;
+    let writers: Vec<Json> = mb
+        .writers()?
+        .iter()
+        .map(|w| {
+            let rate = api.progress.as_ref().map(|p| p.rate(&w.key));
+            let mut row = writer_json(w);
+            row["behind"] = json!(w.length.saturating_sub(w.merged));
+            row["catching_up"] = json!(w.state == WriterState::Active && w.merged < w.length);
+            row["merge_rate"] = json!(rate.map(|r| (r * 10.0).round() / 10.0));
+            row
+        })
+        .collect();
+    let (peers, replication) = match &api.node {
+        Some(node) => {
+            let stats = node.stats();
+            (
+                json!(node.connected_peers().await.map_err(net_error)?.len()),
+                json!({
+                    "entries_sent": stats.entries_sent,
+                    "entries_received": stats.entries_received,
+                    "entries_stored": stats.entries_stored,
+                }),
+            )
+        }
+        None => (Json::Null, Json::Null),
+    };
+    ok(json!({
+        "version": mb.version()?,
+        "writers": writers,
+        "peers": peers,
+        "replication": replication,
+    }))
+}
+
+/// `GET /_metrics`: the Prometheus (OpenMetrics) text format.
+pub(super) async fn metrics(State(api): State<HttpApi>) -> ApiResult {
+    let mb = &api.mb;
+    let mut registry = Registry::with_prefix("multibee");
+    let gauge = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+        let g: Gauge = Gauge::default();
+        g.set(i64::try_from(value).unwrap_or(i64::MAX));
+        registry.register(name, help, g);
+    };
+    gauge(
+        &mut registry,
+        "store_version",
+        "Changes the merged store has seen (local writes and merges).",
+        mb.version()?,
+    );
+    let held: Family<Vec<(String, String)>, Gauge> = Family::default();
+    let merged: Family<Vec<(String, String)>, Gauge> = Family::default();
+    let behind: Family<Vec<(String, String)>, Gauge> = Family::default();
+    let own = mb.diff_key();
+    for w in mb.writers()? {
+        let labels = vec![
+            ("writer".to_string(), w.key.to_string()),
+            ("state".to_string(), state_name(w.state).to_string()),
+            ("own".to_string(), (w.key == own).to_string()),
+        ];
+        let set = |f: &Family<Vec<(String, String)>, Gauge>, v: u64| {
+            f.get_or_create(&labels)
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set(&held, w.length);
+        set(&merged, w.merged);
+        set(&behind, w.length.saturating_sub(w.merged));
+    }
+    registry.register("writer_length", "Diff feed entries held per writer.", held);
+    registry.register(
+        "writer_merged",
+        "Diff feed entries merged per writer.",
+        merged,
+    );
+    registry.register(
+        "writer_behind",
+        "Diff feed entries held and not merged yet per writer (merge lag).",
+        behind,
+    );
+    if let Some(node) = &api.node {
+        let stats = node.stats();
+        gauge(
+            &mut registry,
+            "peers",
+            "Peers connected now.",
+            node.connected_peers().await.map_err(net_error)?.len() as u64,
+        );
+        gauge(
+            &mut registry,
+            "entries_sent",
+            "Feed entries sent to peers since start.",
+            stats.entries_sent,
+        );
+        gauge(
+            &mut registry,
+            "entries_received",
+            "Feed entries received from peers since start (before verification).",
+            stats.entries_received,
+        );
+        gauge(
+            &mut registry,
+            "entries_stored",
+            "Feed entries received, verified and newly stored since start.",
+            stats.entries_stored,
+        );
+    }
+    api.requests.register(&mut registry);
+    let mut text = String::new();
+    encode(&mut text, &registry)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e.to_string()))?;
+    Ok((
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

@@ -1,0 +1,112 @@
+//! How fast each writer's diffs are being merged: a rate over the last seconds, and a log line
+//! now and then while a long catch-up runs (see [`Progress`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use multibee_multibee::{Event, FeedKey, MultiBee};
+use tokio::sync::broadcast::error::RecvError;
+
+/// The window a merge rate is measured over.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// How often a catch-up is logged at most (per writer).
+pub const LOG_EVERY: Duration = Duration::from_secs(5);
+/// How many entries behind a writer must be for its catch-up to be logged.
+pub const LOG_BEHIND: u64 = 10_000;
+
+/// Follows a [`MultiBee`]'s merge events: how many entries of each writer were merged when,
+/// over the last [`RATE_WINDOW`]. Logs (tracing `info`) the progress of a catch-up of more than
+/// [`LOG_BEHIND`] entries every [`LOG_EVERY`]. Stops with the last clone.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    samples: Arc<Mutex<HashMap<FeedKey, VecDeque<(Instant, u64)>>>>,
+    _task: Arc<AbortOnDrop>,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Progress {
+    /// Starts following `mb` (within a tokio runtime).
+    pub fn start(mb: &MultiBee) -> Progress {
+        let samples = Arc::new(Mutex::new(HashMap::new()));
+        let task = tokio::spawn(follow(mb.clone(), samples.clone()));
+        Progress {
+            samples,
+            _task: Arc::new(AbortOnDrop(task.abort_handle())),
+        }
+    }
+
+    /// Entries of `writer` merged per second over the last [`RATE_WINDOW`] (0 when none were).
+    pub fn rate(&self, writer: &FeedKey) -> f64 {
+        let mut all = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        all.get_mut(writer).map_or(0.0, rate)
+    }
+}
+
+/// The merge rate the samples show, once the old ones are dropped.
+fn rate(samples: &mut VecDeque<(Instant, u64)>) -> f64 {
+    prune(samples, Instant::now());
+    match (samples.front(), samples.back()) {
+        (Some(&(t0, m0)), Some(&(_, m1))) if m1 > m0 => {
+            (m1 - m0) as f64 / t0.elapsed().as_secs_f64().max(0.001)
+        }
+        _ => 0.0,
+    }
+}
+
+/// Drops the samples older than the window, keeping the newest one as a baseline.
+fn prune(samples: &mut VecDeque<(Instant, u64)>, now: Instant) {
+    while samples.len() > 1
+        && samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+    {
+        samples.pop_front();
+    }
+}
+
+async fn follow(mb: MultiBee, samples: Arc<Mutex<HashMap<FeedKey, VecDeque<(Instant, u64)>>>>) {
+    let mut events = mb.events();
+    let mut logged: HashMap<FeedKey, Instant> = HashMap::new();
+    loop {
+        let (writer, merged) = match events.recv().await {
+            Ok(Event::Merged { writer, merged }) => (writer, merged),
+            Ok(_) | Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        let now = Instant::now();
+        let rate = {
+            let mut all = samples.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = all.entry(writer).or_default();
+            mine.push_back((now, merged));
+            rate(mine)
+        };
+        let due = logged
+            .get(&writer)
+            .is_none_or(|t| now.duration_since(*t) >= LOG_EVERY);
+        if !due {
+            continue;
+        }
+        let Ok(writers) = mb.writers() else { continue };
+        if let Some(w) = writers.iter().find(|w| w.key == writer)
+            && w.length.saturating_sub(w.merged) >= LOG_BEHIND
+        {
+            logged.insert(writer, now);
+            tracing::info!(
+                %writer,
+                done = w.merged,
+                known = w.length,
+                rate = format!("{rate:.0}/s"),
+                "catching up"
+            );
+        }
+    }
+}
