@@ -15,12 +15,15 @@ pub const LOG_EVERY: Duration = Duration::from_secs(5);
 /// How many entries behind a writer must be for its catch-up to be logged.
 pub const LOG_BEHIND: u64 = 10_000;
 
+/// Per writer: when how many of its entries were merged, oldest first.
+type Samples = Arc<Mutex<HashMap<FeedKey, VecDeque<(Instant, u64)>>>>;
+
 /// Follows a [`MultiBee`]'s merge events: how many entries of each writer were merged when,
 /// over the last [`RATE_WINDOW`]. Logs (tracing `info`) the progress of a catch-up of more than
 /// [`LOG_BEHIND`] entries every [`LOG_EVERY`]. Stops with the last clone.
 #[derive(Clone, Debug)]
 pub struct Progress {
-    samples: Arc<Mutex<HashMap<FeedKey, VecDeque<(Instant, u64)>>>>,
+    samples: Samples,
     _task: Arc<AbortOnDrop>,
 }
 
@@ -73,7 +76,7 @@ fn prune(samples: &mut VecDeque<(Instant, u64)>, now: Instant) {
     }
 }
 
-async fn follow(mb: MultiBee, samples: Arc<Mutex<HashMap<FeedKey, VecDeque<(Instant, u64)>>>>) {
+async fn follow(mb: MultiBee, samples: Samples) {
     let mut events = mb.events();
     let mut logged: HashMap<FeedKey, Instant> = HashMap::new();
     loop {
