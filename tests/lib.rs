@@ -4,6 +4,7 @@
 mod common;
 mod hostile_writer;
 mod http;
+mod http_admin;
 mod join;
 mod netns;
 mod node;

@@ -71,8 +71,14 @@ fn writer_json(w: &WriterInfo) -> Json {
 
 /// `GET /_writers`: every writer this peer counts or counted.
 pub(super) async fn writers(State(api): State<HttpApi>) -> ApiResult {
-    let list: Vec<Json> = api.mb.writers()?.iter().map(writer_json).collect();
-    ok(json!({"writers": list}))
+    ok(json!({"writers": all_writers(&api)?.iter().map(writer_json).collect::<Vec<_>>()}))
+}
+
+/// This peer first, then the writers it knows.
+fn all_writers(api: &HttpApi) -> Result<Vec<WriterInfo>, ApiError> {
+    let mut all = vec![api.mb.own_writer()?];
+    all.extend(api.mb.writers()?);
+    Ok(all)
 }
 
 fn feed_key(text: &str) -> Result<FeedKey, ApiError> {
@@ -166,8 +172,7 @@ fn net_error(e: crate::net::Error) -> ApiError {
 /// `GET /_status`: per writer, what is held, merged and known elsewhere, and the merge rate.
 pub(super) async fn status(State(api): State<HttpApi>) -> ApiResult {
     let mb = &api.mb;
-    let writers: Vec<Json> = mb
-        .writers()?
+    let writers: Vec<Json> = all_writers(&api)?
         .iter()
         .map(|w| {
             let rate = api.progress.as_ref().map(|p| p.rate(&w.key));
@@ -219,7 +224,7 @@ pub(super) async fn metrics(State(api): State<HttpApi>) -> ApiResult {
     let merged: Family<Vec<(String, String)>, Gauge> = Family::default();
     let behind: Family<Vec<(String, String)>, Gauge> = Family::default();
     let own = mb.diff_key();
-    for w in mb.writers()? {
+    for w in all_writers(&api)? {
         let labels = vec![
             ("writer".to_string(), w.key.to_string()),
             ("state".to_string(), state_name(w.state).to_string()),

@@ -472,7 +472,7 @@ impl MultiBee {
         Ok(FeedKey(key))
     }
 
-    /// The writers this peer knows, in key order.
+    /// The writers this peer knows other than itself, in key order.
     pub fn writers(&self) -> Result<Vec<WriterInfo>> {
         let txn = self.inner.store.begin_read()?;
         let table = match txn.open_table(WRITERS) {
@@ -483,21 +483,50 @@ impl MultiBee {
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            let row = WriterRow::decode(v.value()).ok_or_else(|| corrupt("a writer row"))?;
             let key = FeedKey(k.value());
-            if key == self.diff_key() {
-                continue;
+            if key != self.diff_key() {
+                out.push(self.writer_info(key, v.value())?);
             }
-            out.push(WriterInfo {
-                key,
-                state: row.state,
-                merged: row.merged,
-                length: self.inner.store.feed(&key).map_or(0, |f| f.length()),
-                cut: (row.state != WriterState::Active).then_some(row.limit),
-                removed_by: row.removed_by.map(FeedKey),
-            });
         }
         Ok(out)
+    }
+
+    /// This peer as a writer: its own diff feed, all of it merged, and whether it is still
+    /// active (a peer that was never added nor removed is active).
+    pub fn own_writer(&self) -> Result<WriterInfo> {
+        let key = self.diff_key();
+        let txn = self.inner.store.begin_read()?;
+        let row = match txn.open_table(WRITERS) {
+            Ok(t) => t.get(key.0)?.map(|v| v.value().to_vec()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let length = self.inner.store.feed(&key).map_or(0, |f| f.length());
+        let mut info = match row {
+            Some(row) => self.writer_info(key, &row)?,
+            None => WriterInfo {
+                key,
+                state: WriterState::Active,
+                merged: length,
+                length,
+                cut: None,
+                removed_by: None,
+            },
+        };
+        info.merged = length;
+        Ok(info)
+    }
+
+    fn writer_info(&self, key: FeedKey, row: &[u8]) -> Result<WriterInfo> {
+        let row = WriterRow::decode(row).ok_or_else(|| corrupt("a writer row"))?;
+        Ok(WriterInfo {
+            key,
+            state: row.state,
+            merged: row.merged,
+            length: self.inner.store.feed(&key).map_or(0, |f| f.length()),
+            cut: (row.state != WriterState::Active).then_some(row.limit),
+            removed_by: row.removed_by.map(FeedKey),
+        })
     }
 
     /// The state of one writer, if this peer knows it (a point read, for the ingest path).
