@@ -491,6 +491,16 @@ async fn a_token_guards_every_route_and_other_interfaces_need_one() {
     guarded.shutdown().await;
 }
 
+/// A bad request: method, path, headers, body, and the status and error kind it must get.
+type BadRequest<'a> = (
+    Method,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    &'a str,
+    StatusCode,
+    &'a str,
+);
+
 /// Every bad request gets its status and error kind, and nothing acknowledged before is lost.
 #[tokio::test]
 async fn bad_requests_get_their_error_and_lose_nothing() {
@@ -500,7 +510,7 @@ async fn bad_requests_get_their_error_and_lose_nothing() {
     let hash = api.mb.state_hash().unwrap();
     let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
     let big = format!("\"{}\"", "x".repeat(70 * 1024));
-    let table: &[(Method, &str, &[(&str, &str)], &str, StatusCode, &str)] = &[
+    let table: &[BadRequest] = &[
         (
             Method::PUT,
             "/docs/keep",
