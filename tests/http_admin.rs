@@ -468,6 +468,11 @@ async fn a_token_guards_every_route_and_other_interfaces_need_one() {
         }
     }
     assert_eq!(api.mb.get("a").unwrap(), None);
+    // A browser's EventSource cannot set headers: the token may come as `access_token`.
+    let page = api.get("/docs?limit=5&access_token=s3cret").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let wrong = api.get("/docs?access_token=s3cre").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     let ok = api
         .call(
             Method::PUT,

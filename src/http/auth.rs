@@ -35,12 +35,60 @@ impl Requests {
     }
 }
 
-/// Whether `header` is `Bearer <token>` (compared in constant time).
-fn authorized(header: Option<&str>, token: &str) -> bool {
-    let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
-        return false;
+/// The token a request carries: `Authorization: Bearer <token>`, or else an `access_token`
+/// query parameter (RFC 6750; for browsers' `EventSource`, which cannot set headers).
+fn given_token(request: &Request) -> Option<String> {
+    let header = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Some(header) = header {
+        return header.strip_prefix("Bearer ").map(|t| t.trim().to_string());
+    }
+    let query = request.uri().query()?;
+    url_query(query).find_map(|(k, v)| (k == "access_token").then_some(v))
+}
+
+fn url_query(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8()
+                .ok()
+                .map(|c| c.into_owned())
+        };
+        Some((decode(k)?, decode(v)?))
+    })
+}
+
+/// The request without an `access_token` query parameter (the routes do not take it).
+fn without_token_param(mut request: Request) -> Request {
+    let uri = request.uri();
+    let Some(query) = uri.query().filter(|q| q.contains("access_token")) else {
+        return request;
     };
-    blake3::hash(given.trim().as_bytes()) == blake3::hash(token.as_bytes())
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.starts_with("access_token="))
+        .collect();
+    let path_and_query = match kept.is_empty() {
+        true => uri.path().to_string(),
+        false => format!("{}?{}", uri.path(), kept.join("&")),
+    };
+    if let Ok(pq) = path_and_query.parse() {
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(pq);
+        if let Ok(new) = axum::http::Uri::from_parts(parts) {
+            *request.uri_mut() = new;
+        }
+    }
+    request
+}
+
+/// Whether `given` is `token` (compared in constant time).
+fn authorized(given: Option<&str>, token: &str) -> bool {
+    given.is_some_and(|g| blake3::hash(g.as_bytes()) == blake3::hash(token.as_bytes()))
 }
 
 /// Refuses a request without the API's token (when it has one), and counts every answer.
@@ -48,14 +96,11 @@ pub(super) async fn check(State(api): State<HttpApi>, request: Request, next: Ne
     let method = request.method().as_str().to_string();
     let response = match &api.token {
         Some(token) => {
-            let header = request
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            if authorized(header, token) {
-                next.run(request).await
+            let given = given_token(&request);
+            if authorized(given.as_deref(), token) {
+                next.run(without_token_param(request)).await
             } else {
-                let reason = match header {
+                let reason = match given {
                     None => "this node requires Authorization: Bearer <token>",
                     Some(_) => "wrong token",
                 };
