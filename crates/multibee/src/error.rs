@@ -53,7 +53,7 @@ pub enum Error {
     },
     /// A conditional write ([`crate::MultiBee::batch_if`]) found a key not as it expected:
     /// nothing of the batch was written.
-    #[error("{:?} is not as expected ({expected:?}): its revision is {}", String::from_utf8_lossy(key), found.map_or("absent".to_string(), |r| r.to_string()))]
+    #[error("{:?} is not {expected}: it is {}", String::from_utf8_lossy(key), found.map_or("absent".to_string(), |r| format!("at revision {r}")))]
     PreconditionFailed {
         /// The key.
         key: Vec<u8>,

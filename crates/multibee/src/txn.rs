@@ -56,6 +56,16 @@ pub enum Precondition {
     Rev(u64),
 }
 
+impl std::fmt::Display for Precondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Precondition::Absent => f.write_str("absent"),
+            Precondition::Present => f.write_str("present"),
+            Precondition::Rev(rev) => write!(f, "at revision {rev}"),
+        }
+    }
+}
+
 /// What a committed [`crate::MultiBee::batch_if`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committed {
