@@ -1,11 +1,13 @@
-//! How fast each writer's diffs are being merged: a rate over the last seconds, and a log line
-//! now and then while a long catch-up runs (see [`Progress`]).
+//! How fast each writer's diffs are being merged (a rate over the last seconds), how much of
+//! each feed the connected peers hold, and a log line now and then while a long catch-up runs
+//! (see [`Progress`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use multibee_multibee::{Event, FeedKey, MultiBee};
+use multibee_net::{Event as NetEvent, NodeHandle, PeerId};
 use tokio::sync::broadcast::error::RecvError;
 
 /// The window a merge rate is measured over.
@@ -18,13 +20,17 @@ pub const LOG_BEHIND: u64 = 10_000;
 /// Per writer: when how many of its entries were merged, oldest first.
 type Samples = Arc<Mutex<HashMap<FeedKey, VecDeque<(Instant, u64)>>>>;
 
+/// Per feed: how many entries each connected peer holds (as far as it told or sent us).
+type Remote = Arc<Mutex<HashMap<FeedKey, HashMap<PeerId, u64>>>>;
+
 /// Follows a [`MultiBee`]'s merge events: how many entries of each writer were merged when,
 /// over the last [`RATE_WINDOW`]. Logs (tracing `info`) the progress of a catch-up of more than
 /// [`LOG_BEHIND`] entries every [`LOG_EVERY`]. Stops with the last clone.
 #[derive(Clone, Debug)]
 pub struct Progress {
     samples: Samples,
-    _task: Arc<AbortOnDrop>,
+    remote: Remote,
+    _tasks: Arc<[AbortOnDrop]>,
 }
 
 #[derive(Debug)]
@@ -39,12 +45,41 @@ impl Drop for AbortOnDrop {
 impl Progress {
     /// Starts following `mb` (within a tokio runtime).
     pub fn start(mb: &MultiBee) -> Progress {
+        Progress::follow(mb, None)
+    }
+
+    /// Starts following `mb` and the node serving it, whose events tell how much of each
+    /// feed the connected peers hold.
+    pub fn start_served(served: &crate::Served) -> Progress {
+        Progress::follow(served.multibee(), Some(served.node()))
+    }
+
+    pub(crate) fn follow(mb: &MultiBee, node: Option<NodeHandle>) -> Progress {
         let samples = Arc::new(Mutex::new(HashMap::new()));
-        let task = tokio::spawn(follow(mb.clone(), samples.clone()));
+        let remote = Arc::new(Mutex::new(HashMap::new()));
+        let mut tasks = vec![AbortOnDrop(
+            tokio::spawn(follow(mb.clone(), samples.clone())).abort_handle(),
+        )];
+        if let Some(node) = node {
+            let task = tokio::spawn(follow_peers(node, remote.clone()));
+            tasks.push(AbortOnDrop(task.abort_handle()));
+        }
         Progress {
             samples,
-            _task: Arc::new(AbortOnDrop(task.abort_handle())),
+            remote,
+            _tasks: tasks.into(),
         }
+    }
+
+    /// The connected peer that holds the most of feed `key`, and how much, as far as it told
+    /// or sent us.
+    pub fn best_peer(&self, key: &FeedKey) -> Option<(PeerId, u64)> {
+        let remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+        remote
+            .get(key)?
+            .iter()
+            .max_by_key(|(_, length)| **length)
+            .map(|(peer, length)| (*peer, *length))
     }
 
     /// Entries of `writer` merged per second over the last [`RATE_WINDOW`] (0 when none were).
@@ -110,6 +145,31 @@ async fn follow(mb: MultiBee, samples: Samples) {
                 rate = format!("{rate:.0}/s"),
                 "catching up"
             );
+        }
+    }
+}
+
+async fn follow_peers(node: NodeHandle, remote: Remote) {
+    let mut events = node.subscribe();
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        let mut remote = remote.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            NetEvent::PeerHas { key, peer, length }
+            | NetEvent::FeedProgressed { key, length, peer } => {
+                let held = remote.entry(key).or_default().entry(peer).or_default();
+                *held = (*held).max(length);
+            }
+            NetEvent::PeerDisconnected { peer } => {
+                for peers in remote.values_mut() {
+                    peers.remove(&peer);
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -734,3 +734,76 @@ async fn bad_requests_get_their_error_and_lose_nothing() {
     assert_eq!(api.get("/docs/keep").await.body["doc"], json!({"a": 1}));
     assert_eq!(api.get("/docs/dir/x").await.body["doc"], json!([1]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_what_peers_hold_and_metrics_count_bytes() {
+    use crate::http::http_request;
+    use multibee::{ChangesOptions, Config, Options, join, serve};
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = MultiBee::open(dir_a.path()).await.unwrap();
+    let served_a = serve(&a, Config::loopback()).await.unwrap();
+    let http = serve_http("127.0.0.1:0".parse().unwrap(), HttpApi::served(&served_a))
+        .await
+        .unwrap();
+    let addr = http.local_addr().to_string();
+    let ticket = served_a.invite().await.unwrap();
+    let served_b = within(join(
+        dir_b.path(),
+        &ticket,
+        Options::default(),
+        Config::loopback(),
+    ))
+    .await
+    .unwrap();
+    let b = served_b.multibee().clone();
+    let mut changes = a
+        .changes(ChangesOptions {
+            live: true,
+            since: a.version().unwrap(),
+            ..Default::default()
+        })
+        .unwrap();
+    b.put("from-b", json!({"n": 1})).await.unwrap();
+    loop {
+        let change = within(changes.next()).await.unwrap().unwrap();
+        if change.key == b"from-b" {
+            break;
+        }
+    }
+    // A held and merged B's diffs; B told A how much it holds when A's stream started.
+    let b_key = b.diff_key().to_string();
+    let row = within(async {
+        loop {
+            let (status, body) = http_request(&addr, "GET", "/_status", "").await;
+            assert_eq!(status, 200);
+            let row = body["writers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["key"] == json!(b_key) && !w["best_peer"].is_null())
+                .cloned();
+            if let Some(row) = row {
+                return (row, body);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (row, body) = row;
+    assert_eq!(
+        row["best_peer"]["peer_id"],
+        json!(served_b.peer_id().to_string())
+    );
+    assert_eq!(row["best_peer"]["ahead"], json!(0), "{row}");
+    assert_eq!(row["behind"], json!(0));
+    assert_eq!(body["peers"], json!(1));
+    assert!(
+        body["replication"]["bytes_received"].as_u64().unwrap() > 0,
+        "{body}"
+    );
+    let (status, _) = http_request(&addr, "GET", "/_metrics", "").await;
+    assert_eq!(status, 200);
+    http.shutdown().await;
+    served_b.shutdown().await;
+    served_a.shutdown().await;
+}

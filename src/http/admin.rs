@@ -176,7 +176,13 @@ pub(super) async fn status(State(api): State<HttpApi>) -> ApiResult {
         .iter()
         .map(|w| {
             let rate = api.progress.as_ref().map(|p| p.rate(&w.key));
+            let best = api.progress.as_ref().and_then(|p| p.best_peer(&w.key));
             let mut row = writer_json(w);
+            row["best_peer"] = json!(best.map(|(peer, length)| json!({
+                "peer_id": peer.to_string(),
+                "length": length,
+                "ahead": length.saturating_sub(w.length),
+            })));
             row["behind"] = json!(w.length.saturating_sub(w.merged));
             row["catching_up"] = json!(w.state == WriterState::Active && w.merged < w.length);
             row["merge_rate"] = json!(rate.map(|r| (r * 10.0).round() / 10.0));
@@ -192,6 +198,8 @@ pub(super) async fn status(State(api): State<HttpApi>) -> ApiResult {
                     "entries_sent": stats.entries_sent,
                     "entries_received": stats.entries_received,
                     "entries_stored": stats.entries_stored,
+                    "bytes_sent": stats.bytes_sent,
+                    "bytes_received": stats.bytes_received,
                 }),
             )
         }
@@ -274,6 +282,34 @@ pub(super) async fn metrics(State(api): State<HttpApi>) -> ApiResult {
             "entries_stored",
             "Feed entries received, verified and newly stored since start.",
             stats.entries_stored,
+        );
+        gauge(
+            &mut registry,
+            "bytes_sent",
+            "Bytes of replication frames sent since start.",
+            stats.bytes_sent,
+        );
+        gauge(
+            &mut registry,
+            "bytes_received",
+            "Bytes of replication frames received since start.",
+            stats.bytes_received,
+        );
+    }
+    if let Some(progress) = &api.progress {
+        let ahead: Family<Vec<(String, String)>, Gauge> = Family::default();
+        for w in all_writers(&api)? {
+            if let Some((_, length)) = progress.best_peer(&w.key) {
+                let labels = vec![("writer".to_string(), w.key.to_string())];
+                ahead
+                    .get_or_create(&labels)
+                    .set(i64::try_from(length.saturating_sub(w.length)).unwrap_or(i64::MAX));
+            }
+        }
+        registry.register(
+            "writer_peer_ahead",
+            "Diff feed entries the best connected peer holds beyond ours (replication lag).",
+            ahead,
         );
     }
     api.requests.register(&mut registry);

@@ -205,7 +205,7 @@ pub async fn serve_http(addr: SocketAddr, mut api: HttpApi) -> std::io::Result<H
         ));
     }
     if api.progress.is_none() {
-        api.progress = Some(Progress::start(&api.mb));
+        api.progress = Some(Progress::follow(&api.mb, api.node.clone()));
     }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;

@@ -37,6 +37,16 @@ pub enum Event {
         /// The peer they came from.
         peer: PeerId,
     },
+    /// A peer that serves us a feed said how many entries of it it holds (when the
+    /// replication stream starts; what arrives later shows as [`Event::FeedProgressed`]).
+    PeerHas {
+        /// The feed.
+        key: FeedKey,
+        /// The peer.
+        peer: PeerId,
+        /// How many entries it holds.
+        length: u64,
+    },
     /// A peer broke the protocol: it was disconnected and is blocked, for the life of the node
     /// or, if it was only too slow, for [`crate::Config::slow_peer_block`]; nothing it sent in
     /// the offending message was stored.
@@ -58,6 +68,10 @@ pub struct Stats {
     pub entries_received: u64,
     /// Entries received, verified and newly stored.
     pub entries_stored: u64,
+    /// Bytes of replication frames sent (entries and their proofs).
+    pub bytes_sent: u64,
+    /// Bytes of replication frames received.
+    pub bytes_received: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -66,6 +80,8 @@ pub(crate) struct Counters {
     pub(crate) sent: AtomicU64,
     pub(crate) received: AtomicU64,
     pub(crate) stored: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
 }
 
 impl Counters {
@@ -78,6 +94,8 @@ impl Counters {
             entries_sent: self.sent.load(Ordering::Relaxed),
             entries_received: self.received.load(Ordering::Relaxed),
             entries_stored: self.stored.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
         }
     }
 }

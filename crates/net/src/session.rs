@@ -335,6 +335,7 @@ async fn serve(
                 end = &mut ended => return client_end(end),
             }
             Counters::add(&cx.counters.sent, count);
+            Counters::add(&cx.counters.bytes_sent, frame.len() as u64);
         }
         tokio::select! {
             changed = status.changed() => if changed.is_err() { return Ok(()) },
@@ -417,6 +418,7 @@ async fn fetch_stream(
             if !read? {
                 return Err(SessionEnd::Closed("closed by the peer".into()));
             }
+            Counters::add(&cx.counters.bytes_received, buf.len() as u64);
             let action = client.receive(&buf, |batch| {
                 Counters::add(&cx.counters.received, batch.entries.len() as u64);
                 feed.verify(batch)
@@ -429,7 +431,13 @@ async fn fetch_stream(
                         return Ok(());
                     }
                 }
-                Ok(ClientAction::RemoteLength(_)) => {}
+                Ok(ClientAction::RemoteLength(length)) => {
+                    let _ = cx.events.send(Event::PeerHas {
+                        key: feed.key(),
+                        peer,
+                        length,
+                    });
+                }
                 Ok(ClientAction::Refused(refusal)) => return Err(SessionEnd::Refused(refusal)),
                 Err(ReceiveError::Peer(v)) => return Err(SessionEnd::violation(v)),
                 Err(ReceiveError::Local(e)) => return Err(SessionEnd::Local(e)),
