@@ -13,13 +13,20 @@
 //!   `seq` is the store's version once it was made ([`MultiBee::version`], so 1 for the first
 //!   change); `since` is exclusive: resume with the `last_seq` of the previous answer, or
 //!   start with the `version` of `GET /` for changes from now on. `longpoll` waits (at most
-//!   `timeout` ms) for a change when there is none yet.
+//!   `timeout` ms) for a change when there is none yet. `feed=continuous|eventsource` streams
+//!   the changes (JSON lines or Server-Sent Events) with `heartbeat=MS`: see `changes.rs`.
 //!
 //! Errors answer `{"error":"<kind>","reason":"<text>"}` with a fitting status.
 
 mod changes;
 mod docs;
 mod error;
+mod stall;
+
+pub use changes::{
+    CHUNK_BYTES, CHUNKS_BUFFERED, DEFAULT_HEARTBEAT_MS, DEFAULT_TOO_SLOW, MAX_HEARTBEAT_MS,
+    MIN_HEARTBEAT_MS,
+};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +60,7 @@ pub struct HttpApi {
     node: Option<NodeHandle>,
     body_limit: usize,
     shutdown: Arc<Notify>,
+    streams: changes::Streams,
 }
 
 impl HttpApi {
@@ -63,6 +71,7 @@ impl HttpApi {
             node: None,
             body_limit: DEFAULT_BODY_LIMIT,
             shutdown: Arc::new(Notify::new()),
+            streams: changes::Streams::default(),
         }
     }
 
@@ -120,6 +129,7 @@ pub struct HttpServer {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    streams: changes::Streams,
 }
 
 impl HttpServer {
@@ -128,8 +138,10 @@ impl HttpServer {
         self.addr
     }
 
-    /// Stops accepting connections and waits until the open ones are answered.
+    /// Stops accepting connections, ends `_changes` streams and long polls, and waits until
+    /// the open connections are answered.
     pub async fn shutdown(mut self) {
+        self.streams.close();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -143,6 +155,8 @@ pub async fn serve_http(addr: SocketAddr, api: HttpApi) -> std::io::Result<HttpS
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
+    let streams = api.streams.clone();
+    let listener = stall::StallListener::new(listener, streams.stall_after());
     let app = router(api);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -156,6 +170,7 @@ pub async fn serve_http(addr: SocketAddr, api: HttpApi) -> std::io::Result<HttpS
         addr,
         stop: Some(stop),
         task,
+        streams,
     })
 }
 
