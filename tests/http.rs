@@ -231,7 +231,7 @@ async fn bad_input_answers_an_error_and_writes_nothing() {
         ),
         (
             Method::GET,
-            "/_changes?feed=continuous",
+            "/_changes?feed=sometimes",
             "".into(),
             StatusCode::BAD_REQUEST,
             "bad_request",

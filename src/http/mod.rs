@@ -22,7 +22,8 @@
 //!   `seq` is the store's version once it was made ([`MultiBee::version`], so 1 for the first
 //!   change); `since` is exclusive: resume with the `last_seq` of the previous answer, or
 //!   start with the `version` of `GET /` for changes from now on. `longpoll` waits (at most
-//!   `timeout` ms) for a change when there is none yet.
+//!   `timeout` ms) for a change when there is none yet. `feed=continuous|eventsource` streams
+//!   the changes (JSON lines or Server-Sent Events) with `heartbeat=MS`: see `changes.rs`.
 //! - `GET /_writers`, `POST /_writers` with `{"key":"<hex diff key>"}`,
 //!   `DELETE /_writers/{key}[?expel=true]`: the membership.
 //! - `GET /_peers`: the connected peers. `GET /_status`: per writer the entries held, merged,
@@ -39,6 +40,12 @@ mod auth;
 mod changes;
 mod docs;
 mod error;
+mod stall;
+
+pub use changes::{
+    CHUNK_BYTES, CHUNKS_BUFFERED, DEFAULT_HEARTBEAT_MS, DEFAULT_TOO_SLOW, MAX_HEARTBEAT_MS,
+    MIN_HEARTBEAT_MS,
+};
 
 pub use docs::change_json;
 
@@ -78,6 +85,7 @@ pub struct HttpApi {
     token: Option<Arc<str>>,
     progress: Option<Progress>,
     requests: Requests,
+    streams: changes::Streams,
 }
 
 impl HttpApi {
@@ -91,6 +99,7 @@ impl HttpApi {
             token: None,
             progress: None,
             requests: Requests::default(),
+            streams: changes::Streams::default(),
         }
     }
 
@@ -176,6 +185,7 @@ pub struct HttpServer {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    streams: changes::Streams,
 }
 
 impl HttpServer {
@@ -184,8 +194,10 @@ impl HttpServer {
         self.addr
     }
 
-    /// Stops accepting connections and waits until the open ones are answered.
+    /// Stops accepting connections, ends `_changes` streams and long polls, and waits until
+    /// the open connections are answered.
     pub async fn shutdown(mut self) {
+        self.streams.close();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -210,6 +222,8 @@ pub async fn serve_http(addr: SocketAddr, mut api: HttpApi) -> std::io::Result<H
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
+    let streams = api.streams.clone();
+    let listener = stall::StallListener::new(listener, streams.stall_after());
     let app = router(api);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -223,5 +237,6 @@ pub async fn serve_http(addr: SocketAddr, mut api: HttpApi) -> std::io::Result<H
         addr,
         stop: Some(stop),
         task,
+        streams,
     })
 }

@@ -96,4 +96,4 @@ pub use options::{Event, Options};
 pub use peer::{MultiBee, WriterInfo, prefix_end};
 pub use tables::WriterState;
 pub use txn::{BatchOp, Committed, Precondition};
-pub use value::{MAX_DEPTH, Value};
+pub use value::{MAX_DEPTH, StoredRef, Value};

@@ -35,6 +35,15 @@ pub fn json_depth(v: &serde_json::Value) -> usize {
     deepest
 }
 
+/// A stored value, borrowed and not decoded: see [`Value::peek_stored`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredRef<'a> {
+    /// Canonical JSON text.
+    Json(&'a [u8]),
+    /// Opaque bytes.
+    Bytes(&'a [u8]),
+}
+
 const TAG_JSON: u8 = 1;
 const TAG_BYTES: u8 = 2;
 
@@ -76,11 +85,20 @@ impl Value {
 
     /// Decodes what [`Value::to_stored`] wrote.
     pub fn from_stored(bytes: &[u8]) -> Result<Value, String> {
-        match bytes.split_first() {
-            Some((&TAG_JSON, text)) => serde_json::from_slice(text)
+        match Value::peek_stored(bytes)? {
+            StoredRef::Json(text) => serde_json::from_slice(text)
                 .map(Value::Json)
                 .map_err(|e| format!("stored JSON does not parse: {e}")),
-            Some((&TAG_BYTES, b)) => Ok(Value::Bytes(b.to_vec())),
+            StoredRef::Bytes(b) => Ok(Value::Bytes(b.to_vec())),
+        }
+    }
+
+    /// What [`Value::to_stored`] wrote, split without parsing the JSON text: to copy a stored
+    /// document into JSON output as it is (the text is what `serde_json` wrote, so it parses).
+    pub fn peek_stored(bytes: &[u8]) -> Result<StoredRef<'_>, String> {
+        match bytes.split_first() {
+            Some((&TAG_JSON, text)) => Ok(StoredRef::Json(text)),
+            Some((&TAG_BYTES, b)) => Ok(StoredRef::Bytes(b)),
             Some((tag, _)) => Err(format!("unknown value tag {tag}")),
             None => Err("empty stored value".into()),
         }
