@@ -57,6 +57,13 @@ pub enum Event {
         /// Why (the text of a [`crate::DialError`]).
         reason: String,
     },
+    /// An outgoing connection is up: the address dialed worked (asked for or not).
+    DialSucceeded {
+        /// The peer that answered.
+        peer: PeerId,
+        /// The address dialed.
+        address: Multiaddr,
+    },
     /// A connected peer told the addresses it listens on (with the identify protocol).
     PeerIdentified {
         /// The peer.

@@ -49,6 +49,7 @@ pub mod wire;
 pub use config::Config;
 pub use error::{DialError, Error, FrameError, ReceiveError, Violation};
 pub use event::{Event, PeerInfo, Stats};
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
 pub use libp2p::{Stream, StreamProtocol};
 pub use libp2p_stream::Control;

@@ -837,10 +837,14 @@ impl EventLoop {
                 if let Some(reply) = self.dials.remove(&connection_id).and_then(|d| d.reply) {
                     let _ = reply.send(Ok(peer_id));
                 }
-                if endpoint.is_dialer()
-                    && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
-                {
-                    kad.add_address(&peer_id, address.clone());
+                if endpoint.is_dialer() {
+                    if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                        kad.add_address(&peer_id, address.clone());
+                    }
+                    let _ = self.cx.events.send(Event::DialSucceeded {
+                        peer: peer_id,
+                        address: address.clone(),
+                    });
                 }
                 if num_established.get() == 1 {
                     self.on_peer_connected(peer_id, address);

@@ -37,7 +37,7 @@ async fn connect_answers_the_peer_or_why_not() {
     );
     let with_id = a_addr
         .clone()
-        .with(libp2p::multiaddr::Protocol::P2p(a.node.peer_id()));
+        .with(multibee_net::Protocol::P2p(a.node.peer_id()));
     assert_eq!(handle.connect(with_id, CONNECT).await, Ok(a.node.peer_id()));
 
     // Nothing listening.
@@ -51,7 +51,7 @@ async fn connect_answers_the_peer_or_why_not() {
     let wrong = c
         .addr(Transport::Tcp)
         .await
-        .with(libp2p::multiaddr::Protocol::P2p(other));
+        .with(multibee_net::Protocol::P2p(other));
     match handle.connect(wrong, CONNECT).await {
         Err(DialError::WrongPeerId { expected, found }) => {
             assert_eq!((expected, found), (other, c.node.peer_id()));
