@@ -489,12 +489,13 @@ impl EventLoop {
             .map_err(|e| Error::transport(format!("dialing {addr}"), e))
     }
 
-    /// Starts a dial to `address` (reporting a failure to start as the outcome).
+    /// Starts a dial to `address`. A failure to start is the outcome: it is reported (event,
+    /// reply) and returned as text.
     fn start_dial(
         &mut self,
         address: Multiaddr,
         reply: Option<DialReply>,
-    ) -> Result<ConnectionId, DialError> {
+    ) -> Result<ConnectionId, String> {
         let expected = peer_in(&address);
         let opts = DialOpts::unknown_peer_id().address(address.clone()).build();
         let id = opts.connection_id();
@@ -511,10 +512,11 @@ impl EventLoop {
             Err(e) => {
                 let error = DialError::classify(&e, expected);
                 self.dial_failed(expected, Some(address), &error);
+                let text = error.to_string();
                 if let Some(reply) = reply {
-                    let _ = reply.send(Err(error.clone()));
+                    let _ = reply.send(Err(error));
                 }
-                Err(error)
+                Err(text)
             }
         }
     }
