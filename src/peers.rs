@@ -227,7 +227,17 @@ pub(crate) async fn remember(
 ) {
     let mut book = load(&path);
     let mut state = Redials::default();
-    let connected = node.connected_peers().await.unwrap_or_default();
+    // Peers connected before `events` was subscribed to (the node dials at its start) are
+    // remembered with the listen addresses they reported meanwhile.
+    let connected = node.peers().await.unwrap_or_default();
+    let mut learned = false;
+    for info in &connected {
+        learned |= book.remember(info.peer, &info.listen_addrs);
+    }
+    if learned {
+        store(&path, &book).await;
+    }
+    let connected: Vec<PeerId> = connected.iter().map(|info| info.peer).collect();
     let remembered: Vec<PeerId> = book.peers().collect();
     for peer in remembered {
         if !connected.contains(&peer) {

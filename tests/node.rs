@@ -806,11 +806,21 @@ fn dial_waits_for_the_outcome_and_says_why_it_failed() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let addr = format!("/ip4/127.0.0.1/tcp/{port}");
-    let answer = b.cmd(&format!("dial {addr}"));
+    // The event and the answer may come in either order.
+    b.send(&format!("dial {addr}")).unwrap();
+    let (mut answer, mut event) = (Json::Null, Json::Null);
+    while answer.is_null() || event.is_null() {
+        let line = b.next_matching("the answer to dial and a dial_failed event", |l| {
+            l.get("ok").is_some() || l["event"] == "dial_failed"
+        });
+        match line.get("ok") {
+            Some(_) => answer = line,
+            None => event = line,
+        }
+    }
     assert_eq!(answer["ok"], false, "{answer}");
     let error = answer["error"].as_str().unwrap();
     assert!(error.contains("refused"), "{error}");
-    let event = b.next_matching("a dial_failed event", |l| l["event"] == "dial_failed");
     assert_eq!(event["address"], addr.as_str(), "{event}");
     assert!(
         event["reason"].as_str().unwrap().contains("refused"),

@@ -87,6 +87,8 @@ pub struct PeerInfo {
     pub peer: PeerId,
     /// Its addresses on the connections open to it.
     pub addresses: Vec<Multiaddr>,
+    /// The addresses it listens on, as it reported them (identify), if it did yet.
+    pub listen_addrs: Vec<Multiaddr>,
     /// The feeds it is serving this node now (open replication streams).
     pub feeds: Vec<FeedKey>,
 }

@@ -306,6 +306,8 @@ struct EventLoop {
     dials: HashMap<ConnectionId, Dialing>,
     /// When each [`NodeHandle::connect`] stops waiting (one timer per entry of `dials` at most).
     dial_deadlines: JoinSet<ConnectionId>,
+    /// The listen addresses each connected peer reported (identify).
+    identified: HashMap<PeerId, Vec<Multiaddr>>,
     /// mDNS discovered a peer since the start.
     mdns_found: bool,
     wanted: HashMap<DiscoveryKey, Feed>,
@@ -355,6 +357,7 @@ impl EventLoop {
             connections: HashMap::new(),
             dials: HashMap::new(),
             dial_deadlines: JoinSet::new(),
+            identified: HashMap::new(),
             mdns_found: false,
             wanted: HashMap::new(),
             fetching: HashMap::new(),
@@ -594,6 +597,7 @@ impl EventLoop {
             let info = peers.entry(*peer).or_insert_with(|| PeerInfo {
                 peer: *peer,
                 addresses: Vec::new(),
+                listen_addrs: self.identified.get(peer).cloned().unwrap_or_default(),
                 feeds: Vec::new(),
             });
             if !info.addresses.contains(address) {
@@ -862,6 +866,7 @@ impl EventLoop {
                 if num_established > 0 {
                     return;
                 }
+                self.identified.remove(&peer_id);
                 let _ = self.cx.gone.send(peer_id);
                 self.openers.remove(&peer_id);
                 self.streaks.retain(|(peer, _), _| *peer != peer_id);
@@ -905,6 +910,9 @@ impl EventLoop {
                     for addr in &info.listen_addrs {
                         kad.add_address(&peer_id, addr.clone());
                     }
+                }
+                if self.swarm.is_connected(&peer_id) {
+                    self.identified.insert(peer_id, info.listen_addrs.clone());
                 }
                 let _ = self.cx.events.send(Event::PeerIdentified {
                     peer: peer_id,

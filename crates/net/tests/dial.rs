@@ -149,6 +149,8 @@ async fn peers_lists_a_connected_peer_its_address_and_the_feed_it_serves() {
         })
         .await;
     assert!(listen.contains(&a.addr(Transport::Tcp).await), "{listen:?}");
+    let peers = b.node.handle().peers().await.unwrap();
+    assert_eq!(peers[0].listen_addrs, listen);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
