@@ -338,6 +338,15 @@ impl Node {
     }
 }
 
+/// Makes the node of `dir` forget the peers it was connected to (it dials them again when it
+/// starts).
+fn forget_peers(dir: &Path) {
+    match std::fs::remove_file(dir.join("peers.json")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("{e}"),
+        _ => {}
+    }
+}
+
 /// Two nodes, B dialing A, each counting the other's writes.
 fn counting_each_other(dir_a: &Path, dir_b: &Path) -> (Node, Node) {
     let mut a = Node::start(dir_a, &[]);
@@ -366,7 +375,8 @@ fn two_nodes_replicate_merge_concurrent_edits_and_survive_sigkill() {
     b.kill();
     a.ok(r#"put doc {"a":2,"b":1}"#);
     // Restarted on its folder, B still has everything it answered ok, and edits another field
-    // of the same document before it hears of A's edit.
+    // of the same document before it hears of A's edit (so it does not dial A on its own).
+    forget_peers(dir_b.path());
     let mut b = Node::start(dir_b.path(), &[]);
     assert_eq!(b.diff_key(), b_key);
     assert_eq!(b.ok("get doc")["value"], json!({"a": 1, "b": 1}));
@@ -540,6 +550,8 @@ fn patch_del_conflicts_history_and_writer_remove_between_two_nodes() {
     b.ok("quit");
     b.stop();
     a.ok(r#"patch doc {"title":"from a"}"#);
+    // B would dial A again on its own (peers.json): it must edit before it hears of A's edit.
+    forget_peers(dir_b.path());
     let mut b = Node::start(dir_b.path(), &[]);
     b.ok(r#"patch doc {"title":"from b"}"#);
     b.ok(&format!("dial {}", a.addr()));
