@@ -62,6 +62,7 @@ pub use ticket::{Ticket, TicketError};
 
 pub mod http;
 mod join;
+mod peers;
 pub mod progress;
 mod ticket;
 
@@ -101,6 +102,7 @@ pub async fn serve(mb: &MultiBee, config: Config) -> Result<Served> {
         node,
         _follow: AbortOnDrop(follow),
         _joins: AbortOnDrop(joins),
+        _peers: None,
     })
 }
 
@@ -167,6 +169,8 @@ pub struct Served {
     _follow: AbortOnDrop,
     /// Answers join requests.
     _joins: AbortOnDrop,
+    /// Remembers peers and dials them again (see [`Served::remember_peers`]).
+    _peers: Option<AbortOnDrop>,
 }
 
 impl Served {
@@ -193,6 +197,22 @@ impl Served {
     /// Dials a peer; returns once the dial started (see [`net::Event::PeerConnected`]).
     pub async fn dial(&self, addr: Multiaddr) -> Result<()> {
         Ok(self.node.handle().dial(addr).await?)
+    }
+
+    /// Remembers the peers this node connects to in the file `path` and dials them again:
+    /// the ones already in the file now, and each one that disconnects, until it is back
+    /// (waiting 1 s, then twice as long after each failed round, up to 5 minutes, with
+    /// jitter). A peer this node dialed is remembered with the address that worked, every
+    /// peer with the listen addresses it reports; at most 64 peers, 8 addresses each, the most
+    /// recent first; a peer that breaks the protocol is forgotten. The file is owner-only and
+    /// replaced whole; one that cannot be read is reported with a warning and ignored. Failed
+    /// dials show as [`net::Event::DialFailed`]. Runs until [`Served::shutdown`]; calling this
+    /// again replaces the file used.
+    pub fn remember_peers(&mut self, path: impl Into<std::path::PathBuf>) {
+        let node = self.node.handle();
+        let events = node.subscribe();
+        let task = tokio::spawn(peers::remember(node, path.into(), events));
+        self._peers = Some(AbortOnDrop(task));
     }
 
     /// Closes every connection to `peer` (see [`net::NodeHandle::disconnect`]); returns whether
@@ -247,6 +267,7 @@ impl Served {
     /// stored are merged as usual.
     pub async fn shutdown(self) {
         drop(self._follow);
+        drop(self._peers);
         self.node.shutdown().await;
     }
 }

@@ -338,6 +338,15 @@ impl Node {
     }
 }
 
+/// Makes the node of `dir` forget the peers it was connected to (it dials them again when it
+/// starts).
+fn forget_peers(dir: &Path) {
+    match std::fs::remove_file(dir.join("peers.json")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("{e}"),
+        _ => {}
+    }
+}
+
 /// Two nodes, B dialing A, each counting the other's writes.
 fn counting_each_other(dir_a: &Path, dir_b: &Path) -> (Node, Node) {
     let mut a = Node::start(dir_a, &[]);
@@ -366,7 +375,8 @@ fn two_nodes_replicate_merge_concurrent_edits_and_survive_sigkill() {
     b.kill();
     a.ok(r#"put doc {"a":2,"b":1}"#);
     // Restarted on its folder, B still has everything it answered ok, and edits another field
-    // of the same document before it hears of A's edit.
+    // of the same document before it hears of A's edit (so it does not dial A on its own).
+    forget_peers(dir_b.path());
     let mut b = Node::start(dir_b.path(), &[]);
     assert_eq!(b.diff_key(), b_key);
     assert_eq!(b.ok("get doc")["value"], json!({"a": 1, "b": 1}));
@@ -540,6 +550,8 @@ fn patch_del_conflicts_history_and_writer_remove_between_two_nodes() {
     b.ok("quit");
     b.stop();
     a.ok(r#"patch doc {"title":"from a"}"#);
+    // B would dial A again on its own (peers.json): it must edit before it hears of A's edit.
+    forget_peers(dir_b.path());
     let mut b = Node::start(dir_b.path(), &[]);
     b.ok(r#"patch doc {"title":"from b"}"#);
     b.ok(&format!("dial {}", a.addr()));
@@ -729,4 +741,155 @@ fn writer_add_refuses_the_nodes_own_feeds_with_the_reason() {
         );
     }
     a.stop();
+}
+
+/// Waits until `dir`'s `peers.json` names `peer` (the node writes it once connected).
+fn wait_remembered(dir: &Path, peer: &str) {
+    let path = dir.join("peers.json");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if std::fs::read_to_string(&path).is_ok_and(|text| text.contains(peer)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not name {peer} within {PATIENCE:?}",
+            path.display()
+        );
+        // A file written by another process: no event to wait on, so look again shortly.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_restarted_node_on_a_new_port_finds_its_peer_again_without_dial() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, mut b) = counting_each_other(dir_a.path(), dir_b.path());
+    let (b_id, b_addr) = (b.ready["peer_id"].clone(), b.addr());
+    a.ok(r#"put before {"v":1}"#);
+    b.wait_value("before", json!({"v": 1}));
+    let a_id = a.ready["peer_id"].as_str().unwrap().to_string();
+    wait_remembered(dir_b.path(), &a_id);
+    let mode = std::fs::metadata(dir_b.path().join("peers.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    b.kill();
+    a.ok(r#"put while_down {"v":2}"#);
+    // Restarted on a new port (port 0 again), without --dial: it dials A from peers.json.
+    let mut b = Node::start(dir_b.path(), &[]);
+    assert_eq!(b.ready["peer_id"], b_id);
+    assert_ne!(b.addr(), b_addr);
+    b.wait_value("while_down", json!({"v": 2}));
+    b.stop();
+    a.stop();
+}
+
+#[test]
+fn a_corrupt_peers_file_is_reported_and_the_node_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("peers.json"), "{not json").unwrap();
+    let out = output_within(
+        Command::new(node_binary())
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .stdin(Stdio::null()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(r#""event":"ready""#), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("corrupt"), "{stderr}");
+}
+
+#[test]
+fn dial_waits_for_the_outcome_and_says_why_it_failed() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(dir_a.path(), &[]);
+    let mut b = Node::start(dir_b.path(), &[]);
+    let answer = b.ok(&format!("dial {}", a.addr()));
+    assert_eq!(answer["peer_id"], a.ready["peer_id"], "{answer}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let addr = format!("/ip4/127.0.0.1/tcp/{port}");
+    // The event and the answer may come in either order.
+    b.send(&format!("dial {addr}")).unwrap();
+    let (mut answer, mut event) = (Json::Null, Json::Null);
+    while answer.is_null() || event.is_null() {
+        let line = b.next_matching("the answer to dial and a dial_failed event", |l| {
+            l.get("ok").is_some() || l["event"] == "dial_failed"
+        });
+        match line.get("ok") {
+            Some(_) => answer = line,
+            None => event = line,
+        }
+    }
+    assert_eq!(answer["ok"], false, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("refused"), "{error}");
+    assert_eq!(event["address"], addr.as_str(), "{event}");
+    assert!(
+        event["reason"].as_str().unwrap().contains("refused"),
+        "{event}"
+    );
+    b.stop();
+}
+
+#[test]
+fn a_configuration_file_is_read_and_a_bad_key_stops_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("multibee.toml"),
+        "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\nfrobnicate = 1\n",
+    )
+    .unwrap();
+    let out = output_within(Command::new(node_binary()).arg("--dir").arg(dir.path()));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("frobnicate"), "{stderr}");
+    assert!(stderr.contains("multibee.toml"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "the folder was touched: {left:?}");
+
+    // A good file takes effect: only the one listen address it names (no QUIC, no 0.0.0.0),
+    // and a named file (--config) is read from anywhere.
+    let named = dir.path().join("node.toml");
+    std::fs::write(
+        &named,
+        "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\nsync = \"relaxed\"\ncache_mb = 8\n",
+    )
+    .unwrap();
+    std::fs::remove_file(dir.path().join("multibee.toml")).unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--dir".to_string(),
+        data.display().to_string(),
+        "--config".to_string(),
+        named.display().to_string(),
+    ];
+    let node = Node::start_with(&args);
+    let listen = node.ready["listen"].as_array().unwrap();
+    assert_eq!(listen.len(), 1, "{listen:?}");
+    assert!(
+        listen[0]
+            .as_str()
+            .unwrap()
+            .starts_with("/ip4/127.0.0.1/tcp/"),
+        "{listen:?}"
+    );
+    node.stop();
+    // A named file that is missing is an error too.
+    let out = output_within(
+        Command::new(node_binary())
+            .args(["--dir", &data.display().to_string(), "--config"])
+            .arg(dir.path().join("missing.toml")),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }

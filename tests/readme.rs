@@ -67,6 +67,11 @@ fn the_readme_quickstart_does_what_it_says() {
             assert_eq!(ready["event"], node.ready["event"]);
             vars.insert(format!("<{peer}_KEY>"), node.diff_key());
             vars.insert(format!("<{peer}_ADDR>"), node.addr());
+            let id = node.ready["peer_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            vars.insert(format!("<{peer}_PEER_ID>"), id);
             nodes.insert(peer, node);
         } else if let Some(command) = line.strip_prefix(&format!("{peer}> ")) {
             let command = fill(command, &vars);

@@ -20,6 +20,9 @@ pub struct Config {
     pub dial: Vec<Multiaddr>,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
+    /// With mDNS on: how long after the start finding no peer is reported, once
+    /// ([`crate::Event::MdnsFoundNothing`] and a log line naming the addresses tried).
+    pub mdns_quiet_after: Duration,
     /// Run the Kademlia DHT: announce and look up the feeds' discovery keys.
     pub kademlia: bool,
     /// The node's identity; a fresh one if `None`.
@@ -60,6 +63,7 @@ impl Default for Config {
             ],
             dial: Vec::new(),
             mdns: true,
+            mdns_quiet_after: Duration::from_secs(10),
             kademlia: true,
             identity: None,
             limits: Limits::default(),

@@ -56,6 +56,51 @@ pub enum Event {
         /// What it did.
         reason: Violation,
     },
+    /// An outgoing connection failed: one asked for ([`crate::NodeHandle::connect`],
+    /// [`crate::NodeHandle::dial`], [`crate::Config::dial`]) or one the node started on its
+    /// own (a peer found with mDNS or in the DHT).
+    DialFailed {
+        /// The peer dialed, if known.
+        peer: Option<PeerId>,
+        /// The address dialed, if known.
+        address: Option<Multiaddr>,
+        /// Why (the text of a [`crate::DialError`]).
+        reason: String,
+    },
+    /// An outgoing connection is up: the address dialed worked (asked for or not).
+    DialSucceeded {
+        /// The peer that answered.
+        peer: PeerId,
+        /// The address dialed.
+        address: Multiaddr,
+    },
+    /// A connected peer told the addresses it listens on (with the identify protocol).
+    PeerIdentified {
+        /// The peer.
+        peer: PeerId,
+        /// Its listen addresses, as it reports them.
+        listen_addrs: Vec<Multiaddr>,
+    },
+    /// mDNS found no peer within [`crate::Config::mdns_quiet_after`] of the start (reported
+    /// once).
+    MdnsFoundNothing {
+        /// The local addresses mDNS was looking from.
+        tried: Vec<String>,
+    },
+}
+
+/// A connected peer, as [`crate::NodeHandle::peers`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerInfo {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its addresses on the connections open to it.
+    pub addresses: Vec<Multiaddr>,
+    /// The addresses it listens on, as it reported them (identify), if it did yet.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// The feeds it is serving this node now (open replication streams).
+    pub feeds: Vec<FeedKey>,
 }
 
 /// Counters of a node's replication traffic, since it started.

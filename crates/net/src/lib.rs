@@ -47,8 +47,9 @@ mod session;
 pub mod wire;
 
 pub use config::Config;
-pub use error::{Error, FrameError, ReceiveError, Violation};
-pub use event::{Event, Stats};
+pub use error::{DialError, Error, FrameError, ReceiveError, Violation};
+pub use event::{Event, PeerInfo, Stats};
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
 pub use libp2p::{Stream, StreamProtocol};
 pub use libp2p_stream::Control;

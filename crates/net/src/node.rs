@@ -1,12 +1,13 @@
 //! The [`Node`]: a libp2p swarm driven by one event loop task, and the [`NodeHandle`] that
 //! commands it over a bounded channel.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
 use libp2p_stream::Control;
 use multibee_feed::{DiscoveryKey, Feed, FeedKey, Store};
@@ -15,8 +16,8 @@ use tokio::task::JoinSet;
 
 use crate::behaviour::{Behaviour, BehaviourEvent, build_swarm};
 use crate::config::Config;
-use crate::error::{Error, Violation};
-use crate::event::{Counters, Event, Stats};
+use crate::error::{DialError, Error, Violation};
+use crate::event::{Counters, Event, PeerInfo, Stats};
 use crate::session::{self, Context, Internal, SessionEnd};
 use crate::wire::Refusal;
 
@@ -29,10 +30,15 @@ const EVENT_BUFFER: usize = 4096;
 /// How long starting waits for the listeners to report their addresses.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where the outcome of a [`NodeHandle::connect`] goes.
+type DialReply = oneshot::Sender<Result<PeerId, DialError>>;
+
 enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     Dial(Multiaddr, oneshot::Sender<Result<(), Error>>),
+    Connect(Multiaddr, Duration, DialReply),
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
     Disconnect(PeerId, oneshot::Sender<bool>),
     Replicate(Feed),
     StopReplicating(DiscoveryKey, oneshot::Sender<()>),
@@ -192,9 +198,27 @@ impl NodeHandle {
         self.ask(Command::ConnectedPeers).await
     }
 
-    /// Dials an address; returns once the dial started (see [`Event::PeerConnected`]).
+    /// Dials an address; returns once the dial started (see [`Event::PeerConnected`], and
+    /// [`Event::DialFailed`] for a failure). [`NodeHandle::connect`] waits for the outcome.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), Error> {
         self.ask(|reply| Command::Dial(addr, reply)).await?
+    }
+
+    /// Connects to an address and waits, at most `timeout`, for the outcome: the peer that
+    /// answered, or why no connection was made. An address with a peer id (`.../p2p/ID`)
+    /// connects only to that peer. An address (or peer) already connected answers at once.
+    /// A failure is also reported as [`Event::DialFailed`] (once libp2p gives up, which may be
+    /// after the timeout).
+    pub async fn connect(&self, addr: Multiaddr, timeout: Duration) -> Result<PeerId, DialError> {
+        self.ask(|reply| Command::Connect(addr, timeout, reply))
+            .await
+            .map_err(|_| DialError::Stopped)?
+    }
+
+    /// The peers connected now: their addresses on the open connections, and the feeds each
+    /// serves this node (open replication streams), ordered by peer id.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
+        self.ask(Command::Peers).await
     }
 
     /// Closes every connection to `peer` (it may connect again, and is not blocked). Returns
@@ -260,6 +284,15 @@ struct Fetching {
     task: tokio::task::AbortHandle,
 }
 
+/// An outgoing connection being set up, started by a command.
+struct Dialing {
+    address: Multiaddr,
+    /// The peer id the address names, if any.
+    expected: Option<PeerId>,
+    /// The [`NodeHandle::connect`] waiting for the outcome (taken when its time is up).
+    reply: Option<DialReply>,
+}
+
 struct EventLoop {
     swarm: Swarm<Behaviour>,
     cx: Arc<Context>,
@@ -267,6 +300,16 @@ struct EventLoop {
     commands: mpsc::Receiver<Command>,
     internal: mpsc::Receiver<Internal>,
     listen_addrs: Vec<Multiaddr>,
+    /// The open connections: to which peer, at which of its addresses.
+    connections: HashMap<ConnectionId, (PeerId, Multiaddr)>,
+    /// Outgoing connections started by a command, until they are up or failed.
+    dials: HashMap<ConnectionId, Dialing>,
+    /// When each [`NodeHandle::connect`] stops waiting (one timer per entry of `dials` at most).
+    dial_deadlines: JoinSet<ConnectionId>,
+    /// The listen addresses each connected peer reported (identify).
+    identified: HashMap<PeerId, Vec<Multiaddr>>,
+    /// mDNS discovered a peer since the start.
+    mdns_found: bool,
     wanted: HashMap<DiscoveryKey, Feed>,
     fetching: HashMap<(PeerId, DiscoveryKey), Fetching>,
     fetches: JoinSet<(PeerId, DiscoveryKey, SessionEnd)>,
@@ -311,6 +354,11 @@ impl EventLoop {
             commands,
             internal,
             listen_addrs: Vec::new(),
+            connections: HashMap::new(),
+            dials: HashMap::new(),
+            dial_deadlines: JoinSet::new(),
+            identified: HashMap::new(),
+            mdns_found: false,
             wanted: HashMap::new(),
             fetching: HashMap::new(),
             fetches: JoinSet::new(),
@@ -370,9 +418,17 @@ impl EventLoop {
             .max(Duration::from_millis(100));
         let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let quiet = tokio::time::sleep(self.cx.config.mdns_quiet_after);
+        tokio::pin!(quiet);
+        let mut quiet_armed = self.cx.config.mdns;
         loop {
             tokio::select! {
                 _ = resync.tick() => self.resync(),
+                _ = &mut quiet, if quiet_armed => {
+                    quiet_armed = false;
+                    self.mdns_quiet();
+                }
+                Some(Ok(id)) = self.dial_deadlines.join_next() => self.dial_timed_out(id),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
                     None | Some(Command::Shutdown) => break,
@@ -393,6 +449,7 @@ impl EventLoop {
             }
         }
         self.retries.shutdown().await;
+        self.dial_deadlines.shutdown().await;
         self.fetches.shutdown().await;
         self.tasks.shutdown().await;
         // Aborting the accepting tasks would drop their stream tasks without waiting for
@@ -412,6 +469,10 @@ impl EventLoop {
             Command::Dial(addr, reply) => {
                 let _ = reply.send(self.dial(addr));
             }
+            Command::Connect(addr, timeout, reply) => self.connect(addr, timeout, reply),
+            Command::Peers(reply) => {
+                let _ = reply.send(self.peers());
+            }
             Command::Disconnect(peer, reply) => {
                 let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
             }
@@ -426,9 +487,156 @@ impl EventLoop {
     }
 
     fn dial(&mut self, addr: Multiaddr) -> Result<(), Error> {
-        self.swarm
-            .dial(addr.clone())
+        self.start_dial(addr.clone(), None)
+            .map(drop)
             .map_err(|e| Error::transport(format!("dialing {addr}"), e))
+    }
+
+    /// Starts a dial to `address`. A failure to start is the outcome: it is reported (event,
+    /// reply) and returned as text.
+    fn start_dial(
+        &mut self,
+        address: Multiaddr,
+        reply: Option<DialReply>,
+    ) -> Result<ConnectionId, String> {
+        let expected = peer_in(&address);
+        let opts = DialOpts::unknown_peer_id().address(address.clone()).build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                let dialing = Dialing {
+                    address,
+                    expected,
+                    reply,
+                };
+                self.dials.insert(id, dialing);
+                Ok(id)
+            }
+            Err(e) => {
+                let error = DialError::classify(&e, expected);
+                self.dial_failed(expected, Some(address), &error);
+                let text = error.to_string();
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(error));
+                }
+                Err(text)
+            }
+        }
+    }
+
+    fn connect(&mut self, address: Multiaddr, timeout: Duration, reply: DialReply) {
+        if let Some(peer) = self.connected_at(&address) {
+            let _ = reply.send(Ok(peer));
+            return;
+        }
+        if let Ok(id) = self.start_dial(address, Some(reply)) {
+            self.dial_deadlines.spawn(async move {
+                tokio::time::sleep(timeout).await;
+                id
+            });
+        }
+    }
+
+    /// The peer already connected at `address` (or named by it), if any.
+    fn connected_at(&self, address: &Multiaddr) -> Option<PeerId> {
+        if let Some(peer) = peer_in(address) {
+            return self.swarm.is_connected(&peer).then_some(peer);
+        }
+        let wanted = without_peer(address);
+        self.connections
+            .values()
+            .find(|(_, remote)| without_peer(remote) == wanted)
+            .map(|(peer, _)| *peer)
+    }
+
+    /// A [`NodeHandle::connect`]'s time is up: it is answered now (the dial goes on, and its
+    /// failure is still reported as an event).
+    fn dial_timed_out(&mut self, id: ConnectionId) {
+        if let Some(reply) = self.dials.get_mut(&id).and_then(|d| d.reply.take()) {
+            let _ = reply.send(Err(DialError::TimedOut));
+        }
+    }
+
+    fn dial_failed(&self, peer: Option<PeerId>, address: Option<Multiaddr>, error: &DialError) {
+        tracing::debug!(?peer, ?address, %error, "dial failed");
+        let reason = error.to_string();
+        let event = Event::DialFailed {
+            peer,
+            address,
+            reason,
+        };
+        let _ = self.cx.events.send(event);
+    }
+
+    fn on_dial_error(
+        &mut self,
+        id: ConnectionId,
+        peer: Option<PeerId>,
+        error: &libp2p::swarm::DialError,
+    ) {
+        let dialing = self.dials.remove(&id);
+        let expected = dialing.as_ref().and_then(|d| d.expected).or(peer);
+        let classified = DialError::classify(error, expected);
+        let address = match (&dialing, error) {
+            (Some(d), _) => Some(d.address.clone()),
+            (None, libp2p::swarm::DialError::WrongPeerId { address, .. }) => Some(address.clone()),
+            (None, libp2p::swarm::DialError::Transport(tried)) if tried.len() == 1 => {
+                Some(tried[0].0.clone())
+            }
+            _ => None,
+        };
+        self.dial_failed(peer.or(expected), address, &classified);
+        if let Some(reply) = dialing.and_then(|d| d.reply) {
+            let _ = reply.send(Err(classified));
+        }
+    }
+
+    fn peers(&self) -> Vec<PeerInfo> {
+        let mut peers: BTreeMap<PeerId, PeerInfo> = BTreeMap::new();
+        for (peer, address) in self.connections.values() {
+            let info = peers.entry(*peer).or_insert_with(|| PeerInfo {
+                peer: *peer,
+                addresses: Vec::new(),
+                listen_addrs: self.identified.get(peer).cloned().unwrap_or_default(),
+                feeds: Vec::new(),
+            });
+            if !info.addresses.contains(address) {
+                info.addresses.push(address.clone());
+            }
+        }
+        for (peer, dk) in self.fetching.keys() {
+            if let (Some(info), Some(feed)) = (peers.get_mut(peer), self.wanted.get(dk)) {
+                info.feeds.push(feed.key());
+            }
+        }
+        peers.into_values().collect()
+    }
+
+    /// mDNS found no peer in its first [`Config::mdns_quiet_after`]: says so, once.
+    fn mdns_quiet(&self) {
+        if self.mdns_found {
+            return;
+        }
+        let mut tried: Vec<String> = Vec::new();
+        for addr in &self.listen_addrs {
+            let ip = addr.iter().find_map(|p| match p {
+                Protocol::Ip4(ip) => Some(ip.to_string()),
+                Protocol::Ip6(ip) => Some(ip.to_string()),
+                _ => None,
+            });
+            if let Some(ip) = ip
+                && !tried.contains(&ip)
+            {
+                tried.push(ip);
+            }
+        }
+        tracing::info!(
+            after = ?self.cx.config.mdns_quiet_after,
+            tried = %tried.join(", "),
+            "mDNS found no peer on the local network (none runs there, or multicast is \
+             blocked); dial a peer's address instead"
+        );
+        let _ = self.cx.events.send(Event::MdnsFoundNothing { tried });
     }
 
     fn replicate(&mut self, feed: Feed) {
@@ -624,15 +832,25 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
                 let address = endpoint.get_remote_address().clone();
-                if endpoint.is_dialer()
-                    && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
-                {
-                    kad.add_address(&peer_id, address.clone());
+                self.connections
+                    .insert(connection_id, (peer_id, address.clone()));
+                if let Some(reply) = self.dials.remove(&connection_id).and_then(|d| d.reply) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                if endpoint.is_dialer() {
+                    if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                        kad.add_address(&peer_id, address.clone());
+                    }
+                    let _ = self.cx.events.send(Event::DialSucceeded {
+                        peer: peer_id,
+                        address: address.clone(),
+                    });
                 }
                 if num_established.get() == 1 {
                     self.on_peer_connected(peer_id, address);
@@ -640,9 +858,15 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
+                self.connections.remove(&connection_id);
+                if num_established > 0 {
+                    return;
+                }
+                self.identified.remove(&peer_id);
                 let _ = self.cx.gone.send(peer_id);
                 self.openers.remove(&peer_id);
                 self.streaks.retain(|(peer, _), _| *peer != peer_id);
@@ -651,6 +875,11 @@ impl EventLoop {
                     .events
                     .send(Event::PeerDisconnected { peer: peer_id });
             }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => self.on_dial_error(connection_id, peer_id, &error),
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
         }
@@ -678,12 +907,20 @@ impl EventLoop {
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
-                    for addr in info.listen_addrs {
-                        kad.add_address(&peer_id, addr);
+                    for addr in &info.listen_addrs {
+                        kad.add_address(&peer_id, addr.clone());
                     }
                 }
+                if self.swarm.is_connected(&peer_id) {
+                    self.identified.insert(peer_id, info.listen_addrs.clone());
+                }
+                let _ = self.cx.events.send(Event::PeerIdentified {
+                    peer: peer_id,
+                    listen_addrs: info.listen_addrs,
+                });
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                self.mdns_found = true;
                 for (peer, addr) in found {
                     if !self.swarm.is_connected(&peer) {
                         let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
@@ -714,6 +951,23 @@ impl EventLoop {
             _ => {}
         }
     }
+}
+
+/// The peer id an address ends with (`.../p2p/ID`), if any.
+fn peer_in(address: &Multiaddr) -> Option<PeerId> {
+    match address.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}
+
+/// `address` without its trailing peer id.
+fn without_peer(address: &Multiaddr) -> Multiaddr {
+    let mut address = address.clone();
+    if let Some(Protocol::P2p(_)) = address.iter().last() {
+        address.pop();
+    }
+    address
 }
 
 /// The DHT key under which a feed's holders are recorded: its discovery key.

@@ -2,6 +2,7 @@
 //! The net crate's integration tests: real nodes on loopback, ports from the OS, mDNS off.
 
 mod common;
+mod dial;
 mod discovery;
 mod fork;
 mod fuzz_decode;

@@ -14,21 +14,39 @@
 //! `writer add KEY` (refuses this node's own diff and store keys with the reason; another
 //! peer's store key is not recognized: it is accepted, and its entries are reported as
 //! `invalid_diff` events), `writer remove KEY` (replicated membership operations),
-//! `invite` (answers a `ticket` that `--join TICKET` takes on a new peer), `dial ADDR`,
+//! `invite` (answers a `ticket` that `--join TICKET` takes on a new peer), `dial ADDR` (waits
+//! up to 10 s for the connection: `{"ok":true,"peer_id":..}`, or `{"ok":false,"error":..}`
+//! saying why, e.g. `connection refused`, `timed out`, `wrong peer: ...`, `unreachable: ...`),
 //! `conflicts KEY`, `history KEY`, `status`, `quit`. Answers carry `"ok"`; other
-//! lines carry `"event"` (a change to the merged store, a peer connected or rejected). End of
+//! lines carry `"event"` (a change to the merged store, a peer connected or rejected, a failed
+//! dial: `{"event":"dial_failed","peer_id":..|null,"address":..|null,"reason":..}`, for
+//! background dials too; mDNS that found no peer in its first 10 s, once:
+//! `{"event":"mdns_found_nothing","tried":[..]}`). End of
 //! input, SIGINT and SIGTERM shut it down cleanly. A bad line (not UTF-8, longer than 16 MiB, an
 //! unknown command) is answered with an error quoting at most its first 64 characters, and the
 //! node goes on. Logs go to stderr (`RUST_LOG`).
 //! With `--http ADDR` it also serves the HTTP API (`multibee::http`; the ready line gains
 //! `"http":"http://HOST:PORT"`) and keeps running when stdin closes, until SIGINT, SIGTERM or
 //! `POST /_shutdown`.
+//!
+//! The peers it was connected to are remembered in the folder (`peers.json`, owner-only) and
+//! dialed again at the start and whenever one disconnects, with a backoff (1 s doubling to
+//! 5 min): a restarted node finds its peers again without `--dial`. A corrupt file is reported
+//! on stderr and ignored.
+//!
+//! Settings can also come from a TOML file: `multibee.toml` in the folder, or `--config PATH`
+//! (keys `listen`, `http`, `bootstrap`, `dial`, `mdns`, `max_drift_ms`, `sync`, `cache_mb` or
+//! `cache_bytes`; see `config.rs`). Flags override the file. A bad file (an unknown key, a
+//! wrong value) stops the node with an error naming the file and the problem, before the folder
+//! is touched.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+mod config;
 use multibee::db::{Change, Clock, Event as DbEvent, SystemClock};
 use multibee::net::Event as NetEvent;
 use multibee::{
@@ -45,8 +63,13 @@ struct Args {
     /// The folder holding this peer's data.
     #[arg(long, default_value = "./multibee-data")]
     dir: PathBuf,
-    /// A multiaddr to listen on (repeatable).
-    #[arg(long, value_name = "ADDR", default_values_t = default_listen())]
+    /// A configuration file (TOML; default: `multibee.toml` in the folder, if there is one).
+    /// Flags override its keys.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// A multiaddr to listen on (repeatable) [default: /ip4/0.0.0.0/udp/0/quic-v1 and
+    /// /ip4/0.0.0.0/tcp/0]
+    #[arg(long, value_name = "ADDR")]
     listen: Vec<Multiaddr>,
     /// A multiaddr to dial at start (repeatable).
     #[arg(long, value_name = "ADDR")]
@@ -54,9 +77,22 @@ struct Args {
     /// The diff key (hex) of a writer whose changes this peer merges (repeatable).
     #[arg(long, value_name = "KEY")]
     writer: Vec<FeedKey>,
-    /// Do not look for peers on the local network with mDNS.
+    /// Do not look for peers on the local network with mDNS (the same as `--mdns false`).
     #[arg(long)]
     no_mdns: bool,
+    /// Look for peers on the local network with mDNS [default: true]
+    #[arg(long, value_name = "BOOL")]
+    mdns: Option<bool>,
+    /// The largest lead of a writer's clock over this peer's that still advances this peer's
+    /// clock; a diff further ahead is reported (`future_timestamp` events) [default: 60000]
+    #[arg(long, value_name = "MS")]
+    max_drift_ms: Option<u64>,
+    /// When an acknowledged write reaches the disk [default: durable]
+    #[arg(long, value_enum)]
+    sync: Option<config::Sync>,
+    /// The store's page cache, in MiB [default: the library's]
+    #[arg(long, value_name = "MB")]
+    cache_mb: Option<u64>,
     /// A Kademlia bootstrap peer's multiaddr (repeatable).
     #[arg(long, value_name = "ADDR")]
     bootstrap: Vec<Multiaddr>,
@@ -85,11 +121,16 @@ const STDIN_HELP: &str = "\
 Commands on stdin, one per line, each answered with one JSON line carrying \"ok\":
   put KEY JSON | patch KEY JSON | get KEY | del KEY
   list [PREFIX] [--limit N] [--start KEY]   (1000 entries by default; \"more\" and \"next\")
-  writer add KEY | writer remove KEY | invite | dial ADDR
+  writer add KEY | writer remove KEY | invite
+  dial ADDR   (waits up to 10 s: \"peer_id\", or ok false and the reason, e.g. connection refused)
   conflicts KEY | history KEY | status | quit
 A bad line (not UTF-8, over 16 MiB, unknown) is answered with an error; the node goes on.
 Event lines carry \"event\": ready, change, peer_connected, peer_disconnected, peer_rejected,
-future_timestamp, invalid_diff, writer_frozen, merged.";
+dial_failed (peer_id, address, reason; background dials too), mdns_found_nothing (tried, once),
+future_timestamp, invalid_diff, writer_frozen, merged.
+Peers are remembered in DIR/peers.json and dialed again at start and when they disconnect.
+Settings may come from DIR/multibee.toml or --config PATH (keys: listen, http, bootstrap, dial,
+mdns, max_drift_ms, sync, cache_mb or cache_bytes); flags override the file.";
 
 /// The system clock moved by a fixed offset.
 #[derive(Debug)]
@@ -99,13 +140,6 @@ impl Clock for OffsetClock {
     fn now_ms(&self) -> u64 {
         SystemClock.now_ms().saturating_add_signed(self.0)
     }
-}
-
-fn default_listen() -> Vec<Multiaddr> {
-    ["/ip4/0.0.0.0/udp/0/quic-v1", "/ip4/0.0.0.0/tcp/0"]
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .collect()
 }
 
 fn main() {
@@ -190,18 +224,36 @@ impl Out {
     }
 }
 
+/// The file in the folder where the peers this node was connected to are remembered (see
+/// `multibee::Served::remember_peers`); they are dialed again at the start.
+const PEERS_FILE: &str = "peers.json";
+
+/// How long the `dial` command waits for the connection.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn run(args: Args) -> Result<(), String> {
+    // Read before the folder is touched: a bad file changes nothing.
+    let settings = config::settings(&args)?;
     let mut config = Config::default()
-        .listen_on(args.listen.iter().cloned())
-        .mdns(!args.no_mdns);
+        .listen_on(settings.listen.iter().cloned())
+        .mdns(settings.mdns);
     // Bootstrap peers are dialed like any other; Kademlia learns their routes on connection.
-    for addr in args.dial.iter().chain(&args.bootstrap) {
+    for addr in settings.dial.iter().chain(&settings.bootstrap) {
         config = config.dial(addr.clone());
     }
     let (identity, new_identity) = load_identity(&args.dir)?;
     config = config.identity(identity.clone());
-    let options = Options::default().clock(OffsetClock(args.clock_offset_ms));
-    let served = match &args.join {
+    let mut options = Options::default().clock(OffsetClock(args.clock_offset_ms));
+    if let Some(ms) = settings.max_drift_ms {
+        options = options.max_drift_ms(ms);
+    }
+    if let Some(sync) = settings.sync {
+        options = options.sync(sync);
+    }
+    if let Some(bytes) = settings.cache_bytes {
+        options = options.cache_bytes(bytes);
+    }
+    let mut served = match &args.join {
         Some(ticket) => multibee::join(&args.dir, ticket, options, config)
             .await
             .map_err(|e| format!("cannot join with the ticket: {e}"))?,
@@ -214,6 +266,7 @@ async fn run(args: Args) -> Result<(), String> {
                 .map_err(|e| format!("cannot start the node: {e}"))?
         }
     };
+    served.remember_peers(args.dir.join(PEERS_FILE));
     let mb = served.multibee().clone();
     if new_identity {
         // The folder exists (and is this process's) once the store is open.
@@ -253,7 +306,7 @@ async fn run(args: Args) -> Result<(), String> {
         "database": mb.database().map(|d| d.to_string()).unwrap_or_default(),
         "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
     });
-    let http = match args.http {
+    let http = match settings.http {
         Some(addr) => {
             let api = multibee::http::HttpApi::served(&served);
             let requested = api.shutdown_requested();
@@ -502,7 +555,12 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
             let addr: Multiaddr = one_arg(rest, "dial ADDR")?
                 .parse()
                 .map_err(|e| format!("bad multiaddr: {e}"))?;
-            served.dial(addr).await.map_err(|e| e.to_string())?;
+            let peer = served
+                .node()
+                .connect(addr, DIAL_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            fields.insert("peer_id".into(), json!(peer.to_string()));
         }
         "conflicts" => {
             let key = one_arg(rest, "conflicts KEY")?;
@@ -671,6 +729,23 @@ async fn print_node_events(mut events: tokio::sync::broadcast::Receiver<NetEvent
             }
             NetEvent::PeerRejected { peer, reason } => {
                 out.send(json!({"event": "peer_rejected", "peer_id": peer.to_string(), "reason": reason.to_string()}))
+                    .await
+            }
+            NetEvent::DialFailed {
+                peer,
+                address,
+                reason,
+            } => {
+                out.send(json!({
+                    "event": "dial_failed",
+                    "peer_id": peer.map(|p| p.to_string()),
+                    "address": address.map(|a| a.to_string()),
+                    "reason": reason,
+                }))
+                .await
+            }
+            NetEvent::MdnsFoundNothing { tried } => {
+                out.send(json!({"event": "mdns_found_nothing", "tried": tried}))
                     .await
             }
             NetEvent::FeedProgressed { key, length, peer } if terminal => {
