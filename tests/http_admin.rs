@@ -803,6 +803,47 @@ async fn status_shows_what_peers_hold_and_metrics_count_bytes() {
     );
     let (status, _) = http_request(&addr, "GET", "/_metrics", "").await;
     assert_eq!(status, 200);
+
+    // Peers: B, its addresses, and the feeds it serves A (its own diff feed at least).
+    let (status, peers) = http_request(&addr, "GET", "/_peers", "").await;
+    assert_eq!(status, 200);
+    let b_peer = served_b.peer_id().to_string();
+    let listed = peers["peers"].as_array().unwrap();
+    let row = listed
+        .iter()
+        .find(|p| p["peer_id"] == json!(b_peer))
+        .unwrap();
+    assert!(!row["addresses"].as_array().unwrap().is_empty(), "{row}");
+    // Dials answer their outcome: B (connected already), a closed port, a bad address.
+    let b_addr = served_b.listen_addrs().await.unwrap()[0].to_string();
+    let body = json!({"addr": b_addr}).to_string();
+    let (status, dialed) = http_request(&addr, "POST", "/_peers", &body).await;
+    assert_eq!(
+        (status, &dialed["peer_id"]),
+        (200, &json!(b_peer)),
+        "{dialed}"
+    );
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let body = json!({"addr": format!("/ip4/127.0.0.1/tcp/{closed}")}).to_string();
+    let (status, failed) = http_request(&addr, "POST", "/_peers", &body).await;
+    assert_eq!(
+        (status, &failed["error"]),
+        (502, &json!("dial_failed")),
+        "{failed}"
+    );
+    assert!(
+        failed["reason"].as_str().unwrap().contains("refused"),
+        "{failed}"
+    );
+    let (status, bad) = http_request(&addr, "POST", "/_peers", r#"{"addr":"nowhere"}"#).await;
+    assert_eq!(
+        (status, &bad["error"]),
+        (400, &json!("bad_request")),
+        "{bad}"
+    );
     http.shutdown().await;
     served_b.shutdown().await;
     served_a.shutdown().await;

@@ -150,19 +150,70 @@ pub(super) async fn remove_writer(
     ok(json!({"ok": true, "key": key.to_string(), "expelled": params.expel}))
 }
 
-/// `GET /_peers`: the peers connected now.
+/// `GET /_peers`: the peers connected now, their addresses, and the feeds they serve us.
 pub(super) async fn peers(State(api): State<HttpApi>) -> ApiResult {
     let Some(node) = &api.node else {
         return ok(json!({"peers": []}));
     };
+    let text = |addrs: &[crate::Multiaddr]| addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     let peers: Vec<Json> = node
-        .connected_peers()
+        .peers()
         .await
         .map_err(net_error)?
         .iter()
-        .map(|p| json!({"peer_id": p.to_string()}))
+        .map(|p| {
+            json!({
+                "peer_id": p.peer.to_string(),
+                "addresses": text(&p.addresses),
+                "listen_addrs": text(&p.listen_addrs),
+                "feeds": p.feeds.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            })
+        })
         .collect();
     ok(json!({"peers": peers}))
+}
+
+/// How long `POST /_peers` waits for a dial's outcome.
+pub const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `POST /_peers` with `{"addr":"<multiaddr>"}`: dials, and answers the peer once connected, or
+/// why it could not connect (502 `dial_failed`; 504 when it timed out).
+pub(super) async fn dial(
+    State(api): State<HttpApi>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = parse_json(&body?)?;
+    let addr = body
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.get("addr"))
+        .and_then(Json::as_str)
+        .ok_or_else(|| ApiError::bad_request("the body must be {\"addr\":\"<multiaddr>\"}"))?;
+    let addr: crate::Multiaddr = addr
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("bad multiaddr {:?}: {e}", short(addr))))?;
+    let Some(node) = &api.node else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "network",
+            "this API serves no network node",
+        ));
+    };
+    match node.connect(addr.clone(), DIAL_TIMEOUT).await {
+        Ok(peer) => ok(json!({"ok": true, "peer_id": peer.to_string(), "addr": addr.to_string()})),
+        Err(e) => {
+            let status = match e {
+                crate::net::DialError::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+                crate::net::DialError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            Err(ApiError::new(
+                status,
+                "dial_failed",
+                format!("dialing {addr}: {e}"),
+            ))
+        }
+    }
 }
 
 fn net_error(e: crate::net::Error) -> ApiError {

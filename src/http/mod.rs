@@ -153,7 +153,7 @@ pub fn router(api: HttpApi) -> Router {
         .route("/_changes", get(changes::changes))
         .route("/_writers", get(admin::writers).post(admin::add_writer))
         .route("/_writers/{key}", delete(admin::remove_writer))
-        .route("/_peers", get(admin::peers))
+        .route("/_peers", get(admin::peers).post(admin::dial))
         .route("/_status", get(admin::status))
         .route("/_metrics", get(admin::metrics))
         .route("/_ui", get(ui))
