@@ -893,3 +893,36 @@ fn a_configuration_file_is_read_and_a_bad_key_stops_the_node() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
+
+#[test]
+fn an_http_token_guards_the_node_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(
+        dir.path(),
+        &["--http", "127.0.0.1:0", "--http-token", "s3cret"],
+    );
+    assert_eq!(node.ready["http_token"], json!("given"));
+    let addr = node.ready["http"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use crate::common::http_with_headers;
+        let (status, body) = http_with_headers(&addr, "GET", "/", &[], "").await;
+        assert_eq!(
+            (status, &body["error"]),
+            (401, &json!("unauthorized")),
+            "{body}"
+        );
+        let wrong = ["Authorization: Bearer nope".to_string()];
+        let (status, _) = http_with_headers(&addr, "GET", "/", &wrong, "").await;
+        assert_eq!(status, 401);
+        let right = ["Authorization: Bearer s3cret".to_string()];
+        let (status, body) = http_with_headers(&addr, "PUT", "/docs/a", &right, "1").await;
+        assert_eq!(status, 200, "{body}");
+    });
+    assert_eq!(node.cmd("get a"), json!({"ok": true, "value": 1}));
+    node.terminate();
+}

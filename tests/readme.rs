@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value as Json, json};
 
-use crate::common::within;
+use crate::common::http_with_headers;
 use crate::node::Node;
 
 /// The lines of the README's code blocks marked `kind`.
@@ -182,7 +182,7 @@ async fn the_readme_http_quickstart_does_what_it_says() {
         let path = url
             .strip_prefix(&readme_host)
             .unwrap_or_else(|| panic!("{url} is not on {readme_host}"));
-        let (status, got) = request(&addr, &method, path, &headers, &body).await;
+        let (status, got) = http_with_headers(&addr, &method, path, &headers, &body).await;
         let want: Json = serde_json::from_str(answer).unwrap();
         assert!(
             matches(&want, &got),
@@ -190,31 +190,4 @@ async fn the_readme_http_quickstart_does_what_it_says() {
         );
     }
     node.wait_exit("POST /_shutdown");
-}
-
-/// One HTTP/1.1 request with extra headers (`Name: value`); the status and the JSON answer.
-async fn request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[String],
-    body: &str,
-) -> (u16, Json) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
-    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    within(stream.read_to_end(&mut response)).await.unwrap();
-    let response = String::from_utf8(response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")),
-    )
 }

@@ -52,6 +52,7 @@ impl From<Sync> for SyncMode {
 struct File {
     listen: Option<Vec<String>>,
     http: Option<SocketAddr>,
+    http_token: Option<String>,
     bootstrap: Option<Vec<String>>,
     dial: Option<Vec<String>>,
     mdns: Option<bool>,
@@ -66,6 +67,7 @@ struct File {
 pub struct Settings {
     pub listen: Vec<Multiaddr>,
     pub http: Option<SocketAddr>,
+    pub http_token: Option<String>,
     pub bootstrap: Vec<Multiaddr>,
     pub dial: Vec<Multiaddr>,
     pub mdns: bool,
@@ -134,6 +136,7 @@ fn merge(args: &Args, file: File) -> Result<Settings, String> {
     Ok(Settings {
         listen,
         http: args.http.or(file.http),
+        http_token: args.http_token.clone().or(file.http_token),
         bootstrap: list(&args.bootstrap, "bootstrap", file.bootstrap)?,
         dial: list(&args.dial, "dial", file.dial)?,
         mdns,

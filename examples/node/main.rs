@@ -47,11 +47,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 mod config;
-use multibee::db::{Change, Clock, Event as DbEvent, SystemClock};
+use multibee::db::{Clock, Event as DbEvent, SystemClock};
 use multibee::net::Event as NetEvent;
-use multibee::{
-    ChangesOptions, Config, FeedKey, MultiBee, Multiaddr, Options, Served, Value, serve,
-};
+use multibee::{ChangesOptions, Config, FeedKey, MultiBee, Multiaddr, Options, Served, serve};
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -114,6 +112,10 @@ struct Args {
     /// `POST /_shutdown`.
     #[arg(long, value_name = "ADDR")]
     http: Option<std::net::SocketAddr>,
+    /// The bearer token HTTP requests must carry. Without one, a node serving HTTP beyond
+    /// loopback uses the token in DIR/http.token, made (owner-only) on first start.
+    #[arg(long, value_name = "TOKEN")]
+    http_token: Option<String>,
 }
 
 /// What `--help` says of stdin and stdout.
@@ -129,8 +131,9 @@ Event lines carry \"event\": ready, change, peer_connected, peer_disconnected, p
 dial_failed (peer_id, address, reason; background dials too), mdns_found_nothing (tried, once),
 future_timestamp, invalid_diff, writer_frozen, merged.
 Peers are remembered in DIR/peers.json and dialed again at start and when they disconnect.
-Settings may come from DIR/multibee.toml or --config PATH (keys: listen, http, bootstrap, dial,
-mdns, max_drift_ms, sync, cache_mb or cache_bytes); flags override the file.";
+Settings may come from DIR/multibee.toml or --config PATH (keys: listen, http, http_token,
+bootstrap, dial, mdns, max_drift_ms, sync, cache_mb or cache_bytes); flags override the file.
+HTTP beyond loopback needs a bearer token: --http-token, or DIR/http.token (made on first start).";
 
 /// The system clock moved by a fixed offset.
 #[derive(Debug)]
@@ -224,6 +227,52 @@ impl Out {
     }
 }
 
+/// The file in the folder that holds the HTTP token of a node serving beyond loopback.
+const TOKEN_FILE: &str = "http.token";
+
+/// The token HTTP requests must carry, and where it comes from (`"given"`, or the token
+/// file's path): the one given (flag or configuration file); else, for an address beyond loopback, the one in the
+/// folder's token file, made on first start (32 random bytes, hex, owner-only); else none.
+fn http_token(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    given: Option<String>,
+) -> Result<Option<(String, String)>, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(token) = given {
+        if token.trim().is_empty() || token.trim() != token {
+            return Err("the HTTP token is empty or has spaces around it".into());
+        }
+        return Ok(Some((token, "given".into())));
+    }
+    if addr.ip().is_loopback() {
+        return Ok(None);
+    }
+    let path = dir.join(TOKEN_FILE);
+    let shown = path.display().to_string();
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(Some((text.trim().to_string(), shown))),
+        Ok(_) => return Err(format!("{shown} is empty: delete it to make a new token")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {shown}: {e}")),
+    }
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| format!("no randomness for a token: {e}"))?;
+    let token = hex::encode(secret);
+    let failed = |e: std::io::Error| format!("cannot write {shown}: {e}");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(failed)?;
+    file.write_all(format!("{token}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(failed)?;
+    Ok(Some((token, shown)))
+}
+
 /// The file in the folder where the peers this node was connected to are remembered (see
 /// `multibee::Served::remember_peers`); they are dialed again at the start.
 const PEERS_FILE: &str = "peers.json";
@@ -306,9 +355,23 @@ async fn run(args: Args) -> Result<(), String> {
         "database": mb.database().map(|d| d.to_string()).unwrap_or_default(),
         "listen": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
     });
+    // Merge rates and what peers hold (for `/_status`), and catch-ups logged as they go.
+    let progress = multibee::progress::Progress::start_served(&served);
     let http = match settings.http {
         Some(addr) => {
-            let api = multibee::http::HttpApi::served(&served);
+            let mut api = multibee::http::HttpApi::served(&served).progress(progress.clone());
+            match http_token(&args.dir, addr, settings.http_token.clone()) {
+                Ok(Some((token, from))) => {
+                    api = api.token(token);
+                    ready["http_token"] = json!(from);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    served.shutdown().await;
+                    mb.close().await;
+                    return Err(e);
+                }
+            }
             let requested = api.shutdown_requested();
             let server = multibee::http::serve_http(addr, api)
                 .await
@@ -505,7 +568,12 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
         "get" => {
             let key = one_arg(rest, "get KEY")?;
             let value = mb.get(key).map_err(|e| e.to_string())?;
-            fields.insert("value".into(), value.as_ref().map_or(Json::Null, to_json));
+            fields.insert(
+                "value".into(),
+                value
+                    .as_ref()
+                    .map_or(Json::Null, multibee::http::value_json),
+            );
         }
         "del" => {
             let key = one_arg(rest, "del KEY")?;
@@ -528,7 +596,8 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
                     fields.insert("next".into(), json!(text(&key)));
                     break;
                 }
-                entries.push(json!({"key": text(&key), "value": to_json(&value)}));
+                entries
+                    .push(json!({"key": text(&key), "value": multibee::http::value_json(&value)}));
             }
             fields.entry("more").or_insert(json!(false));
             fields.insert("entries".into(), Json::Array(entries));
@@ -567,7 +636,7 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
             let conflicts = mb.conflicts(key).map_err(|e| e.to_string())?;
             let list = conflicts
                 .iter()
-                .map(|c| json!({"writer": c.writer.to_string(), "ts": c.ts.to_string(), "change": change_json(&c.change)}))
+                .map(|c| json!({"writer": c.writer.to_string(), "ts": c.ts.to_string(), "change": multibee::http::change_json(&c.change)}))
                 .collect();
             fields.insert("conflicts".into(), Json::Array(list));
         }
@@ -576,7 +645,7 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
             let history = mb.history(key).map_err(|e| e.to_string())?;
             let list = history
                 .iter()
-                .map(|h| json!({"writer": h.writer.to_string(), "ts": h.ts.to_string(), "seq": h.seq, "change": change_json(&h.change)}))
+                .map(|h| json!({"writer": h.writer.to_string(), "ts": h.ts.to_string(), "seq": h.seq, "change": multibee::http::change_json(&h.change)}))
                 .collect();
             fields.insert("history".into(), Json::Array(list));
         }
@@ -657,31 +726,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn to_json(value: &Value) -> Json {
-    match value {
-        Value::Json(j) => j.clone(),
-        Value::Bytes(b) => json!({"bytes_hex": hex::encode(b)}),
-    }
-}
-
-fn change_json(change: &Change) -> Json {
-    match change {
-        Change::Set(v) => json!({"set": to_json(v)}),
-        Change::Delete => json!("delete"),
-        Change::Fields(ops) => Json::Array(
-            ops.iter()
-                .map(|op| match op {
-                    multibee::db::FieldOp::Set { path, value } => {
-                        json!({"set": path, "value": value})
-                    }
-                    multibee::db::FieldOp::Remove { path } => json!({"remove": path}),
-                    multibee::db::FieldOp::Object { path } => json!({"object": path}),
-                })
-                .collect(),
-        ),
-    }
-}
-
 /// Prints every change to the merged store as an event line.
 async fn print_changes(mb: MultiBee, out: Out) {
     let since = mb.version().unwrap_or(0);
@@ -695,7 +739,10 @@ async fn print_changes(mb: MultiBee, out: Out) {
     while let Some(change) = changes.next().await {
         match change {
             Ok(c) => {
-                let value = c.value.as_ref().map_or(Json::Null, to_json);
+                let value = c
+                    .value
+                    .as_ref()
+                    .map_or(Json::Null, multibee::http::value_json);
                 out.send(
                     json!({"event": "change", "seq": c.seq, "key": text(&c.key), "value": value}),
                 )

@@ -16,7 +16,7 @@ use crate::db::Precondition;
 use crate::{BatchOp, Value};
 
 /// The JSON of a stored value (opaque bytes as `{"bytes_hex":..}`).
-pub(super) fn doc_json(value: &Value) -> Json {
+pub fn value_json(value: &Value) -> Json {
     match value {
         Value::Json(j) => j.clone(),
         Value::Bytes(b) => json!({"bytes_hex": hex::encode(b)}),
@@ -139,7 +139,7 @@ pub(super) async fn get_doc(State(api): State<HttpApi>, uri: Uri, headers: Heade
     if unchanged {
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag(rev))]).into_response());
     }
-    let body = json!({"key": key, "rev": rev.to_string(), "doc": doc_json(&value)});
+    let body = json!({"key": key, "rev": rev.to_string(), "doc": value_json(&value)});
     Ok(([(ETAG, etag(rev))], axum::Json(body)).into_response())
 }
 
@@ -181,7 +181,7 @@ fn conflicts(api: &HttpApi, key: &str) -> ApiResult {
 pub fn change_json(change: &crate::db::Change) -> Json {
     use crate::db::{Change, FieldOp};
     match change {
-        Change::Set(v) => json!({"set": doc_json(v)}),
+        Change::Set(v) => json!({"set": value_json(v)}),
         Change::Delete => json!("delete"),
         Change::Fields(ops) => ops
             .iter()
@@ -332,7 +332,7 @@ pub(super) async fn range(
         }
         let mut row = json!({"key": text(&key), "rev": rev.to_string()});
         if include_docs {
-            row["doc"] = doc_json(&value);
+            row["doc"] = value_json(&value);
         }
         docs.push(row);
     }

@@ -47,7 +47,7 @@ pub use changes::{
     MIN_HEARTBEAT_MS,
 };
 
-pub use docs::change_json;
+pub use docs::{change_json, value_json};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
