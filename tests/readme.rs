@@ -191,3 +191,35 @@ async fn the_readme_http_quickstart_does_what_it_says() {
     }
     node.wait_exit("POST /_shutdown");
 }
+
+/// The README's example `multibee.toml` is one the node takes (its network settings replaced
+/// by flags: loopback only, no mDNS).
+#[test]
+fn the_readme_settings_file_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + readme[start..].find("```").unwrap();
+        readme[start..end].to_string()
+    };
+    let config = dir.path().join("settings.toml");
+    std::fs::write(&config, lines).unwrap();
+    let args: Vec<String> = [
+        "--dir",
+        &dir.path().join("data").display().to_string(),
+        "--config",
+        &config.display().to_string(),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--no-mdns",
+        "--http",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec();
+    let node = Node::start_with(&args);
+    assert!(node.ready["http"].is_string(), "{}", node.ready);
+    node.terminate();
+}
