@@ -977,3 +977,105 @@ async fn a_client_that_reads_nothing_is_cut_off_with_bounded_buffering() {
     within(server.shutdown()).await;
     mb.close().await;
 }
+
+/// Opens a streamed `_changes` over HTTP/1.0 (its body ends with the connection).
+async fn open_stream(addr: &str, path: &str) -> Stream {
+    let mut tcp = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut stream = Stream::of_tcp(tcp, Vec::new());
+    let head = stream.until(b"\r\n\r\n").await.unwrap();
+    assert!(head.contains(" 200 "), "{path}: {head}");
+    stream
+}
+
+/// The keys of B's changes after `since`, read from its event stream until every key of
+/// `expected` came (each counted as often as it came).
+async fn keys_until(addr: &str, since: u64, expected: &[String]) -> Vec<String> {
+    let path = format!("/_changes?feed=eventsource&since={since}");
+    let mut events = open_stream(addr, &path).await;
+    let mut keys = Vec::new();
+    let mut last = since;
+    while !expected.iter().all(|k| keys.contains(k)) {
+        let (id, row) = events.result().await.expect("the stream goes on");
+        let id = id.expect("a result has an id");
+        assert!(id > last, "ids increase: {id} after {last}");
+        last = id;
+        keys.push(row["key"].as_str().unwrap().to_string());
+    }
+    keys
+}
+
+#[test]
+fn a_client_resumes_from_last_seq_across_a_node_restart() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = crate::node::Node::start(dir_a.path(), &["--http", "127.0.0.1:0"]);
+    let ticket = a.ok("invite")["ticket"].as_str().unwrap().to_string();
+    a.close_stdin();
+    let mut b =
+        crate::node::Node::start(dir_b.path(), &["--join", &ticket, "--http", "127.0.0.1:0"]);
+    b.close_stdin();
+    let http_a = http_addr(&a);
+    let keys = |range: std::ops::Range<u32>| range.map(|i| format!("d{i}")).collect::<Vec<_>>();
+    let put_on_a = |keys: Vec<String>| {
+        let http_a = http_a.clone();
+        async move {
+            for key in keys {
+                let (status, _) = http_request(&http_a, "PUT", &format!("/docs/{key}"), "1").await;
+                assert_eq!(status, 200);
+            }
+        }
+    };
+    let last_seq = rt.block_on(async {
+        put_on_a(keys(0..1)).await;
+        let http_b = http_addr(&b);
+        // A long poll on B delivers it (each poll answers at once if B already has it).
+        let mut since = 0;
+        loop {
+            let path = format!("/_changes?since={since}&feed=longpoll&timeout=60000");
+            let (status, changes) = http_request(&http_b, "GET", &path, "").await;
+            assert_eq!(status, 200, "{changes}");
+            since = changes["last_seq"].as_u64().unwrap();
+            if changes["results"].as_array().unwrap().iter().any(|r| r["key"] == "d0") {
+                break;
+            }
+        }
+        // So does B's event stream.
+        assert_eq!(keys_until(&http_b, 0, &keys(0..1)).await, keys(0..1));
+        since
+    });
+
+    // B goes down; A writes meanwhile, and after B is back.
+    b.kill();
+    rt.block_on(put_on_a(keys(1..4)));
+    let mut b = crate::node::Node::start(
+        dir_b.path(),
+        &["--dial", &a.addr(), "--http", "127.0.0.1:0"],
+    );
+    b.close_stdin();
+    let http_b = http_addr(&b);
+    rt.block_on(async {
+        put_on_a(keys(4..7)).await;
+        // The client resumes from the last_seq it had: all of them, once each, nothing else.
+        let got = keys_until(&http_b, last_seq, &keys(1..7)).await;
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(sorted, keys(1..7), "after last_seq {last_seq}: {got:?}");
+        let path = format!("/_changes?since={last_seq}");
+        let (_, page) = http_request(&http_b, "GET", &path, "").await;
+        let paged: Vec<&str> = page["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(paged, got, "the normal feed agrees");
+        for addr in [&http_a, &http_b] {
+            let (status, _) = http_request(addr, "POST", "/_shutdown", "").await;
+            assert_eq!(status, 200);
+        }
+    });
+    a.wait_exit("POST /_shutdown");
+    b.wait_exit("POST /_shutdown");
+}
