@@ -625,7 +625,10 @@ impl Stream {
             }
         });
         Stream {
-            chunks: futures::stream::iter([head_rest]).chain(chunks).fuse().boxed(),
+            chunks: futures::stream::iter([head_rest])
+                .chain(chunks)
+                .fuse()
+                .boxed(),
             buf: Vec::new(),
         }
     }
@@ -837,7 +840,10 @@ async fn limit_and_timeout_end_a_stream() {
     // A live stream that waits for its limit.
     let now = api.mb.version().unwrap();
     let mut events = api
-        .stream(&format!("/_changes?feed=eventsource&since={now}&limit=1"), &[])
+        .stream(
+            &format!("/_changes?feed=eventsource&since={now}&limit=1"),
+            &[],
+        )
         .await;
     let v4 = api.put("d", "4").await;
     assert_eq!(events.result().await.unwrap().0, Some(v4));
@@ -926,7 +932,9 @@ async fn a_client_that_reads_nothing_is_cut_off_with_bounded_buffering() {
     let mb = MultiBee::open(dir.path()).await.unwrap();
     let api = HttpApi::new(mb.clone()).too_slow_after(std::time::Duration::from_secs(2));
     let cut_offs = api.too_slow_cut_offs();
-    let server = serve_http("127.0.0.1:0".parse().unwrap(), api).await.unwrap();
+    let server = serve_http("127.0.0.1:0".parse().unwrap(), api)
+        .await
+        .unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut client = within(socket.connect(server.local_addr())).await.unwrap();
@@ -954,7 +962,10 @@ async fn a_client_that_reads_nothing_is_cut_off_with_bounded_buffering() {
     // began to wait) gets what was buffered, then the too_slow line, then the end.
     let mut stream = Stream::of_tcp(client, Vec::new());
     let head = stream.until(b"\r\n\r\n").await.unwrap();
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
     let (mut rows, mut last) = (0u64, None);
     let mut bytes = 0;
     while let Some(line) = stream.line().await {
@@ -1037,7 +1048,12 @@ fn a_client_resumes_from_last_seq_across_a_node_restart() {
             let (status, changes) = http_request(&http_b, "GET", &path, "").await;
             assert_eq!(status, 200, "{changes}");
             since = changes["last_seq"].as_u64().unwrap();
-            if changes["results"].as_array().unwrap().iter().any(|r| r["key"] == "d0") {
+            if changes["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["key"] == "d0")
+            {
                 break;
             }
         }

@@ -31,6 +31,10 @@ impl axum::serve::Listener for StallListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        // Answers and streamed results go out at once, not when the previous one is acked.
+        if let Err(e) = io.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         (StallGuard::new(io, self.after), addr)
     }
 
