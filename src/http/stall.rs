@@ -121,3 +121,28 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallGuard<T> {
         self.guard(cx, poll)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_that_waits_too_long_fails_and_one_that_moves_on_does_not() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut guarded = StallGuard::new(client, Duration::from_millis(50));
+        guarded.write_all(&[1; 64]).await.unwrap();
+        // The peer reads: the next write goes through.
+        let mut buf = [0; 64];
+        tokio::io::AsyncReadExt::read_exact(&mut server, &mut buf)
+            .await
+            .unwrap();
+        guarded.write_all(&[2; 64]).await.unwrap();
+        // The peer reads nothing more: the write fails once it has waited 50 ms.
+        let stalled = guarded.write_all(&[3; 64]).await.unwrap_err();
+        assert_eq!(stalled.kind(), io::ErrorKind::TimedOut);
+    }
+}
