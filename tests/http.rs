@@ -217,7 +217,7 @@ async fn bad_input_answers_an_error_and_writes_nothing() {
         ),
         (
             Method::GET,
-            "/_changes?feed=continuous",
+            "/_changes?feed=continuously",
             "".into(),
             StatusCode::BAD_REQUEST,
             "bad_request",
