@@ -231,7 +231,7 @@ async fn bad_input_answers_an_error_and_writes_nothing() {
         ),
         (
             Method::GET,
-            "/_changes?feed=sometimes",
+            "/_changes?feed=continuously",
             "".into(),
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -597,6 +597,513 @@ fn two_nodes_with_http_replicate_and_outlive_their_stdin() {
             (status, without_rev(doc)),
             (200, json!({"key": "from a", "doc": {"n": 1}}))
         );
+        for addr in [&http_a, &http_b] {
+            let (status, _) = http_request(addr, "POST", "/_shutdown", "").await;
+            assert_eq!(status, 200);
+        }
+    });
+    a.wait_exit("POST /_shutdown");
+    b.wait_exit("POST /_shutdown");
+}
+
+/// A streamed body read a line or an event at a time.
+struct Stream {
+    chunks: futures::stream::BoxStream<'static, Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Stream {
+    /// The body of an in-process response.
+    fn of(response: axum::response::Response) -> Stream {
+        use futures::StreamExt;
+        let chunks = response
+            .into_body()
+            .into_data_stream()
+            .map(|chunk| chunk.unwrap().to_vec())
+            .fuse()
+            .boxed();
+        Stream {
+            chunks,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The rest of a TCP connection (after the response head).
+    fn of_tcp(stream: tokio::net::TcpStream, head_rest: Vec<u8>) -> Stream {
+        use futures::StreamExt;
+        let chunks = futures::stream::unfold(stream, |mut stream| async move {
+            let mut chunk = vec![0; 64 * 1024];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    Some((chunk, stream))
+                }
+            }
+        });
+        Stream {
+            chunks: futures::stream::iter([head_rest])
+                .chain(chunks)
+                .fuse()
+                .boxed(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The text up to the next `end` (excluded); `None` at the end of the body.
+    async fn until(&mut self, end: &[u8]) -> Option<String> {
+        use futures::StreamExt;
+        loop {
+            if let Some(at) = self.buf.windows(end.len()).position(|w| w == end) {
+                let item: Vec<u8> = self.buf.drain(..at + end.len()).take(at).collect();
+                return Some(String::from_utf8(item).unwrap());
+            }
+            let chunk = within(self.chunks.next()).await?;
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The next line (empty for a heartbeat).
+    async fn line(&mut self) -> Option<String> {
+        self.until(b"\n").await
+    }
+
+    /// The next JSON line, skipping heartbeats.
+    async fn json(&mut self) -> Option<Json> {
+        loop {
+            let line = self.line().await?;
+            if !line.is_empty() {
+                return Some(serde_json::from_str(&line).unwrap());
+            }
+        }
+    }
+
+    /// The next Server-Sent Event: its id (if any) and data; heartbeats (comments) are
+    /// `(None, ":")`.
+    async fn event(&mut self) -> Option<(Option<u64>, String)> {
+        let event = self.until(b"\n\n").await?;
+        let (mut id, mut data) = (None, String::new());
+        for line in event.lines() {
+            if let Some(v) = line.strip_prefix("id: ") {
+                id = Some(v.parse().unwrap());
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data.push_str(v);
+            } else if line.starts_with(':') {
+                data.push(':');
+            } else {
+                panic!("unexpected event line {line:?}");
+            }
+        }
+        Some((id, data))
+    }
+
+    /// The next event that is a result: its id and JSON, skipping heartbeats.
+    async fn result(&mut self) -> Option<(Option<u64>, Json)> {
+        loop {
+            let (id, data) = self.event().await?;
+            if data != ":" {
+                return Some((id, serde_json::from_str(&data).unwrap()));
+            }
+        }
+    }
+}
+
+impl Api {
+    /// Starts a streamed request; the response (its status checked) as a [`Stream`].
+    async fn stream(&self, uri: &str, headers: &[(&str, &str)]) -> Stream {
+        let mut request = Request::get(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Body::empty()).unwrap();
+        let response = within(self.router.clone().oneshot(request)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{uri}");
+        Stream::of(response)
+    }
+
+    async fn put(&self, key: &str, doc: &str) -> u64 {
+        let answer = self.ok(Method::PUT, &format!("/docs/{key}"), doc).await;
+        answer["version"].as_u64().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn continuous_catches_up_then_follows_live_changes_with_docs_and_prefix() {
+    let api = Api::new().await;
+    let v1 = api.put("b%2F1", r#"{"n":1}"#).await;
+    api.put("a", "0").await;
+    api.ok(Method::DELETE, "/docs/b%2F1", "").await;
+    let v3 = api.mb.version().unwrap();
+
+    let mut all = api
+        .stream("/_changes?feed=continuous&include_docs=true", &[])
+        .await;
+    let mut only_b = api
+        .stream("/_changes?feed=continuous&prefix=b%2F&since=0", &[])
+        .await;
+    let first = all.json().await.unwrap();
+    assert_eq!(
+        first,
+        json!({"seq": v1, "key": "b/1", "deleted": false, "doc": {"n": 1}})
+    );
+    assert_eq!(all.json().await.unwrap()["key"], "a");
+    let deleted = all.json().await.unwrap();
+    assert_eq!(
+        deleted,
+        json!({"seq": v3, "key": "b/1", "deleted": true, "doc": null})
+    );
+    assert_eq!(
+        only_b.json().await.unwrap(),
+        json!({"seq": v1, "key": "b/1", "deleted": false})
+    );
+    assert_eq!(only_b.json().await.unwrap()["seq"], json!(v3));
+
+    // Live: a change made after the catch-up, and one the prefix leaves out.
+    api.put("c", "[1]").await;
+    let v5 = api.put("b%2F2", r#""x""#).await;
+    assert_eq!(all.json().await.unwrap()["key"], "c");
+    assert_eq!(
+        all.json().await.unwrap(),
+        json!({"seq": v5, "key": "b/2", "deleted": false, "doc": "x"})
+    );
+    assert_eq!(
+        only_b.json().await.unwrap(),
+        json!({"seq": v5, "key": "b/2", "deleted": false})
+    );
+}
+
+#[tokio::test]
+async fn eventsource_sends_ids_and_resumes_from_last_event_id() {
+    let api = Api::new().await;
+    let v1 = api.put("a", r#"{"x":1}"#).await;
+    let v2 = api.put("b", "2").await;
+
+    let mut events = api
+        .stream("/_changes?feed=eventsource&include_docs=true", &[])
+        .await;
+    let (id, row) = events.result().await.unwrap();
+    assert_eq!(id, Some(v1));
+    assert_eq!(
+        row,
+        json!({"seq": v1, "key": "a", "deleted": false, "doc": {"x": 1}})
+    );
+    assert_eq!(events.result().await.unwrap().0, Some(v2));
+    let v3 = api.put("c", "3").await;
+    let (id, row) = events.result().await.unwrap();
+    assert_eq!((id, &row["key"]), (Some(v3), &json!("c")));
+
+    // A reconnect with the id of the first event gets what followed it, and live ones.
+    let v1_id = v1.to_string();
+    let mut resumed = api
+        .stream(
+            "/_changes?feed=eventsource",
+            &[("last-event-id", v1_id.as_str())],
+        )
+        .await;
+    assert_eq!(resumed.result().await.unwrap().0, Some(v2));
+    assert_eq!(resumed.result().await.unwrap().0, Some(v3));
+    let v4 = api.put("d", "4").await;
+    assert_eq!(
+        resumed.result().await.unwrap(),
+        (Some(v4), json!({"seq": v4, "key": "d", "deleted": false}))
+    );
+    // `since` wins over the header.
+    let mut since = api
+        .stream(
+            &format!("/_changes?feed=eventsource&since={v3}"),
+            &[("last-event-id", v1_id.as_str())],
+        )
+        .await;
+    assert_eq!(since.result().await.unwrap().0, Some(v4));
+}
+
+#[tokio::test]
+async fn idle_streams_send_heartbeats() {
+    let api = Api::new().await;
+    let now = api.put("a", "1").await;
+    let mut lines = api
+        .stream(
+            &format!("/_changes?feed=continuous&since={now}&heartbeat=100"),
+            &[],
+        )
+        .await;
+    assert_eq!(lines.line().await.unwrap(), "");
+    assert_eq!(lines.line().await.unwrap(), "");
+    let mut events = api
+        .stream(
+            &format!("/_changes?feed=eventsource&since={now}&heartbeat=100"),
+            &[],
+        )
+        .await;
+    assert_eq!(events.event().await.unwrap(), (None, ":".to_string()));
+    // A change still comes between heartbeats.
+    let v2 = api.put("b", "2").await;
+    assert_eq!(lines.json().await.unwrap()["seq"], json!(v2));
+    assert_eq!(events.result().await.unwrap().0, Some(v2));
+}
+
+#[tokio::test]
+async fn limit_and_timeout_end_a_stream() {
+    let api = Api::new().await;
+    let v1 = api.put("a", "1").await;
+    let v2 = api.put("b", "2").await;
+    api.put("c", "3").await;
+    let mut lines = api.stream("/_changes?feed=continuous&limit=2", &[]).await;
+    assert_eq!(lines.json().await.unwrap()["seq"], json!(v1));
+    assert_eq!(lines.json().await.unwrap()["seq"], json!(v2));
+    assert_eq!(lines.json().await.unwrap(), json!({"last_seq": v2}));
+    assert_eq!(lines.line().await, None);
+
+    // A live stream that waits for its limit.
+    let now = api.mb.version().unwrap();
+    let mut events = api
+        .stream(
+            &format!("/_changes?feed=eventsource&since={now}&limit=1"),
+            &[],
+        )
+        .await;
+    let v4 = api.put("d", "4").await;
+    assert_eq!(events.result().await.unwrap().0, Some(v4));
+    assert_eq!(events.event().await, None);
+
+    // No result for `timeout` ms ends it too; last_seq is past what the prefix skipped.
+    let mut idle = api
+        .stream(
+            &format!("/_changes?feed=continuous&since={now}&prefix=zz&timeout=100&heartbeat=100"),
+            &[],
+        )
+        .await;
+    assert_eq!(idle.json().await.unwrap(), json!({"last_seq": v4}));
+    assert_eq!(idle.line().await, None);
+}
+
+#[tokio::test]
+async fn bad_changes_parameters_answer_bad_request() {
+    let api = Api::new().await;
+    for uri in [
+        "/_changes?feed=continuous&heartbeat=99",
+        "/_changes?feed=eventsource&heartbeat=300001",
+        "/_changes?feed=sometimes",
+        "/_changes?feed=continuous&limit=0",
+        "/_changes?feed=continuous&timeout=120001",
+        "/_changes?feed=continuous&since=-1",
+        "/_changes?feed=continuous&bogus=1",
+    ] {
+        let answer = api.get(uri).await;
+        assert_eq!(
+            error_kind(&answer),
+            (StatusCode::BAD_REQUEST, "bad_request"),
+            "{uri}"
+        );
+    }
+    let request = Request::get("/_changes?feed=eventsource")
+        .header("last-event-id", "yesterday")
+        .body(Body::empty())
+        .unwrap();
+    let response = within(api.router.clone().oneshot(request)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn last_seq_is_past_the_changes_a_prefix_skipped() {
+    let api = Api::new().await;
+    let va = api.put("a1", "1").await;
+    api.put("z1", "1").await;
+    let vb = api.put("a2", "2").await;
+    let vz = api.put("z2", "2").await;
+
+    // Everything scanned: last_seq is the version, not the seq of the last result.
+    let page = api.ok(Method::GET, "/_changes?prefix=a", "").await;
+    assert_eq!(page["results"].as_array().unwrap().len(), 2);
+    assert_eq!(page["last_seq"], json!(vz));
+    // A page cut by the limit ends at its last result.
+    let page = api.ok(Method::GET, "/_changes?prefix=a&limit=1", "").await;
+    assert_eq!(page["results"][0]["seq"], json!(va));
+    assert_eq!(page["last_seq"], json!(va));
+    let page = api
+        .ok(Method::GET, &format!("/_changes?prefix=a&since={va}"), "")
+        .await;
+    assert_eq!(page["results"][0]["seq"], json!(vb));
+    assert_eq!(page["last_seq"], json!(vz));
+    // Nothing for the prefix: an empty page that still moves on.
+    let page = api
+        .ok(Method::GET, &format!("/_changes?prefix=a&since={vb}"), "")
+        .await;
+    assert_eq!(page, json!({"results": [], "last_seq": vz}));
+    // A long poll that times out has scanned up to the version too.
+    let vz3 = api.put("z3", "3").await;
+    let page = api
+        .ok(
+            Method::GET,
+            &format!("/_changes?prefix=a&since={vz}&feed=longpoll&timeout=50"),
+            "",
+        )
+        .await;
+    assert_eq!(page, json!({"results": [], "last_seq": vz3}));
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_is_cut_off_with_bounded_buffering() {
+    use multibee::{BatchOp, Value};
+    let dir = tempfile::tempdir().unwrap();
+    let mb = MultiBee::open(dir.path()).await.unwrap();
+    let api = HttpApi::new(mb.clone()).too_slow_after(std::time::Duration::from_secs(2));
+    let cut_offs = api.too_slow_cut_offs();
+    let server = serve_http("127.0.0.1:0".parse().unwrap(), api)
+        .await
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = within(socket.connect(server.local_addr())).await.unwrap();
+    // HTTP/1.0: the body is not chunked, it ends when the connection does.
+    let request = "GET /_changes?feed=continuous&include_docs=true HTTP/1.0\r\n\r\n";
+    client.write_all(request.as_bytes()).await.unwrap();
+
+    // Changes (2 MiB a batch) while the client reads nothing, until it is cut off.
+    let doc = json!({"text": "x".repeat(4000)});
+    let (mut batches, per_batch) = (0, 512);
+    while *cut_offs.borrow() == 0 {
+        assert!(batches < 40, "not cut off after {batches} batches");
+        let ops = (0..per_batch)
+            .map(|i| {
+                let key = format!("k{batches:03}-{i:04}").into_bytes();
+                BatchOp::Put(key, Value::Json(doc.clone()))
+            })
+            .collect();
+        within(mb.batch(ops)).await.unwrap();
+        batches += 1;
+    }
+    let total = (batches * per_batch) as u64;
+
+    // Reading now (before the connection is closed, twice the cut-off after its writes
+    // began to wait) gets what was buffered, then the too_slow line, then the end.
+    let mut stream = Stream::of_tcp(client, Vec::new());
+    let head = stream.until(b"\r\n\r\n").await.unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    let (mut rows, mut last) = (0u64, None);
+    let mut bytes = 0;
+    while let Some(line) = stream.line().await {
+        bytes += line.len();
+        let json: Json = serde_json::from_str(&line).unwrap();
+        if json.get("error").is_some() {
+            last = Some(json);
+            break;
+        }
+        rows += 1;
+        assert_eq!(json["seq"], json!(rows));
+    }
+    assert_eq!(stream.line().await, None);
+    let last = last.expect("a too_slow line");
+    assert_eq!(last["error"], "too_slow", "{last}");
+    assert_eq!(last["last_seq"], json!(rows));
+    // The node held back far less than everything (kernel socket buffers included).
+    assert!(rows < total / 2, "{rows} of {total} changes were buffered");
+    assert!(bytes < 12 << 20, "{bytes} bytes were buffered");
+    within(server.shutdown()).await;
+    mb.close().await;
+}
+
+/// Opens a streamed `_changes` over HTTP/1.0 (its body ends with the connection).
+async fn open_stream(addr: &str, path: &str) -> Stream {
+    let mut tcp = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut stream = Stream::of_tcp(tcp, Vec::new());
+    let head = stream.until(b"\r\n\r\n").await.unwrap();
+    assert!(head.contains(" 200 "), "{path}: {head}");
+    stream
+}
+
+/// The keys of B's changes after `since`, read from its event stream until every key of
+/// `expected` came (each counted as often as it came).
+async fn keys_until(addr: &str, since: u64, expected: &[String]) -> Vec<String> {
+    let path = format!("/_changes?feed=eventsource&since={since}");
+    let mut events = open_stream(addr, &path).await;
+    let mut keys = Vec::new();
+    let mut last = since;
+    while !expected.iter().all(|k| keys.contains(k)) {
+        let (id, row) = events.result().await.expect("the stream goes on");
+        let id = id.expect("a result has an id");
+        assert!(id > last, "ids increase: {id} after {last}");
+        last = id;
+        keys.push(row["key"].as_str().unwrap().to_string());
+    }
+    keys
+}
+
+#[test]
+fn a_client_resumes_from_last_seq_across_a_node_restart() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = crate::node::Node::start(dir_a.path(), &["--http", "127.0.0.1:0"]);
+    let ticket = a.ok("invite")["ticket"].as_str().unwrap().to_string();
+    a.close_stdin();
+    let mut b =
+        crate::node::Node::start(dir_b.path(), &["--join", &ticket, "--http", "127.0.0.1:0"]);
+    b.close_stdin();
+    let http_a = http_addr(&a);
+    let keys = |range: std::ops::Range<u32>| range.map(|i| format!("d{i}")).collect::<Vec<_>>();
+    let put_on_a = |keys: Vec<String>| {
+        let http_a = http_a.clone();
+        async move {
+            for key in keys {
+                let (status, _) = http_request(&http_a, "PUT", &format!("/docs/{key}"), "1").await;
+                assert_eq!(status, 200);
+            }
+        }
+    };
+    let last_seq = rt.block_on(async {
+        put_on_a(keys(0..1)).await;
+        let http_b = http_addr(&b);
+        // A long poll on B delivers it (each poll answers at once if B already has it).
+        let mut since = 0;
+        loop {
+            let path = format!("/_changes?since={since}&feed=longpoll&timeout=60000");
+            let (status, changes) = http_request(&http_b, "GET", &path, "").await;
+            assert_eq!(status, 200, "{changes}");
+            since = changes["last_seq"].as_u64().unwrap();
+            if changes["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["key"] == "d0")
+            {
+                break;
+            }
+        }
+        // So does B's event stream.
+        assert_eq!(keys_until(&http_b, 0, &keys(0..1)).await, keys(0..1));
+        since
+    });
+
+    // B goes down; A writes meanwhile, and after B is back.
+    b.kill();
+    rt.block_on(put_on_a(keys(1..4)));
+    let mut b = crate::node::Node::start(
+        dir_b.path(),
+        &["--dial", &a.addr(), "--http", "127.0.0.1:0"],
+    );
+    b.close_stdin();
+    let http_b = http_addr(&b);
+    rt.block_on(async {
+        put_on_a(keys(4..7)).await;
+        // The client resumes from the last_seq it had: all of them, once each, nothing else.
+        let got = keys_until(&http_b, last_seq, &keys(1..7)).await;
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(sorted, keys(1..7), "after last_seq {last_seq}: {got:?}");
+        let path = format!("/_changes?since={last_seq}");
+        let (_, page) = http_request(&http_b, "GET", &path, "").await;
+        let paged: Vec<&str> = page["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(paged, got, "the normal feed agrees");
         for addr in [&http_a, &http_b] {
             let (status, _) = http_request(addr, "POST", "/_shutdown", "").await;
             assert_eq!(status, 200);

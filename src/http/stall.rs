@@ -31,6 +31,10 @@ impl axum::serve::Listener for StallListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        // Answers and streamed results go out at once, not when the previous one is acked.
+        if let Err(e) = io.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         (StallGuard::new(io, self.after), addr)
     }
 
@@ -115,5 +119,30 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallGuard<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.io).poll_shutdown(cx);
         self.guard(cx, poll)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_that_waits_too_long_fails_and_one_that_moves_on_does_not() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut guarded = StallGuard::new(client, Duration::from_millis(50));
+        guarded.write_all(&[1; 64]).await.unwrap();
+        // The peer reads: the next write goes through.
+        let mut buf = [0; 64];
+        tokio::io::AsyncReadExt::read_exact(&mut server, &mut buf)
+            .await
+            .unwrap();
+        guarded.write_all(&[2; 64]).await.unwrap();
+        // The peer reads nothing more: the write fails once it has waited 50 ms.
+        let stalled = guarded.write_all(&[3; 64]).await.unwrap_err();
+        assert_eq!(stalled.kind(), io::ErrorKind::TimedOut);
     }
 }
