@@ -441,6 +441,7 @@ async fn writers_status_and_metrics() {
         "{text}"
     );
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    assert!(!text.contains(".."), "help texts end in one period: {text}");
     other.close().await;
 }
 

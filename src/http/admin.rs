@@ -276,7 +276,7 @@ pub(super) async fn metrics(State(api): State<HttpApi>) -> ApiResult {
     gauge(
         &mut registry,
         "store_version",
-        "Changes the merged store has seen (local writes and merges).",
+        "Changes the merged store has seen (local writes and merges)",
         mb.version()?,
     );
     let held: Family<Vec<(String, String)>, Gauge> = Family::default();
@@ -297,15 +297,15 @@ pub(super) async fn metrics(State(api): State<HttpApi>) -> ApiResult {
         set(&merged, w.merged);
         set(&behind, w.length.saturating_sub(w.merged));
     }
-    registry.register("writer_length", "Diff feed entries held per writer.", held);
+    registry.register("writer_length", "Diff feed entries held per writer", held);
     registry.register(
         "writer_merged",
-        "Diff feed entries merged per writer.",
+        "Diff feed entries merged per writer",
         merged,
     );
     registry.register(
         "writer_behind",
-        "Diff feed entries held and not merged yet per writer (merge lag).",
+        "Diff feed entries held and not merged yet per writer (merge lag)",
         behind,
     );
     if let Some(node) = &api.node {
@@ -313,37 +313,37 @@ pub(super) async fn metrics(State(api): State<HttpApi>) -> ApiResult {
         gauge(
             &mut registry,
             "peers",
-            "Peers connected now.",
+            "Peers connected now",
             node.connected_peers().await.map_err(net_error)?.len() as u64,
         );
         gauge(
             &mut registry,
             "entries_sent",
-            "Feed entries sent to peers since start.",
+            "Feed entries sent to peers since start",
             stats.entries_sent,
         );
         gauge(
             &mut registry,
             "entries_received",
-            "Feed entries received from peers since start (before verification).",
+            "Feed entries received from peers since start (before verification)",
             stats.entries_received,
         );
         gauge(
             &mut registry,
             "entries_stored",
-            "Feed entries received, verified and newly stored since start.",
+            "Feed entries received, verified and newly stored since start",
             stats.entries_stored,
         );
         gauge(
             &mut registry,
             "bytes_sent",
-            "Bytes of replication frames sent since start.",
+            "Bytes of replication frames sent since start",
             stats.bytes_sent,
         );
         gauge(
             &mut registry,
             "bytes_received",
-            "Bytes of replication frames received since start.",
+            "Bytes of replication frames received since start",
             stats.bytes_received,
         );
     }
@@ -359,7 +359,7 @@ pub(super) async fn metrics(State(api): State<HttpApi>) -> ApiResult {
         }
         registry.register(
             "writer_peer_ahead",
-            "Diff feed entries the best connected peer holds beyond ours (replication lag).",
+            "Diff feed entries the best connected peer holds beyond ours (replication lag)",
             ahead,
         );
     }

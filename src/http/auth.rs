@@ -29,7 +29,7 @@ impl Requests {
     pub(super) fn register(&self, registry: &mut Registry) {
         registry.register(
             "http_requests",
-            "HTTP requests answered, by method and status.",
+            "HTTP requests answered, by method and status",
             self.0.clone(),
         );
     }
