@@ -88,7 +88,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// own diff feed and replicates the diff feed of every active writer it counts. Must be called
 /// within a tokio runtime. The node runs until [`Served::shutdown`] (or until the [`Served`]
 /// and every handle taken from it are dropped); the [`MultiBee`] stays open either way.
-pub async fn serve(mb: &MultiBee, config: Config) -> Result<Served> {
+pub async fn serve(mb: &MultiBee, mut config: Config) -> Result<Served> {
+    if config.sink.is_none() {
+        config = config.sink(std::sync::Arc::new(MergeSink(mb.clone())));
+    }
     let node = Node::start(mb.feed_store().clone(), config).await?;
     let handle = node.handle();
     // Subscribed before the writers are listed, so that none added meanwhile is missed.
@@ -104,6 +107,26 @@ pub async fn serve(mb: &MultiBee, config: Config) -> Result<Served> {
         _joins: AbortOnDrop(joins),
         _peers: None,
     })
+}
+
+/// Stores each batch the node fetches and merges it in the same transaction
+/// ([`MultiBee::ingest_verified`]): one commit per remote batch.
+#[derive(Debug)]
+struct MergeSink(MultiBee);
+
+impl net::Sink for MergeSink {
+    fn ingest(
+        &self,
+        batch: feed::VerifiedBatch,
+    ) -> futures::future::BoxFuture<'static, feed::Result<feed::Ingested>> {
+        let mb = self.0.clone();
+        Box::pin(async move {
+            mb.ingest_verified(batch).await.map_err(|e| match e {
+                multibee_multibee::Error::Feed(e) => e,
+                other => feed::Error::InvalidArgument(other.to_string()),
+            })
+        })
+    }
 }
 
 /// Fetches the diff feed of every writer of `mb` that is or was a member (a removed writer's

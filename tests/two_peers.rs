@@ -86,3 +86,44 @@ async fn a_removed_writer_is_held_past_its_cut_but_not_merged() {
     b.stop().await;
     a.stop().await;
 }
+
+/// A remote batch costs the receiver one commit: stored and merged in the same transaction,
+/// with no merge round afterwards that commits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_batch_is_one_commit_on_the_receiver() {
+    use multibee::BatchOp;
+    let a = Peer::start().await;
+    let b = Peer::start().await;
+    a.served.add_writer(b.key()).await.unwrap();
+    b.served.add_writer(a.key()).await.unwrap();
+    b.connect(&a).await;
+    // Warm up: the replication stream is open and live.
+    let first = json(json!({"n": 0}));
+    b.mb.put("warm", first.clone()).await.unwrap();
+    wait_change(&a.mb, "warm", &first).await;
+    a.mb.merge().await.unwrap();
+
+    for round in 1..=5 {
+        let before = a.mb.feed_store().commits();
+        let ops = (0..100)
+            .map(|i| {
+                BatchOp::Put(
+                    format!("r{round}/{i:03}").into_bytes(),
+                    json(json!({"i": i})),
+                )
+            })
+            .collect();
+        b.mb.batch(ops).await.unwrap();
+        let last = json(json!({"i": 99}));
+        wait_change(&a.mb, &format!("r{round}/099"), &last).await;
+        // Nothing is left to merge, and asking for a merge commits nothing.
+        assert_eq!(a.mb.merge().await.unwrap(), 0);
+        assert_eq!(
+            a.mb.feed_store().commits() - before,
+            1,
+            "round {round}: a batch of 100 remote diffs took more than one commit"
+        );
+    }
+    b.stop().await;
+    a.stop().await;
+}

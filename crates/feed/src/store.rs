@@ -57,6 +57,10 @@ impl Default for Limits {
     }
 }
 
+/// The page cache a store gets unless [`Options::cache_bytes`] says (128 MiB): a node's memory
+/// stays bounded whatever the size of its store (redb's own default is 1 GiB per database).
+pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
+
 /// How to open a store.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
@@ -65,7 +69,7 @@ pub struct Options {
     pub sync: SyncMode,
     /// Size limits.
     pub limits: Limits,
-    /// The most memory redb may use to cache pages (`None`: redb's default, 1 GiB).
+    /// The most memory redb may use to cache pages (`None`: [`DEFAULT_CACHE_BYTES`]).
     pub cache_bytes: Option<usize>,
     /// The storage under the database file (`None`: the file itself). For fault injection in
     /// tests and for custom storage.
@@ -234,6 +238,7 @@ struct Inner {
     jobs: Option<mpsc::Sender<Box<dyn Job>>>,
     registry: Arc<Mutex<Registry>>,
     writer: Option<JoinHandle<()>>,
+    commits: Arc<std::sync::atomic::AtomicU64>,
     /// The folder's exclusive lock, shared with the writer; declared last so that it is
     /// released only after the database is closed.
     _lock: Arc<std::fs::File>,
@@ -306,7 +311,9 @@ impl Store {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(JOB_QUEUE);
         let registry = Arc::new(Mutex::new(registry));
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writer = Writer {
+            commits: commits.clone(),
             db: db.clone(),
             jobs: rx,
             registry: registry.clone(),
@@ -327,9 +334,18 @@ impl Store {
                 jobs: Some(tx),
                 registry,
                 writer: Some(writer),
+                commits,
                 _lock: lock,
             }),
         })
+    }
+
+    /// How many write transactions this store has committed since it was opened (a group
+    /// commit of many jobs counts once): what a layer's write path costs in commits.
+    pub fn commits(&self) -> u64 {
+        self.inner
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The folder this store lives in.
@@ -727,9 +743,7 @@ fn open_database(
     backend: &Option<Backend>,
 ) -> Result<(Database, Registry)> {
     let mut builder = Database::builder();
-    if let Some(bytes) = cache_bytes {
-        builder.set_cache_size(bytes);
-    }
+    builder.set_cache_size(cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES));
     let db = match backend {
         None => builder.create(path),
         Some(Backend(open)) => {

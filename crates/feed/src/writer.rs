@@ -503,6 +503,8 @@ pub(crate) struct Writer {
     pub sync: SyncMode,
     pub limits: crate::store::Limits,
     pub cache: HashMap<FeedKey, FeedState>,
+    /// Write transactions committed since the store opened (see [`crate::Store::commits`]).
+    pub commits: Arc<std::sync::atomic::AtomicU64>,
     /// The folder's lock: declared last, so it outlives this thread's handle on the database.
     pub _lock: Arc<std::fs::File>,
 }
@@ -592,6 +594,8 @@ impl Writer {
         }
         sign_and_store(&txn, &mut overlay)?;
         txn.commit()?;
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Attempt::Committed(overlay))
     }
 

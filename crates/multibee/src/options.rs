@@ -12,7 +12,8 @@ use crate::merge::{LastWriterWins, Merge};
 pub struct Options {
     /// When writes reach the disk (default: durable, fsync per group commit).
     pub sync: SyncMode,
-    /// The most memory the database may use to cache pages (default: redb's, 1 GiB).
+    /// The most memory the database may use to cache pages (default:
+    /// [`multibee_feed::DEFAULT_CACHE_BYTES`], 128 MiB).
     pub cache_bytes: Option<usize>,
     /// The storage under the database file (default: the file itself); see
     /// [`multibee_feed::faults`] for one that injects I/O faults.

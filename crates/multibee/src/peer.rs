@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
 use multibee_bee::{Bee, RangeOptions};
-use multibee_feed::{Batch, Feed, FeedKey, Store};
+use multibee_feed::{Batch, Feed, FeedKey, Ingested, Store, VerifiedBatch};
 use redb::ReadableTable;
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
@@ -591,12 +591,47 @@ impl MultiBee {
         Ok(length)
     }
 
+    /// Stores a batch already verified against its feed's key (by the network, say) and
+    /// merges it in the same transaction: one commit for a remote batch. What is left past one
+    /// round's budget is merged in the background. `multibee::serve` has the network store
+    /// what it fetches through this.
+    pub async fn ingest_verified(&self, batch: VerifiedBatch) -> Result<Ingested> {
+        let this = self.clone();
+        let (ingested, events, consumed) = self
+            .inner
+            .store
+            .write(move |txn| {
+                let ingested = txn.ingest(&batch)?;
+                let mut events = Vec::new();
+                let consumed = this.ctx().merge_round(txn, MERGE_CHUNK, &mut events)?;
+                Ok((ingested, events, consumed))
+            })
+            .await?;
+        self.report(events);
+        if consumed >= MERGE_CHUNK {
+            self.inner.wake.notify_one();
+        }
+        Ok(ingested)
+    }
+
+    /// Whether some writer's feed holds entries not read by the merge yet.
+    fn merge_pending(&self) -> Result<bool> {
+        Ok(self
+            .writers()?
+            .iter()
+            .any(|w| w.state != WriterState::Forked && w.length > w.merged))
+    }
+
     /// Merges every stored, not yet merged diff of every active writer (freezing writers
-    /// caught forking first); returns the number of entries merged.
+    /// caught forking first); returns the number of entries merged. Commits nothing when
+    /// nothing is pending.
     pub async fn merge(&self) -> Result<u64> {
         self.freeze_forked().await?;
         let mut total = 0;
         loop {
+            if !self.merge_pending()? {
+                return Ok(total);
+            }
             let this = self.clone();
             let (n, events) = self
                 .inner

@@ -52,6 +52,8 @@ pub struct Config {
     /// them (a stream that ended, a peer that did not hold the feed yet) and looked up in the
     /// DHT when no peer serves them.
     pub resync_interval: Duration,
+    /// Where fetched batches are stored (`None`: [`crate::StoreSink`], the feed store alone).
+    pub sink: Option<std::sync::Arc<dyn crate::Sink>>,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             resync_interval: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(30),
             slow_peer_block: Duration::from_secs(600),
+            sink: None,
         }
     }
 }
@@ -123,6 +126,12 @@ impl Config {
     /// Uses this identity.
     pub fn identity(mut self, keypair: Keypair) -> Self {
         self.identity = Some(keypair);
+        self
+    }
+
+    /// Stores fetched batches through `sink` (see [`crate::Sink`]).
+    pub fn sink(mut self, sink: std::sync::Arc<dyn crate::Sink>) -> Self {
+        self.sink = Some(sink);
         self
     }
 

@@ -44,6 +44,7 @@ mod io;
 mod node;
 pub mod protocol;
 mod session;
+mod sink;
 pub mod wire;
 
 pub use config::Config;
@@ -54,3 +55,4 @@ pub use libp2p::{Multiaddr, PeerId};
 pub use libp2p::{Stream, StreamProtocol};
 pub use libp2p_stream::Control;
 pub use node::{Node, NodeHandle};
+pub use sink::{Sink, StoreSink};

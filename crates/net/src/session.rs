@@ -446,7 +446,10 @@ async fn fetch_stream(
     };
     let store = async {
         while let Some(verified) = to_store.recv().await {
-            let ingested = feed.store().write(move |txn| txn.ingest(&verified)).await?;
+            let ingested = match &cx.config.sink {
+                Some(sink) => sink.ingest(verified).await?,
+                None => feed.store().write(move |txn| txn.ingest(&verified)).await?,
+            };
             feed.check_not_forked()?;
             Counters::add(&cx.counters.stored, ingested.added);
             let _ = cx.events.send(Event::FeedProgressed {
