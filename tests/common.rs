@@ -171,7 +171,10 @@ pub async fn open(dir: &TempDir) -> MultiBee {
 pub async fn close(mb: MultiBee) {
     let store = mb.feed_store().clone();
     mb.close().await;
-    store.write(|_| Ok(())).await.unwrap();
+    store
+        .write(|_| Ok::<_, multibee::feed::Error>(()))
+        .await
+        .unwrap();
 }
 
 /// Waits until `mb` has merged at least `length` entries of each writer's diff feed.

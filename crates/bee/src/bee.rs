@@ -297,7 +297,7 @@ impl Bee {
                     index::index_entries(raw, id, before, &batch.entries[skip..])?;
                     index::set_indexed(raw, &key, id, ingested.length)?;
                 }
-                Ok(ingested)
+                Ok::<_, multibee_feed::Error>(ingested)
             })
             .await?;
         self.feed.check_not_forked()?;

@@ -67,7 +67,7 @@ pub use error::{Error, ParseKeyError, Result, StorageError, VerifyError};
 pub use keys::{DiscoveryKey, FeedKey, Hash, Signature};
 pub use proof::{Batch, Proof, SignedHead, VerifiedBatch};
 pub use store::{
-    Backend, DB_FILE, DEFAULT_CACHE_BYTES, Feed, FeedStatus, ForkEvidence, Ingested, LOCK_FILE, Limits, Options, Store,
-    SyncMode,
+    Backend, DB_FILE, DEFAULT_CACHE_BYTES, Feed, FeedStatus, ForkEvidence, Ingested, LOCK_FILE,
+    Limits, Options, Store, SyncMode,
 };
 pub use writer::WriteTxn;

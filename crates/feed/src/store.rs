@@ -403,17 +403,22 @@ impl Store {
     /// Runs `f` inside the next group-committed write transaction and returns its result once
     /// the transaction is durable (see [`WriteTxn`] for the rules a job follows). `f` may run
     /// more than once if another job in its group poisons the transaction.
-    pub async fn write<R, F>(&self, f: F) -> Result<R>
+    ///
+    /// The job's error type is its caller's (any type a feed [`Error`] converts into): a layer
+    /// above refuses a write with its own error, and gets it back as it was. A job that fails
+    /// after writing anything has none of its writes committed.
+    pub async fn write<R, E, F>(&self, f: F) -> std::result::Result<R, E>
     where
-        F: FnMut(&mut WriteTxn<'_>) -> Result<R> + Send + 'static,
+        F: FnMut(&mut WriteTxn<'_>) -> std::result::Result<R, E> + Send + 'static,
         R: Send + 'static,
+        E: From<Error> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         let jobs = self.inner.jobs.as_ref().ok_or(Error::Closed)?;
         jobs.send(Box::new(ClosureJob::new(f, reply)))
             .await
             .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        rx.await.map_err(|_| E::from(Error::Closed))?
     }
 
     /// The size limits this store enforces.

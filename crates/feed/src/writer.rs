@@ -39,15 +39,15 @@ pub(crate) trait Job: Send {
     fn finish(self: Box<Self>, committed: Result<()>);
 }
 
-/// A job from a closure, replying on a oneshot channel.
-pub(crate) struct ClosureJob<F, R> {
+/// A job from a closure, replying on a oneshot channel with the closure's own error type.
+pub(crate) struct ClosureJob<F, R, E> {
     f: F,
-    result: Option<Result<R>>,
-    reply: oneshot::Sender<Result<R>>,
+    result: Option<std::result::Result<R, E>>,
+    reply: oneshot::Sender<std::result::Result<R, E>>,
 }
 
-impl<F, R> ClosureJob<F, R> {
-    pub(crate) fn new(f: F, reply: oneshot::Sender<Result<R>>) -> Self {
+impl<F, R, E> ClosureJob<F, R, E> {
+    pub(crate) fn new(f: F, reply: oneshot::Sender<std::result::Result<R, E>>) -> Self {
         ClosureJob {
             f,
             result: None,
@@ -56,10 +56,11 @@ impl<F, R> ClosureJob<F, R> {
     }
 }
 
-impl<F, R> Job for ClosureJob<F, R>
+impl<F, R, E> Job for ClosureJob<F, R, E>
 where
-    F: FnMut(&mut WriteTxn<'_>) -> Result<R> + Send,
+    F: FnMut(&mut WriteTxn<'_>) -> std::result::Result<R, E> + Send,
     R: Send,
+    E: From<Error> + Send,
 {
     fn run(&mut self, txn: &mut WriteTxn<'_>) -> bool {
         txn.dirty = false;
@@ -77,8 +78,8 @@ where
         let result = match (result, committed) {
             (Some(Err(e)), _) => Err(e),
             (Some(Ok(value)), Ok(())) => Ok(value),
-            (_, Err(e)) => Err(e),
-            (None, Ok(())) => Err(Error::Closed),
+            (_, Err(e)) => Err(E::from(e)),
+            (None, Ok(())) => Err(E::from(Error::Closed)),
         };
         // The caller may have stopped waiting; that is not an error here.
         let _ = reply.send(result);

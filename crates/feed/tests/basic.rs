@@ -184,7 +184,7 @@ fn a_job_holding_the_last_handle_neither_deadlocks_nor_keeps_the_folder_open() {
         let store = Store::open(dir.path()).unwrap();
         let captured = store.clone();
         let length = store
-            .write(move |_txn| Ok(captured.feeds().len()))
+            .write(move |_txn| Ok::<_, multibee_feed::Error>(captured.feeds().len()))
             .await
             .unwrap();
         assert_eq!(length, 0);

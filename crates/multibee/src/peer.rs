@@ -113,7 +113,7 @@ impl MultiBee {
                             .map_err(crate::fold::storage)?;
                         meta.insert(tables::HLC, 0u64.to_le_bytes().as_slice())
                             .map_err(crate::fold::storage)?;
-                        Ok(())
+                        Ok::<_, Error>(())
                     })
                     .await?;
                 (s, d)
@@ -136,9 +136,7 @@ impl MultiBee {
         };
         let wanted = mb.inner.options.database;
         let events = mb
-            .write_refusable(move |this, txn, refused| {
-                this.ctx().init_membership(txn, wanted, refused)
-            })
+            .write_job(move |this, txn| this.ctx().init_membership(txn, wanted))
             .await?;
         mb.report(events);
         mb.merge().await?;
@@ -170,7 +168,7 @@ impl MultiBee {
         // A merge the background task queued before it stopped holds a handle until the
         // writer has run it; the writer runs jobs in order, so once this empty one is done,
         // that handle is gone too.
-        let _ = store.write(|_| Ok(())).await;
+        let _ = store.write(|_| Ok::<_, multibee_feed::Error>(())).await;
     }
 
     /// The key of this peer's diff feed: what members pass to [`MultiBee::add_writer`].
@@ -320,41 +318,19 @@ impl MultiBee {
                 });
             }
         }
-        self.write_refusable(move |this, txn, refused| {
-            this.ctx().write_local(txn, &conditions, &ops, refused)
-        })
-        .await
+        self.write_job(move |this, txn| this.ctx().write_local(txn, &conditions, &ops))
+            .await
     }
 
-    /// Runs a write job that may refuse with one of this crate's errors: the job puts it in
-    /// `refused` and fails, so that nothing it wrote commits, and the caller gets that error.
-    async fn write_refusable<R, F>(&self, mut job: F) -> Result<R>
+    /// Runs a write job that may fail with one of this crate's errors (nothing it wrote
+    /// commits then).
+    async fn write_job<R, F>(&self, mut job: F) -> Result<R>
     where
-        F: FnMut(
-                &MultiBee,
-                &mut multibee_feed::WriteTxn<'_>,
-                &mut Option<Error>,
-            ) -> multibee_feed::Result<R>
-            + Send
-            + 'static,
+        F: FnMut(&MultiBee, &mut multibee_feed::WriteTxn<'_>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
         let this = self.clone();
-        let refused = Arc::new(Mutex::new(None));
-        let slot = refused.clone();
-        let written = self
-            .inner
-            .store
-            .write(move |txn| {
-                let mut refused = slot.lock().unwrap_or_else(|p| p.into_inner());
-                job(&this, txn, &mut refused)
-            })
-            .await;
-        let refused = refused.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match (written, refused) {
-            (Err(_), Some(reason)) => Err(reason),
-            (written, _) => Ok(written?),
-        }
+        self.inner.store.write(move |txn| job(&this, txn)).await
     }
 
     /// Makes the writer whose diff feed is `key` a member of the database: a membership
@@ -412,10 +388,8 @@ impl MultiBee {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret)
             .map_err(|e| Error::InvalidArgument(format!("no randomness for a secret: {e}")))?;
-        self.write_refusable(move |this, txn, refused| {
-            this.ctx().write_invite(txn, secret, refused)
-        })
-        .await?;
+        self.write_job(move |this, txn| this.ctx().write_invite(txn, secret))
+            .await?;
         Ok(secret)
     }
 
@@ -428,9 +402,7 @@ impl MultiBee {
             ));
         }
         let events = self
-            .write_refusable(move |this, txn, refused| {
-                this.ctx().redeem_invite(txn, secret, writer, refused)
-            })
+            .write_job(move |this, txn| this.ctx().redeem_invite(txn, secret, writer))
             .await?;
         self.report(events);
         Ok(())
@@ -451,7 +423,7 @@ impl MultiBee {
 
     async fn write_member(&self, op: MemberOp) -> Result<()> {
         let events = self
-            .write_refusable(move |this, txn, refused| this.ctx().write_member(txn, op, refused))
+            .write_job(move |this, txn| this.ctx().write_member(txn, op))
             .await?;
         self.report(events);
         Ok(())
@@ -581,7 +553,7 @@ impl MultiBee {
                 let ingested = txn.ingest(&verified)?;
                 let mut events = Vec::new();
                 this.ctx().merge_round(txn, MERGE_CHUNK, &mut events)?;
-                Ok((ingested.length, events))
+                Ok::<_, Error>((ingested.length, events))
             })
             .await?;
         self.report(events);
@@ -604,7 +576,7 @@ impl MultiBee {
                 let ingested = txn.ingest(&batch)?;
                 let mut events = Vec::new();
                 let consumed = this.ctx().merge_round(txn, MERGE_CHUNK, &mut events)?;
-                Ok((ingested, events, consumed))
+                Ok::<_, Error>((ingested, events, consumed))
             })
             .await?;
         self.report(events);
@@ -639,7 +611,7 @@ impl MultiBee {
                 .write(move |txn| {
                     let mut events = Vec::new();
                     let n = this.ctx().merge_round(txn, MERGE_CHUNK, &mut events)?;
-                    Ok((n, events))
+                    Ok::<_, Error>((n, events))
                 })
                 .await?;
             self.report(events);

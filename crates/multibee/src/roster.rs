@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use multibee_feed::{FeedKey, WriteTxn};
 use redb::{ReadableTable, WriteTransaction};
 
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::fold::{corrupt, storage};
 use crate::hlc::Hlc;
 use crate::membership::{self, MemberOp, MemberRecord, Stamped, Status};
@@ -90,39 +90,25 @@ impl Ctx<'_> {
         self.apply_membership(txn, &fresh, events)
     }
 
-    /// Writes a local membership operation (refused, with the reason in `refused`, unless this
-    /// peer is a member and the operation makes sense) and applies it; returns what changed.
-    pub(crate) fn write_member(
-        &self,
-        txn: &mut WriteTxn<'_>,
-        op: MemberOp,
-        refused: &mut Option<Error>,
-    ) -> FeedResult<Vec<Event>> {
+    /// Writes a local membership operation (refused unless this peer is a member and the
+    /// operation makes sense) and applies it; returns what changed.
+    pub(crate) fn write_member(&self, txn: &mut WriteTxn<'_>, op: MemberOp) -> Result<Vec<Event>> {
         let outcome = self.membership(txn.raw())?;
-        let refuse = |e: Error, refused: &mut Option<Error>| {
-            let message = e.to_string();
-            *refused = Some(e);
-            Err(multibee_feed::Error::InvalidArgument(message))
-        };
         if outcome.members.get(&self.own.0) != Some(&Status::Active) {
-            return refuse(Error::NotAMember(self.own), refused);
+            return Err(Error::NotAMember(self.own));
         }
         let op = match op {
             MemberOp::Add { writer } if writer == self.own.0 => {
-                return refuse(
-                    Error::InvalidArgument("a peer cannot add its own feeds".into()),
-                    refused,
-                );
+                return Err(Error::InvalidArgument(
+                    "a peer cannot add its own feeds".into(),
+                ));
             }
             MemberOp::Remove { writer, cut } => {
                 if writer == self.own.0 {
-                    return refuse(
-                        Error::InvalidArgument("a peer cannot remove itself".into()),
-                        refused,
-                    );
+                    return Err(Error::InvalidArgument("a peer cannot remove itself".into()));
                 }
                 if !outcome.members.contains_key(&writer) {
-                    return refuse(Error::UnknownWriter(FeedKey(writer)), refused);
+                    return Err(Error::UnknownWriter(FeedKey(writer)));
                 }
                 // Cut where this peer's view of the writer ends, unless asked for less.
                 let counted = crate::txn::writer_row(txn.raw(), &writer)?
@@ -139,10 +125,7 @@ impl Ctx<'_> {
             let newest = table.last().map_err(storage)?;
             newest.map(|(k, _)| k.value().0)
         };
-        let ts = match self.stamp(last) {
-            Ok(ts) => ts,
-            Err(e) => return refuse(e, refused),
-        };
+        let ts = self.stamp(last)?;
         let record = MemberRecord { ts, op };
         let seq = txn.length(&self.own)?;
         txn.append(&self.own, &[record.entry()])?;
@@ -160,17 +143,9 @@ impl Ctx<'_> {
     }
 
     /// Records an invitation (the hash of its secret) that one joiner may redeem.
-    pub(crate) fn write_invite(
-        &self,
-        txn: &mut WriteTxn<'_>,
-        secret: [u8; 32],
-        refused: &mut Option<Error>,
-    ) -> FeedResult<()> {
+    pub(crate) fn write_invite(&self, txn: &mut WriteTxn<'_>, secret: [u8; 32]) -> Result<()> {
         if self.membership(txn.raw())?.members.get(&self.own.0) != Some(&Status::Active) {
-            let e = Error::NotAMember(self.own);
-            let message = e.to_string();
-            *refused = Some(e);
-            return Err(multibee_feed::Error::InvalidArgument(message));
+            return Err(Error::NotAMember(self.own));
         }
         let mut table = txn.raw().open_table(INVITES).map_err(storage)?;
         table
@@ -185,20 +160,16 @@ impl Ctx<'_> {
         txn: &mut WriteTxn<'_>,
         secret: [u8; 32],
         writer: FeedKey,
-        refused: &mut Option<Error>,
-    ) -> FeedResult<Vec<Event>> {
+    ) -> Result<Vec<Event>> {
         let hash = *blake3::hash(&secret).as_bytes();
         let known = {
             let table = txn.raw().open_table(INVITES).map_err(storage)?;
             table.get(hash).map_err(storage)?.is_some()
         };
         if !known {
-            let e = Error::InvalidInvite;
-            let message = e.to_string();
-            *refused = Some(e);
-            return Err(multibee_feed::Error::InvalidArgument(message));
+            return Err(Error::InvalidInvite);
         }
-        let events = self.write_member(txn, MemberOp::Add { writer: writer.0 }, refused)?;
+        let events = self.write_member(txn, MemberOp::Add { writer: writer.0 })?;
         let mut table = txn.raw().open_table(INVITES).map_err(storage)?;
         table.remove(hash).map_err(storage)?;
         Ok(events)
@@ -296,8 +267,7 @@ impl Ctx<'_> {
         &self,
         txn: &mut WriteTxn<'_>,
         wanted: Option<FeedKey>,
-        refused: &mut Option<Error>,
-    ) -> FeedResult<Vec<Event>> {
+    ) -> Result<Vec<Event>> {
         let stored = {
             let meta = txn.raw().open_table(META).map_err(storage)?;
             let row = meta.get(tables::DATABASE).map_err(storage)?;
@@ -307,12 +277,9 @@ impl Ctx<'_> {
             if let Some(wanted) = wanted
                 && stored != wanted.0
             {
-                let e = Error::InvalidArgument(format!(
+                return Err(Error::InvalidArgument(format!(
                     "this folder belongs to another database than {wanted}"
-                ));
-                let message = e.to_string();
-                *refused = Some(e);
-                return Err(multibee_feed::Error::InvalidArgument(message));
+                )));
             }
             return Ok(Vec::new());
         }
@@ -333,7 +300,7 @@ impl Ctx<'_> {
         }
         if database == self.own {
             for writer in legacy {
-                events.extend(self.write_member(txn, MemberOp::Add { writer }, refused)?);
+                events.extend(self.write_member(txn, MemberOp::Add { writer })?);
             }
         }
         Ok(events)

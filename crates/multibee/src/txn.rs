@@ -136,27 +136,24 @@ impl Ctx<'_> {
 
     /// Local writes: computes each change against the merged value, stamps it, and commits
     /// the diff entries, the merge and the store entries. Returns the store version. A write
-    /// this peer refuses (no timestamp left) fails the job with the reason in `refused`.
+    /// this peer refuses (a precondition that does not hold, a removed peer, no timestamp
+    /// left) fails with the reason, and nothing of it commits.
     pub(crate) fn write_local(
         &self,
         txn: &mut WriteTxn<'_>,
         conditions: &[(Vec<u8>, Precondition)],
         ops: &[BatchOp],
-        refused: &mut Option<Error>,
-    ) -> FeedResult<Committed> {
+    ) -> Result<Committed, Error> {
         if !conditions.is_empty() {
             let head = self.store.head_in(txn.raw()).map_err(bee_error)?;
             for (key, condition) in conditions {
                 let rev = head.get_seq(key).map_err(bee_error)?.map(|(seq, _)| seq);
                 if !condition.holds(rev) {
-                    let e = Error::PreconditionFailed {
+                    return Err(Error::PreconditionFailed {
                         key: key.clone(),
                         expected: *condition,
                         found: rev,
-                    };
-                    let message = e.to_string();
-                    *refused = Some(e);
-                    return Err(multibee_feed::Error::InvalidArgument(message));
+                    });
                 }
             }
         }
@@ -164,12 +161,9 @@ impl Ctx<'_> {
         if let Some(row) = writer_row(txn.raw(), &self.own.0)?
             && row.state != WriterState::Active
         {
-            let e = Error::Removed {
+            return Err(Error::Removed {
                 by: row.removed_by.map(FeedKey),
-            };
-            let message = e.to_string();
-            *refused = Some(e);
-            return Err(multibee_feed::Error::InvalidArgument(message));
+            });
         }
         let mut entries = Vec::new();
         let pending = {
@@ -191,14 +185,7 @@ impl Ctx<'_> {
                 };
                 let (last, mut parents) = fold.causal(key)?;
                 parents.retain(|d| d.writer != self.own.0);
-                let ts = match self.stamp(last) {
-                    Ok(ts) => ts,
-                    Err(e) => {
-                        let message = e.to_string();
-                        *refused = Some(e);
-                        return Err(multibee_feed::Error::InvalidArgument(message));
-                    }
-                };
+                let ts = self.stamp(last)?;
                 let record = DiffRecord {
                     key: key.to_vec(),
                     ts,
