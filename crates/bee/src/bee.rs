@@ -1,7 +1,9 @@
 //! The [`Bee`] handle: reads, writes, subs and checkouts.
 
+use std::collections::HashMap;
+
 use multibee_feed::{Batch, Feed, Ingested, WriteTxn};
-use redb::{ReadTransaction, ReadableTable};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use crate::error::{Error, Result};
 use crate::index;
@@ -15,7 +17,7 @@ use crate::tables::{self, BEES, LATEST, VERSIONS};
 pub enum BatchOp {
     /// Set a key.
     Put(Vec<u8>, Vec<u8>),
-    /// Remove a key.
+    /// Remove a key (nothing is appended if it is absent at that point of the batch).
     Del(Vec<u8>),
 }
 
@@ -32,7 +34,8 @@ pub enum Expect {
 
 /// An ordered key/value store over one feed (own: read-write; replica: read-only).
 ///
-/// The feed is the source of truth: every put or delete is one entry. The index lives in the
+/// The feed is the source of truth: every put, and every delete of a key that is set, is one
+/// entry (a delete of an absent key appends nothing, as in hyperbee). The index lives in the
 /// same redb database and is written in the same transaction. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Bee {
@@ -179,19 +182,25 @@ impl Bee {
         .transpose()
     }
 
-    /// Sets `key` to `value`; returns the sequence number of the put once it is durable.
+    /// Sets `key` to `value`; returns the sequence number of the put once it is durable. A put
+    /// always appends, even of the value the key already holds (as in hyperbee).
     pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64> {
         let op = BatchOp::Put(key.as_ref().to_vec(), value.as_ref().to_vec());
-        self.write(vec![op], None).await
+        Ok(self.write(vec![op], None).await?.start)
     }
 
-    /// Removes `key`; returns the sequence number of the delete once it is durable.
-    pub async fn del(&self, key: impl AsRef<[u8]>) -> Result<u64> {
-        self.write(vec![BatchOp::Del(key.as_ref().to_vec())], None)
-            .await
+    /// Removes `key`; returns the sequence number of the delete once it is durable, or `None`
+    /// if `key` was absent: then nothing is appended and the version and history stay as they
+    /// were (as hyperbee's `del`).
+    pub async fn del(&self, key: impl AsRef<[u8]>) -> Result<Option<u64>> {
+        let seqs = self
+            .write(vec![BatchOp::Del(key.as_ref().to_vec())], None)
+            .await?;
+        Ok((!seqs.is_empty()).then_some(seqs.start))
     }
 
-    /// Sets `key` only if it currently matches `expect` (checked atomically with the write).
+    /// Sets `key` only if it currently matches `expect` (checked atomically with the write);
+    /// returns the sequence number of the put. A failed check appends nothing.
     pub async fn put_cas(
         &self,
         key: impl AsRef<[u8]>,
@@ -199,41 +208,89 @@ impl Bee {
         expect: Expect,
     ) -> Result<u64> {
         let op = BatchOp::Put(key.as_ref().to_vec(), value.as_ref().to_vec());
-        self.write(vec![op], Some(expect)).await
+        Ok(self.write(vec![op], Some(expect)).await?.start)
     }
 
-    /// Removes `key` only if it currently matches `expect`.
-    pub async fn del_cas(&self, key: impl AsRef<[u8]>, expect: Expect) -> Result<u64> {
-        self.write(vec![BatchOp::Del(key.as_ref().to_vec())], Some(expect))
-            .await
+    /// Removes `key` only if it currently matches `expect`. Like [`Bee::del`], returns the
+    /// sequence number of the delete, or `None` when `key` was absent (so `Expect::Absent`
+    /// held) and nothing was appended. A failed check appends nothing.
+    pub async fn del_cas(&self, key: impl AsRef<[u8]>, expect: Expect) -> Result<Option<u64>> {
+        let seqs = self
+            .write(vec![BatchOp::Del(key.as_ref().to_vec())], Some(expect))
+            .await?;
+        Ok((!seqs.is_empty()).then_some(seqs.start))
     }
 
-    /// Applies every op, atomically, under one signature; returns the new version.
+    /// Applies the ops in order, atomically, under one signature; returns the new version.
+    /// Each put appends one entry; a delete appends one only if its key is set at that point of
+    /// the batch (by the head or an earlier op of the batch), as in a hyperbee batch. So the
+    /// version grows by at most `ops.len()`, and not at all if every op is such a delete.
     pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<u64> {
-        let n = ops.len() as u64;
-        Ok(self.write(ops, None).await? + n)
+        Ok(self.write(ops, None).await?.end)
     }
 
     /// Writes `ops` inside a transaction the caller runs (for layers that write several bees
-    /// and their own tables atomically); returns the sequence number of the first op.
-    pub fn write_in(&self, txn: &mut WriteTxn<'_>, ops: &[BatchOp]) -> Result<u64> {
+    /// and their own tables atomically), with the semantics of [`Bee::batch`] (deletes of
+    /// absent keys append nothing); returns the sequence numbers it appended (empty if none,
+    /// starting at the feed length).
+    pub fn write_in(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        ops: &[BatchOp],
+    ) -> Result<std::ops::Range<u64>> {
         self.writable()?;
         let key = self.feed.key();
         index::catch_up_all(txn, &key)?;
-        let ops: Vec<Op> = ops.iter().map(|op| self.stored_op(op)).collect();
-        let entries: Vec<Vec<u8>> = ops.iter().map(op::encode).collect();
+        let ops = self.effective_ops(txn.raw(), ops)?;
         let start = txn.length(&key)?;
+        if ops.is_empty() {
+            return Ok(start..start);
+        }
+        let entries: Vec<Vec<u8>> = ops.iter().map(op::encode).collect();
         let end = txn.append(&key, &entries)?;
         let raw = txn.raw();
         index::index_ops(raw, self.id, start, ops.iter().map(Ok))?;
         index::set_indexed(raw, &key, self.id, end)?;
-        Ok(start)
+        Ok(start..end)
     }
 
-    async fn write(&self, ops: Vec<BatchOp>, expect: Option<Expect>) -> Result<u64> {
+    /// The stored ops of `ops` that change something, in order: every put, and each delete of
+    /// a key that the head or an earlier op of `ops` sets. Only the writing side filters: the
+    /// index still indexes a delete of an absent key that a feed holds (older writers
+    /// appended them), which changes no read.
+    fn effective_ops(&self, raw: &WriteTransaction, ops: &[BatchOp]) -> Result<Vec<Op>> {
+        let latest = raw.open_table(LATEST).map_err(index::storage)?;
+        let mut set: HashMap<Vec<u8>, bool> = HashMap::new();
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let op = self.stored_op(op);
+            let was_set = match set.get(op.key()) {
+                Some(&s) => s,
+                None => latest
+                    .get((self.id, op.key()))
+                    .map_err(index::storage)?
+                    .is_some(),
+            };
+            let is_set = op.value().is_some();
+            set.insert(op.key().to_vec(), is_set);
+            if was_set || is_set {
+                out.push(op);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `ops` (after checking `expect` against the first) in one transaction; returns the
+    /// sequence numbers appended.
+    async fn write(
+        &self,
+        ops: Vec<BatchOp>,
+        expect: Option<Expect>,
+    ) -> Result<std::ops::Range<u64>> {
         self.writable()?;
         if ops.is_empty() {
-            return self.version();
+            let version = self.version()?;
+            return Ok(version..version);
         }
         let this = self.clone();
         self.feed

@@ -32,7 +32,8 @@ pub struct HistoryOptions {
     pub reverse: bool,
 }
 
-/// For one key that differs between two versions, its entry on each side.
+/// For one key whose entry differs between two versions, its entry on each side (`None` where
+/// the key is absent). The entries differ by sequence number; their values may be equal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiffEntry {
     /// The user key.
@@ -73,7 +74,13 @@ impl Bee {
         }
     }
 
-    /// Every key in `opts` whose value differs between versions `from` and `to`, in key order.
+    /// Every key in `opts` whose entry differs between versions `from` and `to`, in key order
+    /// (or reversed, then cut to `opts.limit`), with its entry at `from` as `left` and at `to`
+    /// as `right`. Entries are compared, not values, as hyperbee's diff stream does: a key
+    /// written between the two versions is reported even if it holds the same bytes on both
+    /// sides (a re-put of the same value, or a delete and a re-put), since the sequence number
+    /// of its last write differs. A key absent on both sides is never reported (a put then a
+    /// delete in between, or a delete of an absent key an older writer appended).
     pub fn diff(&self, from: u64, to: u64, opts: &RangeOptions) -> Result<Vec<DiffEntry>> {
         let (lo, hi) = (from.min(to), from.max(to));
         let mut keys = BTreeSet::new();
@@ -95,7 +102,7 @@ impl Bee {
         let mut out = Vec::new();
         for key in keys {
             let (l, r) = (left.get_entry(&key)?, right.get_entry(&key)?);
-            if l.as_ref().map(|e| &e.value) != r.as_ref().map(|e| &e.value) {
+            if l.as_ref().map(|e| e.seq) != r.as_ref().map(|e| e.seq) {
                 out.push(DiffEntry {
                     key,
                     left: l,
@@ -112,7 +119,10 @@ impl Bee {
         Ok(out)
     }
 
-    /// Watches a range: yields the keys that changed in it each time the bee moves on.
+    /// Watches a range: each time the bee moves on, yields the keys of the range whose entry
+    /// changed, by [`Bee::diff`] (so a re-put of the same value wakes it too, as a hyperbee
+    /// watcher does). A write that changes no entry of the range (such as a write outside it)
+    /// does not wake it.
     pub fn watch(&self, opts: RangeOptions) -> Result<Watch> {
         Ok(Watch {
             bee: self.clone(),
@@ -207,7 +217,7 @@ pub struct WatchEvent {
     pub from: u64,
     /// The version after.
     pub to: u64,
-    /// The keys of the range that differ.
+    /// The keys of the range whose entry differs, as [`Bee::diff`] reports them.
     pub changes: Vec<DiffEntry>,
 }
 

@@ -56,6 +56,9 @@ pub(crate) fn set_indexed(
 }
 
 /// Indexes ops (or undecodable entries, which are skipped) at sequence numbers `start..`.
+/// A delete of a key that is absent is indexed like any delete (a version row, no head row):
+/// writers no longer append one, but feeds from older writers hold them, and a replica must
+/// index every feed alike.
 pub(crate) fn index_ops<'a>(
     raw: &WriteTransaction,
     id: u64,

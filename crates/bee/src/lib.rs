@@ -1,8 +1,9 @@
 //! An ordered key/value store on a multibee feed, with the API a hyperbee user expects.
 //!
-//! A [`Bee`] lives on one [`multibee_feed::Feed`]: every put or delete is one feed entry (an
-//! atomic [`Bee::batch`] is one append of several), so the feed is the source of truth and can
-//! be replicated and verified like any feed. An index in the same redb database, written in the
+//! A [`Bee`] lives on one [`multibee_feed::Feed`]: every put, and every delete of a key that is
+//! set, is one feed entry (an atomic [`Bee::batch`] is one append of several; a delete of an
+//! absent key appends nothing, as in hyperbee), so the feed is the source of truth and can be
+//! replicated and verified like any feed. An index in the same redb database, written in the
 //! same transaction, answers `get` and ordered ranges (`gt`/`gte`/`lt`/`lte`/`reverse`/`limit`)
 //! at the head, and at any earlier version through [`Bee::checkout`], for about the cost of a
 //! head read. [`Bee::sub`] gives prefix-free sub-databases; [`Bee::history`],
