@@ -35,8 +35,8 @@
 //! on stderr and ignored.
 //!
 //! Settings can also come from a TOML file: `multibee.toml` in the folder, or `--config PATH`
-//! (keys `listen`, `http`, `bootstrap`, `dial`, `mdns`, `max_drift_ms`, `sync`, `cache_mb` or
-//! `cache_bytes`; see `config.rs`). Flags override the file. A bad file (an unknown key, a
+//! (keys `listen`, `http`, `http_token`, `bootstrap`, `dial`, `mdns`, `max_drift_ms`, `sync`,
+//! `cache_mb` or `cache_bytes`; see `config.rs`). Flags override the file. A bad file (an unknown key, a
 //! wrong value) stops the node with an error naming the file and the problem, before the folder
 //! is touched.
 

@@ -593,6 +593,10 @@ impl Writer {
                 return Ok(Attempt::Poisoned(i));
             }
         }
+        // Feeds only read (their length, their entries) are not written back nor published.
+        overlay
+            .feeds
+            .retain(|key, state| self.cache.get(key).is_none_or(|c| c.record != state.record));
         sign_and_store(&txn, &mut overlay)?;
         txn.commit()?;
         self.commits

@@ -107,6 +107,35 @@ fn subscribers_see_every_new_length() {
 }
 
 #[test]
+fn a_job_that_only_reads_a_feed_neither_rewrites_nor_publishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let store = Store::open(dir.path()).unwrap();
+        let feed = store.create_feed().await.unwrap();
+        feed.append(entry(0)).await.unwrap();
+        let mut sub = feed.subscribe();
+        sub.borrow_and_update();
+        let key = feed.key();
+        let length = store
+            .write(move |txn| {
+                let length = txn.length(&key)?;
+                txn.entries(&key, 0..length)?;
+                Ok::<_, Error>(length)
+            })
+            .await
+            .unwrap();
+        assert_eq!(length, 1);
+        assert!(
+            !sub.has_changed().unwrap(),
+            "a read woke the feed's subscribers"
+        );
+        feed.append(entry(1)).await.unwrap();
+        assert!(sub.has_changed().unwrap());
+        assert_eq!(sub.borrow_and_update().length, 2);
+    });
+}
+
+#[test]
 fn relaxed_mode_keeps_data_across_a_clean_close() {
     let dir = tempfile::tempdir().unwrap();
     let key = run(async {
