@@ -1,0 +1,86 @@
+//! multibee's benchmark binary: each measurement runs with its baseline (raw redb doing the
+//! same rows the same way, or the layer below) in the same run, so that the ratio holds on a
+//! shared, noisy machine.
+//!
+//! ```sh
+//! cargo run --release -p multibee-bench -- [NAME...] [--quick] [--json]
+//! ```
+//!
+//! `NAME` filters by prefix (`feed`, `bee/put`, `multibee/merge-in-order`). `--quick` uses small
+//! sizes (the whole set in well under 3 minutes). `--json` prints one object per line:
+//! `{"name","unit","value","baseline_name","baseline","ratio"}`. Values are operations per
+//! second unless the unit says otherwise. The network and load figures are still the
+//! criterion and harness benches (`crates/net/benches`, `benches/load.rs`).
+#![allow(clippy::unwrap_used)]
+
+mod figures;
+
+use figures::Figure;
+
+/// What a run measures: (name, function taking the size scale).
+type Measure = (&'static str, fn(&Scale) -> Vec<Figure>);
+
+/// Sizes of a run.
+pub struct Scale {
+    /// Entries, puts or diffs per measurement.
+    pub n: u64,
+    /// Ops per peer in the offline merge.
+    pub offline: u64,
+}
+
+const MEASURES: &[Measure] = &[
+    ("feed/append-batch-1000", figures::feed_append),
+    ("feed/verify-ingest", figures::feed_ingest),
+    ("bee/put-batch-1000", figures::bee_put_durable),
+    ("bee/put-batch-1000-relaxed", figures::bee_put_relaxed),
+    ("bee/get-random", figures::bee_get),
+    ("bee/scan", figures::bee_scan),
+    ("multibee/put-batch-100", figures::multibee_put_100),
+    ("multibee/put-batch-1000", figures::multibee_put_1000),
+    ("multibee/merge-in-order", figures::multibee_merge),
+    ("multibee/offline-merge-2x10000", figures::multibee_offline),
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json = args.iter().any(|a| a == "--json");
+    let names: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    if let Some(unknown) = args
+        .iter()
+        .find(|a| a.starts_with("--") && !["--quick", "--json"].contains(&a.as_str()))
+    {
+        eprintln!("unknown option {unknown}: use [NAME...] [--quick] [--json]");
+        std::process::exit(2);
+    }
+    let scale = if quick {
+        Scale {
+            n: 20_000,
+            offline: 2_000,
+        }
+    } else {
+        Scale {
+            n: 100_000,
+            offline: 10_000,
+        }
+    };
+    let chosen: Vec<&Measure> = MEASURES
+        .iter()
+        .filter(|(name, _)| names.is_empty() || names.iter().any(|n| name.starts_with(n.as_str())))
+        .collect();
+    if chosen.is_empty() {
+        let all: Vec<&str> = MEASURES.iter().map(|(n, _)| *n).collect();
+        eprintln!("no measurement matches; there are: {}", all.join(", "));
+        std::process::exit(2);
+    }
+    for (name, measure) in chosen {
+        eprintln!("{name} ...");
+        for figure in measure(&scale) {
+            if json {
+                println!("{}", figure.json());
+            } else {
+                println!("{}", figure.line());
+            }
+        }
+    }
+}
