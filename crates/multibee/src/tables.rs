@@ -205,3 +205,72 @@ pub(crate) fn decode_state(bytes: &[u8]) -> Result<Option<Value>, String> {
         Value::from_stored(bytes).map(Some)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows of the first format, written out byte by byte (postcard: a varint variant index,
+    /// varint integers, arrays as their bytes): what folders of that release hold.
+    #[test]
+    fn first_format_writer_rows_decode() {
+        // Stored::V1 (0), WriterState::Active (0), merged 300 (varint ac 02).
+        let active = [0x00, 0x00, 0xAC, 0x02];
+        assert_eq!(
+            WriterRow::decode(&active),
+            Some(WriterRow {
+                state: WriterState::Active,
+                merged: 300,
+                limit: u64::MAX,
+                removed_by: None,
+            })
+        );
+        // WriterState::Removed (1): nothing of it counted in that format.
+        let removed = [0x00, 0x01, 0x05];
+        assert_eq!(
+            WriterRow::decode(&removed),
+            Some(WriterRow {
+                state: WriterState::Removed,
+                merged: 0,
+                limit: 0,
+                removed_by: None,
+            })
+        );
+        assert_eq!(WriterRow::decode(&[0x00]), None);
+        assert_eq!(WriterRow::decode(&[0x07, 0x00, 0x00]), None);
+        let now = WriterRow::new(WriterState::Active, 9, Some([3; 32]));
+        assert_eq!(WriterRow::decode(&now.encode()), Some(now));
+    }
+
+    #[test]
+    fn first_format_key_states_decode() {
+        // Versioned::V1 (0); last = (ts 5, writer [1; 32]); since_checkpoint 2; one head
+        // (ts 5, writer [1; 32], seq 7, a version vector of one entry ([2; 32], 4)).
+        let mut bytes = vec![0x00, 0x05];
+        bytes.extend([1u8; 32]);
+        bytes.extend([0x02, 0x01, 0x05]);
+        bytes.extend([1u8; 32]);
+        bytes.extend([0x07, 0x01]);
+        bytes.extend([2u8; 32]);
+        bytes.push(0x04);
+        assert_eq!(
+            KeyState::decode(&bytes),
+            Some(KeyState {
+                last: (5, [1; 32]),
+                since_checkpoint: 2,
+                heads: vec![Head {
+                    ts: 5,
+                    writer: [1; 32],
+                    seq: 7,
+                }],
+            })
+        );
+        assert_eq!(KeyState::decode(&bytes[..bytes.len() - 1]), None);
+        let now = KeyState {
+            last: (9, [4; 32]),
+            since_checkpoint: 0,
+            heads: vec![],
+        };
+        assert_eq!(KeyState::decode(&now.encode()), Some(now));
+    }
+}
