@@ -20,7 +20,7 @@ pub struct Figure {
 }
 
 impl Figure {
-    fn new(name: &str, unit: &'static str, value: f64) -> Figure {
+    pub fn new(name: &str, unit: &'static str, value: f64) -> Figure {
         Figure {
             name: name.to_string(),
             unit,
@@ -29,7 +29,7 @@ impl Figure {
         }
     }
 
-    fn against(mut self, name: &str, value: f64) -> Figure {
+    pub fn against(mut self, name: &str, value: f64) -> Figure {
         self.baseline = Some((name.to_string(), value));
         self
     }

@@ -9,11 +9,13 @@
 //! `NAME` filters by prefix (`feed`, `bee/put`, `multibee/merge-in-order`). `--quick` uses small
 //! sizes (the whole set in well under 3 minutes). `--json` prints one object per line:
 //! `{"name","unit","value","baseline_name","baseline","ratio"}`. Values are operations per
-//! second unless the unit says otherwise. The network and load figures are still the
-//! criterion and harness benches (`crates/net/benches`, `benches/load.rs`).
+//! second unless the unit says otherwise. `load/...` runs four served peers under sustained
+//! writes (60 s; 10 s with `--quick`). The network figures are still the criterion bench
+//! `crates/net/benches/replicate.rs`.
 #![allow(clippy::unwrap_used)]
 
 mod figures;
+mod load;
 
 use figures::Figure;
 
@@ -26,6 +28,8 @@ pub struct Scale {
     pub n: u64,
     /// Ops per peer in the offline merge.
     pub offline: u64,
+    /// How long the load runs.
+    pub load_seconds: u64,
 }
 
 const MEASURES: &[Measure] = &[
@@ -39,7 +43,12 @@ const MEASURES: &[Measure] = &[
     ("multibee/put-batch-1000", figures::multibee_put_1000),
     ("multibee/merge-in-order", figures::multibee_merge),
     ("multibee/offline-merge-2x10000", figures::multibee_offline),
+    ("load/4-peers-durable", load_durable),
 ];
+
+fn load_durable(s: &Scale) -> Vec<Figure> {
+    load::figures(multibee::SyncMode::Durable, s.load_seconds)
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -57,11 +66,13 @@ fn main() {
         Scale {
             n: 20_000,
             offline: 2_000,
+            load_seconds: 10,
         }
     } else {
         Scale {
             n: 100_000,
             offline: 10_000,
+            load_seconds: 60,
         }
     };
     let chosen: Vec<&Measure> = MEASURES

@@ -6,8 +6,9 @@
 //! (flat: no growth beyond 10% after the first 10 s), and, as the baseline in the same run, one
 //! peer writing alone without the network.
 //!
-//! `cargo bench -p multibee --bench load [-- SECONDS] [relaxed]` (default 60 s, durable).
-#![allow(clippy::unwrap_used, missing_docs)]
+//! `cargo run --release -p multibee-bench -- load` (60 s, durable; `--quick`: 10 s). The
+//! report for people goes to stderr; the figures are `load/4-peers-durable` (puts/s per peer,
+//! against one peer alone) and `load/4-peers-lag-p99-ms`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,20 +18,14 @@ use hdrhistogram::Histogram;
 use multibee::db::Event;
 use multibee::{ChangesOptions, Config, MultiBee, Options, Served, SyncMode, Value, serve};
 
+use crate::figures::Figure;
+
 const PEERS: usize = 4;
 /// redb's page cache per peer (its default of 1 GiB per database would read as growth).
 const CACHE_BYTES: usize = 8 << 20;
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let seconds = args
-        .iter()
-        .find_map(|a| a.parse::<u64>().ok())
-        .unwrap_or(60);
-    let sync = match args.iter().any(|a| a == "relaxed") {
-        true => SyncMode::Relaxed,
-        false => SyncMode::Durable,
-    };
+/// Runs the load for `seconds` (and the baseline for up to 10 s); the figures.
+pub fn figures(sync: SyncMode, seconds: u64) -> Vec<Figure> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -38,9 +33,28 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let alone = baseline(sync, seconds.min(10)).await;
-        println!("baseline: one peer alone, no network: {alone:.0} puts/s ({sync:?})");
-        load(sync, seconds).await;
-    });
+        eprintln!("baseline: one peer alone, no network: {alone:.0} puts/s ({sync:?})");
+        let outcome = load(sync, seconds).await;
+        let mode = match sync {
+            SyncMode::Durable => "durable",
+            _ => "relaxed",
+        };
+        vec![
+            Figure::new(
+                &format!("load/4-peers-{mode}"),
+                "puts/s per peer",
+                outcome.per_peer,
+            )
+            .against("one-peer-alone", alone),
+            Figure::new("load/4-peers-lag-p99-ms", "ms", outcome.lag_p99_ms),
+        ]
+    })
+}
+
+/// What a load run measured.
+struct Outcome {
+    per_peer: f64,
+    lag_p99_ms: f64,
 }
 
 fn options(sync: SyncMode) -> Options {
@@ -94,7 +108,7 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-async fn load(sync: SyncMode, seconds: u64) {
+async fn load(sync: SyncMode, seconds: u64) -> Outcome {
     let dirs: Vec<_> = (0..PEERS).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut peers: Vec<(MultiBee, Served)> = Vec::new();
     for dir in &dirs {
@@ -271,26 +285,26 @@ async fn load(sync: SyncMode, seconds: u64) {
         mb.close().await;
     }
 
-    println!(
+    eprintln!(
         "load: {PEERS} peers, {seconds} s, {sync:?} single puts of 100 B, full mesh over loopback TCP"
     );
     for (i, c) in counts.iter().enumerate() {
-        println!("  peer {i}: {c} puts, {:.0} puts/s", *c as f64 / elapsed);
+        eprintln!("  peer {i}: {c} puts, {:.0} puts/s", *c as f64 / elapsed);
     }
-    println!(
+    eprintln!(
         "  all peers: {:.0} puts/s; every peer merged the others' {} puts",
         total as f64 / elapsed,
         total - counts.iter().min().unwrap()
     );
     match drained {
-        Ok(()) => println!(
+        Ok(()) => eprintln!(
             "  caught up {:.2} s after the writers stopped",
             drain.as_secs_f64()
         ),
-        Err(_) => println!("  NOT caught up 600 s after the writers stopped"),
+        Err(_) => eprintln!("  NOT caught up 600 s after the writers stopped"),
     }
     let ms = |q: f64| lags.value_at_quantile(q) as f64 / 1e3;
-    println!(
+    eprintln!(
         "  replication lag (put called on one peer -> change out of another's changes()): p50 {:.1} ms, \
          p99 {:.1} ms, max {:.1} ms over {} changes",
         ms(0.5),
@@ -298,7 +312,7 @@ async fn load(sync: SyncMode, seconds: u64) {
         lags.max() as f64 / 1e3,
         lags.len()
     );
-    println!("  by stage, each from the put called on its writer:");
+    eprintln!("  by stage, each from the put called on its writer:");
     let stages = [
         ("committed on the writer", &commit_lags, "puts"),
         ("stored on another peer", &stored_lags, "diffs"),
@@ -307,7 +321,7 @@ async fn load(sync: SyncMode, seconds: u64) {
     ];
     for (stage, h, what) in stages {
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
-        println!(
+        eprintln!(
             "    -> {stage}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} {what}",
             ms(0.5),
             ms(0.99),
@@ -317,7 +331,7 @@ async fn load(sync: SyncMode, seconds: u64) {
     }
     let settled = rss.get(9).copied().unwrap_or(0).max(1);
     let peak_after = rss.iter().skip(10).copied().max().unwrap_or(settled);
-    println!(
+    eprintln!(
         "  resident memory of the process (4 peers): at 10 s {} MiB, peak after {} MiB ({:+.1}%), \
          peak overall {} MiB",
         settled >> 20,
@@ -325,6 +339,10 @@ async fn load(sync: SyncMode, seconds: u64) {
         (peak_after as f64 / settled as f64 - 1.0) * 100.0,
         rss.iter().max().copied().unwrap_or(0) >> 20
     );
+    Outcome {
+        per_peer: total as f64 / elapsed / PEERS as f64,
+        lag_p99_ms: lags.value_at_quantile(0.99) as f64 / 1e3,
+    }
 }
 
 /// When each writer's puts were called: `called[w][n]` for put `n` of writer `keys[w]`, which
