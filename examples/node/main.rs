@@ -213,7 +213,12 @@ fn save_identity(
         .map_err(|e| failed(&e))?;
     file.write_all(&bytes).map_err(|e| failed(&e))?;
     file.sync_all().map_err(|e| failed(&e))?;
-    std::fs::rename(&temp, &path).map_err(|e| failed(&e))
+    std::fs::rename(&temp, &path).map_err(|e| failed(&e))?;
+    // The rename is durable once the folder is: else a crash could bring back no identity,
+    // and the node a new peer id.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| failed(&e))
 }
 
 /// Writes whole lines to stdout, one writer for answers and events alike.
