@@ -4,7 +4,7 @@
 use multibee::ChangesOptions;
 use serde_json::json;
 
-use crate::common::{Peer, close, json, open, wait_change};
+use crate::common::{Peer, close, json, open, wait_change, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_resumes_from_the_merged_lengths() {
@@ -59,7 +59,18 @@ async fn restart_resumes_from_the_merged_lengths() {
     assert_eq!(a.mb.state_hash().unwrap(), b.mb.state_hash().unwrap());
     // Nothing was downloaded twice: B received (and stored) only A's 30 new entries, and A
     // sent no more (a fetch from 0 would move all 51).
-    let stats = b.served.node().stats();
+    // The session counts what it stored once the store answers, which may be just after the
+    // merge (in the same commit) became visible: wait for the count, then check it exactly.
+    let stats = within(async {
+        loop {
+            let stats = b.served.node().stats();
+            if stats.entries_stored >= 30 {
+                return stats;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     assert_eq!((stats.entries_received, stats.entries_stored), (30, 30));
     assert_eq!(a.served.node().stats().entries_sent - sent_before, 30);
     // B's store saw each change once: its offline write, then A's 30 new keys (a stream that
