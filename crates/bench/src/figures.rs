@@ -53,7 +53,8 @@ impl Figure {
 
     /// A line for people.
     pub fn line(&self) -> String {
-        let mut line = format!("{:<34} {:>12.0} {}", self.name, self.value, self.unit);
+        let digits = if self.value < 100.0 { 2 } else { 0 };
+        let mut line = format!("{:<34} {:>12.digits$} {}", self.name, self.value, self.unit);
         if let (Some((name, b)), Some(r)) = (&self.baseline, self.ratio()) {
             line.push_str(&format!("   vs {name} {b:.0} {}: {r:.2}", self.unit));
         }
@@ -61,8 +62,10 @@ impl Figure {
     }
 }
 
+/// Rounded to a tenth, or to a thousandth for small values (milliseconds).
 fn round(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
+    let scale = if x.abs() < 100.0 { 1000.0 } else { 10.0 };
+    (x * scale).round() / scale
 }
 
 fn rt() -> Runtime {

@@ -10,12 +10,13 @@
 //! sizes (the whole set in well under 3 minutes). `--json` prints one object per line:
 //! `{"name","unit","value","baseline_name","baseline","ratio"}`. Values are operations per
 //! second unless the unit says otherwise. `load/...` runs four served peers under sustained
-//! writes (60 s; 10 s with `--quick`). The network figures are still the criterion bench
-//! `crates/net/benches/replicate.rs`.
+//! writes (60 s; 10 s with `--quick`). `net/...` replicates between two nodes on loopback
+//! (TCP and QUIC) against the same batches moved in-process.
 #![allow(clippy::unwrap_used)]
 
 mod figures;
 mod load;
+mod net;
 
 use figures::Figure;
 
@@ -43,6 +44,7 @@ const MEASURES: &[Measure] = &[
     ("multibee/put-batch-1000", figures::multibee_put_1000),
     ("multibee/merge-in-order", figures::multibee_merge),
     ("multibee/offline-merge-2x10000", figures::multibee_offline),
+    ("net/replicate", net::figures),
     ("load/4-peers-durable", load_durable),
 ];
 
