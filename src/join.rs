@@ -150,7 +150,7 @@ pub enum JoinError {
     /// The inviter could not be reached in time.
     #[error("the inviter {0} could not be reached at {1:?} within {JOIN_TIMEOUT:?}")]
     Unreachable(multibee_net::PeerId, Vec<Multiaddr>),
-    /// The inviter refused (for example: a secret already used, or not its own).
+    /// The inviter refused (for example: a secret already used, expired, or not its own).
     #[error("the inviter refused: {0}")]
     Refused(String),
     /// The request or its answer did not get through.

@@ -33,8 +33,9 @@ pub enum Error {
         /// The writer whose operation removed it, if one did.
         by: Option<FeedKey>,
     },
-    /// An invitation's secret that this peer did not make, or that was used already.
-    #[error("unknown or already used invitation")]
+    /// An invitation's secret that this peer did not make, that was used already, or that
+    /// is older than [`crate::INVITE_TTL_MS`].
+    #[error("unknown, already used or expired invitation")]
     InvalidInvite,
     /// A value nests deeper than [`crate::MAX_DEPTH`].
     #[error("the value nests {depth} levels deep; at most {max} are allowed")]

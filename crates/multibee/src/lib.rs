@@ -97,3 +97,7 @@ pub use peer::{MultiBee, WriterInfo, prefix_end};
 pub use tables::WriterState;
 pub use txn::{BatchOp, Committed, Precondition};
 pub use value::{MAX_DEPTH, StoredRef, Value};
+
+/// How long an invitation ([`MultiBee::create_invite`]) can be redeemed: 7 days, by the
+/// inviter's clock. A leaked ticket is worthless after that, and unused ones are dropped.
+pub const INVITE_TTL_MS: u64 = 7 * 24 * 60 * 60 * 1000;

@@ -382,7 +382,8 @@ impl MultiBee {
     }
 
     /// Makes a one-time invitation: a random secret that one peer may redeem (through
-    /// [`MultiBee::redeem_invite`] on this peer) to be added as a writer. The network layer
+    /// [`MultiBee::redeem_invite`] on this peer, within [`crate::INVITE_TTL_MS`]) to be added
+    /// as a writer. The network layer
     /// wraps it in a ticket with this peer's addresses. Fails unless this peer is a member.
     pub async fn create_invite(&self) -> Result<[u8; 32]> {
         let mut secret = [0u8; 32];

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use multibee_feed::{FeedKey, WriteTxn};
 use redb::{ReadableTable, WriteTransaction};
 
+use crate::INVITE_TTL_MS;
 use crate::error::{Error, Result};
 use crate::fold::{corrupt, storage};
 use crate::hlc::Hlc;
@@ -147,9 +148,14 @@ impl Ctx<'_> {
         if self.membership(txn.raw())?.members.get(&self.own.0) != Some(&Status::Active) {
             return Err(Error::NotAMember(self.own));
         }
+        let now = self.clock.now_ms();
         let mut table = txn.raw().open_table(INVITES).map_err(storage)?;
+        // Expired invitations go as new ones come: the table stays small.
         table
-            .insert(*blake3::hash(&secret).as_bytes(), self.clock.now_ms())
+            .retain(|_, made| now.saturating_sub(made) <= INVITE_TTL_MS)
+            .map_err(storage)?;
+        table
+            .insert(*blake3::hash(&secret).as_bytes(), now)
             .map_err(storage)?;
         Ok(())
     }
@@ -162,11 +168,13 @@ impl Ctx<'_> {
         writer: FeedKey,
     ) -> Result<Vec<Event>> {
         let hash = *blake3::hash(&secret).as_bytes();
-        let known = {
+        let made = {
             let table = txn.raw().open_table(INVITES).map_err(storage)?;
-            table.get(hash).map_err(storage)?.is_some()
+            table.get(hash).map_err(storage)?.map(|v| v.value())
         };
-        if !known {
+        let fresh =
+            made.is_some_and(|made| self.clock.now_ms().saturating_sub(made) <= INVITE_TTL_MS);
+        if !fresh {
             return Err(Error::InvalidInvite);
         }
         let events = self.write_member(txn, MemberOp::Add { writer: writer.0 })?;

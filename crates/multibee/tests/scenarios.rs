@@ -997,3 +997,30 @@ fn conditional_writes_see_local_writes_and_merges_alike() {
         ));
     });
 }
+
+#[test]
+fn an_invitation_expires_after_its_time_and_is_used_once() {
+    use multibee_multibee::{Error, INVITE_TTL_MS};
+    run(async {
+        let a = Peer::new(1_000_000).await;
+        let (b, c) = (Peer::new(1_000_000).await, Peer::new(1_000_000).await);
+        // A peer becomes a member by writing (the database's first writer).
+        a.mb.put("x", serde_json::json!(1)).await.unwrap();
+        let fresh = a.mb.create_invite().await.unwrap();
+        let old = a.mb.create_invite().await.unwrap();
+        // Within its time: redeemed once, then refused.
+        a.mb.redeem_invite(fresh, b.key()).await.unwrap();
+        let again = a.mb.redeem_invite(fresh, c.key()).await;
+        assert!(matches!(again, Err(Error::InvalidInvite)), "{again:?}");
+        // Past its time: refused, and nothing is written.
+        a.clock.set(1_000_000 + INVITE_TTL_MS + 1);
+        let version = a.mb.version().unwrap();
+        let late = a.mb.redeem_invite(old, c.key()).await;
+        assert!(matches!(late, Err(Error::InvalidInvite)), "{late:?}");
+        assert_eq!(a.mb.version().unwrap(), version);
+        assert!(a.mb.writers().unwrap().iter().all(|w| w.key != c.key()));
+        // A new one works; making it dropped the expired one.
+        let new = a.mb.create_invite().await.unwrap();
+        a.mb.redeem_invite(new, c.key()).await.unwrap();
+    });
+}
