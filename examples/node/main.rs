@@ -151,7 +151,11 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,node=info")),
+                // Kademlia warns at every start without bootstrap peers ("No known peers"):
+                // noise for a node that finds peers otherwise. RUST_LOG shows it again.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,node=info,libp2p_kad=error")
+                }),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
