@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use multibee::http::{HttpApi, serve_http};
-use multibee::{Config, MultiBee, Options, join, serve};
+use multibee::{Config, MultiBee, serve};
 use serde_json::{Value as Json, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -231,15 +231,7 @@ async fn the_ui_page_shows_documents_and_live_changes_from_another_peer() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = MultiBee::open(dir_a.path()).await.unwrap();
     let served_a = serve(&a, Config::loopback()).await.unwrap();
-    let ticket = served_a.invite().await.unwrap();
-    let served_b = within(join(
-        dir_b.path(),
-        &ticket,
-        Options::default(),
-        Config::loopback(),
-    ))
-    .await
-    .unwrap();
+    let served_b = crate::common::join_through(&served_a, dir_b.path()).await;
     let http = serve_http("127.0.0.1:0".parse().unwrap(), HttpApi::served(&served_b))
         .await
         .unwrap();

@@ -257,7 +257,22 @@ pub fn keys(mb: &MultiBee) -> Vec<String> {
         .collect()
 }
 
-/// One HTTP/1.1 request with extra headers (`Name: value`); the status and the JSON answer.
+/// A new peer in `dir` that joined `inviter`'s database with one of its tickets (loopback).
+pub async fn join_through(inviter: &multibee::Served, dir: &std::path::Path) -> multibee::Served {
+    let ticket = inviter.invite().await.unwrap();
+    let config = multibee::Config::loopback();
+    within(multibee::join(
+        dir,
+        &ticket,
+        multibee::Options::default(),
+        config,
+    ))
+    .await
+    .unwrap()
+}
+
+/// One HTTP/1.1 request with extra headers (`Name: value`) on a fresh connection; the status
+/// and the JSON answer (`null` when the body is not JSON).
 pub async fn http_with_headers(
     addr: &str,
     method: &str,
@@ -278,8 +293,30 @@ pub async fn http_with_headers(
     let response = String::from_utf8(response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     (
         status,
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")),
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
 }

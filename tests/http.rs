@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
 use crate::common::within;
+use crate::node::Node;
 
 struct Api {
     _dir: TempDir,
@@ -491,41 +492,26 @@ async fn changes_page_filter_include_docs_and_longpoll() {
     assert!(answer["last_seq"].as_u64().unwrap() > last);
 }
 
-/// Sends one HTTP/1.1 request on a fresh connection; the status and the body.
-pub async fn http_request(addr: &str, method: &str, path: &str, body: &str) -> (u16, Json) {
-    let mut stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    within(stream.read_to_end(&mut response)).await.unwrap();
-    let response = String::from_utf8(response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, serde_json::from_str(&body).unwrap_or(Json::Null))
+/// Long polls `_changes` on `addr` from the start until an answer holds a change of `key`;
+/// that answer's `last_seq`.
+async fn longpoll_until(addr: &str, key: &str) -> u64 {
+    let mut since = 0;
+    loop {
+        let path = format!("/_changes?since={since}&feed=longpoll&timeout=60000");
+        let (status, changes) = http_request(addr, "GET", &path, "").await;
+        assert_eq!(status, 200, "{changes}");
+        since = changes["last_seq"].as_u64().unwrap();
+        let results = changes["results"].as_array().unwrap();
+        if results.iter().any(|r| r["key"] == key) {
+            return since;
+        }
+    }
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap();
-        if size == 0 {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
-    out
+/// Sends one HTTP/1.1 JSON request on a fresh connection; the status and the body.
+pub async fn http_request(addr: &str, method: &str, path: &str, body: &str) -> (u16, Json) {
+    let json = ["Content-Type: application/json".to_string()];
+    crate::common::http_with_headers(addr, method, path, &json, body).await
 }
 
 #[tokio::test]
@@ -551,7 +537,7 @@ async fn a_bound_server_answers_and_shuts_down() {
 }
 
 /// The address (`host:port`) of a node's HTTP API, from its ready line.
-fn http_addr(node: &crate::node::Node) -> String {
+fn http_addr(node: &Node) -> String {
     let url = node.ready["http"]
         .as_str()
         .expect("an http address")
@@ -559,16 +545,22 @@ fn http_addr(node: &crate::node::Node) -> String {
     url.strip_prefix("http://").unwrap().to_string()
 }
 
+/// Node A serving HTTP, and node B that joined it with a ticket and serves HTTP too, both
+/// with stdin closed.
+fn http_pair(dir_a: &std::path::Path, dir_b: &std::path::Path) -> (Node, Node) {
+    let mut a = Node::start(dir_a, &["--http", "127.0.0.1:0"]);
+    let ticket = a.ok("invite")["ticket"].as_str().unwrap().to_string();
+    a.close_stdin();
+    let mut b = Node::start(dir_b, &["--join", &ticket, "--http", "127.0.0.1:0"]);
+    b.close_stdin();
+    (a, b)
+}
+
 #[test]
 fn two_nodes_with_http_replicate_and_outlive_their_stdin() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = crate::node::Node::start(dir_a.path(), &["--http", "127.0.0.1:0"]);
-    let ticket = a.ok("invite")["ticket"].as_str().unwrap().to_string();
-    a.close_stdin();
-    let mut b =
-        crate::node::Node::start(dir_b.path(), &["--join", &ticket, "--http", "127.0.0.1:0"]);
-    b.close_stdin();
+    let (a, b) = http_pair(dir_a.path(), dir_b.path());
     let (http_a, http_b) = (http_addr(&a), http_addr(&b));
     rt.block_on(async {
         let (status, info) = http_request(&http_a, "GET", "/", "").await;
@@ -577,21 +569,7 @@ fn two_nodes_with_http_replicate_and_outlive_their_stdin() {
         let (status, _) = http_request(&http_a, "PUT", "/docs/from%20a", r#"{"n":1}"#).await;
         assert_eq!(status, 200);
         // Long polls on B until the write arrives (each answers at once if it already has).
-        let mut since = 0;
-        loop {
-            let path = format!("/_changes?since={since}&feed=longpoll&timeout=60000");
-            let (status, changes) = http_request(&http_b, "GET", &path, "").await;
-            assert_eq!(status, 200, "{changes}");
-            if changes["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|r| r["key"] == "from a")
-            {
-                break;
-            }
-            since = changes["last_seq"].as_u64().unwrap();
-        }
+        longpoll_until(&http_b, "from a").await;
         let (status, doc) = http_request(&http_b, "GET", "/docs/from%20a", "").await;
         assert_eq!(
             (status, without_rev(doc)),
@@ -1038,12 +1016,7 @@ async fn keys_until(addr: &str, since: u64, expected: &[String]) -> Vec<String> 
 fn a_client_resumes_from_last_seq_across_a_node_restart() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = crate::node::Node::start(dir_a.path(), &["--http", "127.0.0.1:0"]);
-    let ticket = a.ok("invite")["ticket"].as_str().unwrap().to_string();
-    a.close_stdin();
-    let mut b =
-        crate::node::Node::start(dir_b.path(), &["--join", &ticket, "--http", "127.0.0.1:0"]);
-    b.close_stdin();
+    let (a, b) = http_pair(dir_a.path(), dir_b.path());
     let http_a = http_addr(&a);
     let keys = |range: std::ops::Range<u32>| range.map(|i| format!("d{i}")).collect::<Vec<_>>();
     let put_on_a = |keys: Vec<String>| {
@@ -1059,21 +1032,7 @@ fn a_client_resumes_from_last_seq_across_a_node_restart() {
         put_on_a(keys(0..1)).await;
         let http_b = http_addr(&b);
         // A long poll on B delivers it (each poll answers at once if B already has it).
-        let mut since = 0;
-        loop {
-            let path = format!("/_changes?since={since}&feed=longpoll&timeout=60000");
-            let (status, changes) = http_request(&http_b, "GET", &path, "").await;
-            assert_eq!(status, 200, "{changes}");
-            since = changes["last_seq"].as_u64().unwrap();
-            if changes["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|r| r["key"] == "d0")
-            {
-                break;
-            }
-        }
+        let since = longpoll_until(&http_b, "d0").await;
         // So does B's event stream.
         assert_eq!(keys_until(&http_b, 0, &keys(0..1)).await, keys(0..1));
         since
@@ -1082,7 +1041,7 @@ fn a_client_resumes_from_last_seq_across_a_node_restart() {
     // B goes down; A writes meanwhile, and after B is back.
     b.kill();
     rt.block_on(put_on_a(keys(1..4)));
-    let mut b = crate::node::Node::start(
+    let mut b = Node::start(
         dir_b.path(),
         &["--dial", &a.addr(), "--http", "127.0.0.1:0"],
     );

@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use multibee::MultiBee;
 use multibee::http::{HttpApi, router, serve_http};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value as Json, json};
 use tempfile::TempDir;
 use tower::ServiceExt;
@@ -81,6 +82,15 @@ impl Api {
 
     async fn get(&self, uri: &str) -> Answer {
         self.call(Method::GET, uri, &[], "").await
+    }
+
+    /// The keys of a `GET /docs` page.
+    async fn keys(&self, uri: &str) -> Vec<String> {
+        let page = self.ok(Method::GET, uri, "").await.body;
+        let docs = page["docs"].as_array().unwrap();
+        docs.iter()
+            .map(|r| r["key"].as_str().unwrap().to_string())
+            .collect()
     }
 
     async fn ok(&self, method: Method, uri: &str, body: &str) -> Answer {
@@ -298,7 +308,10 @@ async fn paging_walks_ten_thousand_keys_exactly_once_both_ways() {
             let mut uri =
                 format!("/docs?prefix=k/&limit={limit}&reverse={reverse}&include_docs=false");
             if let Some(s) = &start {
-                uri.push_str(&format!("&start={}", percent(s)));
+                uri.push_str(&format!(
+                    "&start={}",
+                    utf8_percent_encode(s, NON_ALPHANUMERIC)
+                ));
             }
             let page = api.ok(Method::GET, &uri, "").await.body;
             for row in page["docs"].as_array().unwrap() {
@@ -321,41 +334,12 @@ async fn paging_walks_ten_thousand_keys_exactly_once_both_ways() {
         );
     }
     // `end` stops the range (exclusive) in the order of iteration.
-    let page = api
-        .ok(Method::GET, "/docs?start=k/00010&end=k/00013", "")
-        .await
-        .body;
-    let got: Vec<&str> = page["docs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["key"].as_str().unwrap())
-        .collect();
+    let got = api.keys("/docs?start=k/00010&end=k/00013").await;
     assert_eq!(got, ["k/00010", "k/00011", "k/00012"]);
-    let page = api
-        .ok(
-            Method::GET,
-            "/docs?start=k/00013&end=k/00010&reverse=true",
-            "",
-        )
-        .await
-        .body;
-    let got: Vec<&str> = page["docs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["key"].as_str().unwrap())
-        .collect();
+    let got = api
+        .keys("/docs?start=k/00013&end=k/00010&reverse=true")
+        .await;
     assert_eq!(got, ["k/00013", "k/00012", "k/00011"]);
-}
-
-fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -739,7 +723,7 @@ async fn bad_requests_get_their_error_and_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_what_peers_hold_and_metrics_count_bytes() {
     use crate::http::http_request;
-    use multibee::{ChangesOptions, Config, Options, join, serve};
+    use multibee::{ChangesOptions, Config, serve};
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = MultiBee::open(dir_a.path()).await.unwrap();
     let served_a = serve(&a, Config::loopback()).await.unwrap();
@@ -747,15 +731,7 @@ async fn status_shows_what_peers_hold_and_metrics_count_bytes() {
         .await
         .unwrap();
     let addr = http.local_addr().to_string();
-    let ticket = served_a.invite().await.unwrap();
-    let served_b = within(join(
-        dir_b.path(),
-        &ticket,
-        Options::default(),
-        Config::loopback(),
-    ))
-    .await
-    .unwrap();
+    let served_b = crate::common::join_through(&served_a, dir_b.path()).await;
     let b = served_b.multibee().clone();
     let mut changes = a
         .changes(ChangesOptions {

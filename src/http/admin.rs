@@ -283,7 +283,8 @@ pub(super) async fn metrics(State(api): State<HttpApi>) -> ApiResult {
     let merged: Family<Vec<(String, String)>, Gauge> = Family::default();
     let behind: Family<Vec<(String, String)>, Gauge> = Family::default();
     let own = mb.diff_key();
-    for w in all_writers(&api)? {
+    let writers = all_writers(&api)?;
+    for w in &writers {
         let labels = vec![
             ("writer".to_string(), w.key.to_string()),
             ("state".to_string(), state_name(w.state).to_string()),
@@ -349,7 +350,7 @@ pub(super) async fn metrics(State(api): State<HttpApi>) -> ApiResult {
     }
     if let Some(progress) = &api.progress {
         let ahead: Family<Vec<(String, String)>, Gauge> = Family::default();
-        for w in all_writers(&api)? {
+        for w in &writers {
             if let Some((_, length)) = progress.best_peer(&w.key) {
                 let labels = vec![("writer".to_string(), w.key.to_string())];
                 ahead

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use multibee_bee::{BatchOp as BeeOp, Bee, RangeOptions};
-use multibee_feed::{Options as FeedOptions, Store, SyncMode};
+use multibee_feed::{Feed, Options as FeedOptions, Store, SyncMode};
 use multibee_multibee::{BatchOp, ManualClock, MultiBee, Options, Value};
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use serde_json::json;
@@ -69,8 +69,13 @@ fn round(x: f64) -> f64 {
 }
 
 fn rt() -> Runtime {
+    runtime(1)
+}
+
+/// A runtime with `workers` worker threads.
+pub fn runtime(workers: usize) -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .unwrap()
@@ -137,6 +142,33 @@ fn raw_redb_inserts(n: u64, durable: bool, keyed: bool) -> f64 {
     per_second(n, start.elapsed())
 }
 
+/// Appends `n` entries to `feed` in batches of 1,000.
+async fn fill(feed: &Feed, n: u64) {
+    let mut i = 0;
+    while i < n {
+        let end = (i + 1_000).min(n);
+        feed.append_batch((i..end).map(entry).collect())
+            .await
+            .unwrap();
+        i = end;
+    }
+}
+
+/// Verifies and stores all of `feed` into a replica in `store`, `chunk` entries at a time;
+/// entries/s.
+async fn copy_in_process(feed: &Feed, store: &Store, chunk: u64) -> f64 {
+    let replica = store.replica(feed.key()).await.unwrap();
+    let n = feed.length();
+    let start = Instant::now();
+    let mut at = 0;
+    while at < n {
+        let end = (at + chunk).min(n);
+        replica.ingest(feed.proof(at..end).unwrap()).await.unwrap();
+        at = end;
+    }
+    per_second(n, start.elapsed())
+}
+
 pub fn feed_append(s: &Scale) -> Vec<Figure> {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
@@ -144,14 +176,7 @@ pub fn feed_append(s: &Scale) -> Vec<Figure> {
     let rate = rt.block_on(async {
         let feed = store.create_feed().await.unwrap();
         let start = Instant::now();
-        let mut i = 0;
-        while i < s.n {
-            let end = (i + 1_000).min(s.n);
-            feed.append_batch((i..end).map(entry).collect())
-                .await
-                .unwrap();
-            i = end;
-        }
+        fill(&feed, s.n).await;
         per_second(s.n, start.elapsed())
     });
     let raw = raw_redb_inserts(s.n, true, false);
@@ -168,23 +193,8 @@ pub fn feed_ingest(s: &Scale) -> Vec<Figure> {
     let reader = Store::open(dir_r.path()).unwrap();
     let rate = rt.block_on(async {
         let feed = writer.create_feed().await.unwrap();
-        let mut i = 0;
-        while i < s.n {
-            let end = (i + 1_000).min(s.n);
-            feed.append_batch((i..end).map(entry).collect())
-                .await
-                .unwrap();
-            i = end;
-        }
-        let replica = reader.replica(feed.key()).await.unwrap();
-        let start = Instant::now();
-        let mut at = 0;
-        while at < s.n {
-            let end = (at + 1_000).min(s.n);
-            replica.ingest(feed.proof(at..end).unwrap()).await.unwrap();
-            at = end;
-        }
-        per_second(s.n, start.elapsed())
+        fill(&feed, s.n).await;
+        copy_in_process(&feed, &reader, 1_000).await
     });
     let raw = raw_redb_inserts(s.n, true, false);
     vec![
@@ -356,15 +366,7 @@ pub fn multibee_merge(s: &Scale) -> Vec<Figure> {
         // The same entries, verified and stored with no merge.
         let feed = writer.feed_store().feed(&writer.diff_key()).unwrap();
         let store = Store::open(dirs[2].path()).unwrap();
-        let replica = store.replica(feed.key()).await.unwrap();
-        let start = Instant::now();
-        let mut at = 0;
-        while at < n {
-            let end = (at + 4_096).min(n);
-            replica.ingest(feed.proof(at..end).unwrap()).await.unwrap();
-            at = end;
-        }
-        (rate, per_second(n, start.elapsed()))
+        (rate, copy_in_process(&feed, &store, 4_096).await)
     });
     vec![
         Figure::new("multibee/merge-in-order", "diffs/s", rate)

@@ -26,11 +26,7 @@ const CACHE_BYTES: usize = 8 << 20;
 
 /// Runs the load for `seconds` (and the baseline for up to 10 s); the figures.
 pub fn figures(sync: SyncMode, seconds: u64) -> Vec<Figure> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::figures::runtime(2);
     rt.block_on(async {
         let alone = baseline(sync, seconds.min(10)).await;
         eprintln!("baseline: one peer alone, no network: {alone:.0} puts/s ({sync:?})");

@@ -107,11 +107,7 @@ async fn over_network(a: &Node, source: &Feed, transport: Transport) -> Duration
 /// Entries/s for 100-byte entries and MB/s for 64 KiB ones, over TCP (and QUIC for 64 KiB),
 /// each against the in-process move; and the live tail's p50 over TCP.
 pub fn figures(s: &Scale) -> Vec<Figure> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::figures::runtime(2);
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let a_store = Store::open(dir.path()).unwrap();
