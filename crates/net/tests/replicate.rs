@@ -30,9 +30,24 @@ async fn full_then_live(transport: Transport) {
         wait_length(&replica, i + 1).await;
     }
     check_entries(&replica, 10_020);
+    // The counters move just after the store commits: wait for the event that follows them.
+    let key = feed.key();
+    b.event(|e| match e {
+        Event::FeedProgressed { key: k, length, .. } if *k == key && *length == 10_020 => Some(()),
+        _ => None,
+    })
+    .await;
     let stats = b.node.handle().stats();
     assert_eq!(stats.entries_stored, 10_020);
-    assert_eq!(a.node.handle().stats().entries_sent, 10_020);
+    // A counts a frame once written, which may be just after B stored it.
+    let a_handle = a.node.handle();
+    crate::common::within("A to count 10,020 entries sent", async {
+        while a_handle.stats().entries_sent < 10_020 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(a_handle.stats().entries_sent, 10_020);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
