@@ -4,6 +4,7 @@
 mod causality;
 mod crash;
 mod faults;
+mod format;
 mod fuzz_decode;
 mod lessons;
 mod model;

@@ -1,0 +1,216 @@
+//! Folders written by earlier releases open with this one: each fixture under
+//! `tests/fixtures/` is a peer's folder as an earlier release left it, next to `expected.txt`,
+//! that release's description of everything a user can read from it. Opening a copy converts
+//! it (the test compares what this release reads with the description), and the converted
+//! folder goes on being written and reopened.
+//!
+//! A fixture is made by the release whose format it records, with
+//! `MULTIBEE_WRITE_FIXTURE=DIR cargo test -p multibee-multibee --test multibee -- --ignored write_fixture`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use multibee_bee::RangeOptions;
+use multibee_multibee::{ChangesOptions, MultiBee, Value};
+use serde_json::json;
+
+use crate::support::{Peer, cluster, deliver, run, sync_all};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn show(value: &Value) -> String {
+    match value {
+        Value::Json(j) => format!("json {j}"),
+        Value::Bytes(b) => format!("bytes {}", hex(b)),
+    }
+}
+
+/// Everything a user can read from `mb`, as text: membership, every key's value, revision,
+/// history and conflicts, the changes stream, and the store at every version.
+async fn describe(mb: &MultiBee) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    writeln!(w, "database {}", mb.database().unwrap()).unwrap();
+    writeln!(w, "diff feed {}", mb.diff_key()).unwrap();
+    writeln!(w, "version {}", mb.version().unwrap()).unwrap();
+    writeln!(w, "state hash {}", hex(&mb.state_hash().unwrap())).unwrap();
+    for info in mb.writers().unwrap() {
+        writeln!(
+            w,
+            "writer {} {:?} merged {} length {} cut {:?} removed_by {:?}",
+            info.key, info.state, info.merged, info.length, info.cut, info.removed_by
+        )
+        .unwrap();
+    }
+    let keys: Vec<Vec<u8>> = mb
+        .range(&RangeOptions::all())
+        .unwrap()
+        .map(|e| e.unwrap().0)
+        .collect();
+    for key in &keys {
+        let (rev, value) = mb.get_rev(key).unwrap().unwrap();
+        writeln!(w, "key {} rev {rev} {}", hex(key), show(&value)).unwrap();
+        for h in mb.history(key).unwrap() {
+            let change = serde_json::to_string(&h.change).unwrap();
+            writeln!(w, "  history {} {} {} {change}", h.writer, h.ts.0, h.seq).unwrap();
+        }
+        for c in mb.conflicts(key).unwrap() {
+            let change = serde_json::to_string(&c.change).unwrap();
+            writeln!(w, "  conflict {} {} {change}", c.writer, c.ts.0).unwrap();
+        }
+    }
+    let mut changes = mb.changes(ChangesOptions::default()).unwrap();
+    while let Some(change) = changes.next().await {
+        let change = change.unwrap();
+        let value = change.value.as_ref().map(show);
+        writeln!(w, "change {} {} {value:?}", change.seq, hex(&change.key)).unwrap();
+    }
+    let bee = mb.store_bee();
+    for version in 1..=bee.version().unwrap() {
+        let at = bee.checkout(version).unwrap();
+        let rows: Vec<String> = at
+            .range(&RangeOptions::all())
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                format!("{}@{}={}", hex(&e.key), e.seq, hex(&e.value))
+            })
+            .collect();
+        writeln!(w, "at {version}: {}", rows.join(" ")).unwrap();
+    }
+    out
+}
+
+/// Writes the fixture of this release's format into `$MULTIBEE_WRITE_FIXTURE`: two writers,
+/// objects edited field by field and concurrently (conflicts), a key past several checkpoints,
+/// a late diff that rebases, bytes values, deletes, and a third writer removed at a cut.
+#[test]
+#[ignore = "writes a fixture; run by hand when a format changes"]
+fn write_fixture() {
+    let Some(out) = std::env::var_os("MULTIBEE_WRITE_FIXTURE") else {
+        panic!("set MULTIBEE_WRITE_FIXTURE to the folder to write");
+    };
+    let out = PathBuf::from(out);
+    run(async {
+        let peers = cluster(3).await;
+        let (a, b, c) = (&peers[0], &peers[1], &peers[2]);
+        a.mb.put("doc", json!({"title": "one", "tags": ["x"], "n": 0}))
+            .await
+            .unwrap();
+        b.mb.put("bin", Value::Bytes(vec![0, 1, 2, 255]))
+            .await
+            .unwrap();
+        sync_all(&peers).await;
+        // Concurrent edits: different fields of one object, and the same field.
+        a.clock.advance(10);
+        b.clock.advance(10);
+        a.mb.patch("doc", json!({"title": "two"})).await.unwrap();
+        b.mb.patch("doc", json!({"n": 1, "title": "three"}))
+            .await
+            .unwrap();
+        // A key with many diffs: several checkpoints (interval 4 in the test options).
+        for i in 0..30 {
+            a.clock.advance(1);
+            a.mb.put("counter", json!({"i": i})).await.unwrap();
+        }
+        sync_all(&peers).await;
+        // A late diff: B writes with an older clock, merged after A's newer ones.
+        for i in 0..5 {
+            a.clock.advance(100);
+            a.mb.put("late", json!({"a": i})).await.unwrap();
+        }
+        b.mb.put("late", json!({"b": "old"})).await.unwrap();
+        sync_all(&peers).await;
+        // Deletes, and a key deleted then written again.
+        a.mb.del("bin").await.unwrap();
+        a.mb.put("gone", json!(1)).await.unwrap();
+        a.mb.del("gone").await.unwrap();
+        a.mb.put("again", json!("first")).await.unwrap();
+        a.mb.del("again").await.unwrap();
+        a.clock.advance(1);
+        a.mb.put("again", json!("second")).await.unwrap();
+        // C writes, then is removed: what it wrote after the cut does not count.
+        c.mb.put("from-c", json!({"c": 1})).await.unwrap();
+        sync_all(&peers).await;
+        a.mb.remove_writer(c.key()).await.unwrap();
+        c.clock.advance(1_000);
+        c.mb.put("from-c", json!({"c": 2})).await.unwrap();
+        c.mb.put("after-cut", json!(true)).await.unwrap();
+        deliver(c, a, c.key(), u64::MAX).await;
+        deliver(a, b, a.key(), u64::MAX).await;
+        deliver(c, b, c.key(), u64::MAX).await;
+        a.mb.merge().await.unwrap();
+        b.mb.merge().await.unwrap();
+        assert_eq!(a.mb.state_hash().unwrap(), b.mb.state_hash().unwrap());
+
+        let expected = describe(&a.mb).await;
+        let Peer { mb, dir, .. } = peers.into_iter().next().unwrap();
+        mb.close().await;
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::copy(dir.path().join("multibee.redb"), out.join("multibee.redb")).unwrap();
+        std::fs::write(out.join("expected.txt"), expected).unwrap();
+    });
+}
+
+/// Opens a copy of fixture `name` with the test options, compares it with the release's
+/// description, then writes, merges and reopens it.
+fn upgrade(name: &str) {
+    let from = fixture(name);
+    let expected = std::fs::read_to_string(from.join("expected.txt")).unwrap();
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(from.join("multibee.redb"), dir.path().join("multibee.redb")).unwrap();
+        let clock = multibee_multibee::ManualClock::new(10_000_000);
+        let open = || MultiBee::open_with(dir.path(), crate::support::options(&clock));
+        let mb = open().await.unwrap();
+        let read = describe(&mb).await;
+        pretty_assertions_lite(&expected, &read);
+
+        // The converted folder takes writes and merges, and reopens as it was left.
+        mb.patch("doc", json!({"after": "upgrade"})).await.unwrap();
+        mb.put("new", json!([1, 2])).await.unwrap();
+        let before = describe(&mb).await;
+        mb.close().await;
+        let mb = open().await.unwrap();
+        pretty_assertions_lite(&before, &describe(&mb).await);
+        let doc = mb.get("doc").unwrap().unwrap();
+        assert_eq!(
+            doc,
+            Value::Json(json!({"title": "three", "tags": ["x"], "n": 1, "after": "upgrade"}))
+        );
+        mb.close().await;
+    });
+}
+
+/// Asserts two descriptions are equal, printing the first line that differs.
+fn pretty_assertions_lite(expected: &str, got: &str) {
+    if expected == got {
+        return;
+    }
+    let line = expected
+        .lines()
+        .zip(got.lines())
+        .position(|(e, g)| e != g)
+        .unwrap_or_else(|| expected.lines().count().min(got.lines().count()));
+    panic!(
+        "line {} differs:\nexpected: {:?}\n     got: {:?}\n({} lines expected, {} read)",
+        line + 1,
+        expected.lines().nth(line),
+        got.lines().nth(line),
+        expected.lines().count(),
+        got.lines().count()
+    );
+}
+
+#[test]
+fn a_folder_of_format_1_opens_converted_and_reads_as_it_did() {
+    upgrade("format-1");
+}
