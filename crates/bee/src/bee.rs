@@ -140,7 +140,15 @@ impl Bee {
                     None => None,
                     Some(row) => {
                         let (k, v) = row?;
-                        tables::split_version_row(v.value()).map(|v| (k.value().2, v.to_vec()))
+                        let seq = k.value().2;
+                        if v.value() == tables::PUT {
+                            let entries = multibee_feed::SnapshotEntries::open(&txn)?;
+                            let value =
+                                range::put_value(&entries, self.feed.local_id(), seq, &stored)?;
+                            Some((seq, value))
+                        } else {
+                            None
+                        }
                     }
                 }
             }
@@ -168,7 +176,14 @@ impl Bee {
         let txn = self.feed.store().begin_read()?;
         match self.at {
             None => range::head(&txn, self.id, &self.space, opts),
-            Some(version) => range::checkout(&txn, self.id, &self.space, opts, version),
+            Some(version) => range::checkout(
+                &txn,
+                self.id,
+                self.feed.local_id(),
+                &self.space,
+                opts,
+                version,
+            ),
         }
     }
 

@@ -16,8 +16,52 @@ pub(crate) fn storage<E: Into<redb::Error>>(e: E) -> multibee_feed::Error {
 /// At most this many entries are indexed per transaction when catching up.
 pub(crate) const CATCH_UP_CHUNK: u64 = 16_384;
 
+/// Brings an index of an earlier format to this one. Format 1 copied every value into its
+/// version rows: the upgrade drops that table and re-derives every bee's index from its feed
+/// ([`catch_up`] does, from the start, in chunks; a crash in between resumes there). An
+/// index of a later format is refused, untouched.
+pub(crate) fn upgrade(raw: &WriteTransaction) -> FeedResult<()> {
+    let mut meta = raw.open_table(META).map_err(storage)?;
+    let format = meta
+        .get(tables::FORMAT_KEY)
+        .map_err(storage)?
+        .map(|v| v.value());
+    match format {
+        Some(tables::FORMAT) => return Ok(()),
+        Some(newer) if newer > tables::FORMAT => {
+            return Err(multibee_feed::Error::Corrupt(format!(
+                "the bee index is of format {newer}, written by a newer release (this one \
+                 reads up to {})",
+                tables::FORMAT
+            )));
+        }
+        _ => {}
+    }
+    let old = redb::TableDefinition::<(u64, &[u8], u64), &[u8]>::new(tables::VERSIONS_1);
+    if raw.delete_table(old).map_err(storage)? {
+        raw.open_table(LATEST)
+            .map_err(storage)?
+            .retain(|_, _| false)
+            .map_err(storage)?;
+        let mut bees = raw.open_table(BEES).map_err(storage)?;
+        let mut rows = Vec::new();
+        for row in bees.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            rows.push((k.value(), tables::split_bee_row(v.value()).0));
+        }
+        for (feed, id) in rows {
+            bees.insert(feed, tables::bee_row(id, 0)).map_err(storage)?;
+        }
+        tracing::info!("bee index of format 1: re-deriving it from the feeds");
+    }
+    meta.insert(tables::FORMAT_KEY, tables::FORMAT)
+        .map_err(storage)?;
+    Ok(())
+}
+
 /// The bee id and indexed length of `feed`, registering the bee if it is new.
 pub(crate) fn register(txn: &mut WriteTxn<'_>, feed: &FeedKey) -> FeedResult<(u64, u64)> {
+    upgrade(txn.raw())?;
     if let Some(found) = lookup(txn.raw(), feed)? {
         return Ok(found);
     }
@@ -81,9 +125,11 @@ pub(crate) fn index_ops<'a>(
     let mut versions = raw.open_table(VERSIONS).map_err(storage)?;
     for (seq, op) in valid {
         let key = op.key();
-        versions
-            .insert((id, key, seq), tables::version_row(op.value()).as_slice())
-            .map_err(storage)?;
+        let kind = match op.value() {
+            Some(_) => tables::PUT,
+            None => tables::DEL,
+        };
+        versions.insert((id, key, seq), kind).map_err(storage)?;
         match op.value() {
             Some(value) => {
                 latest

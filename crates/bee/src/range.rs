@@ -2,6 +2,7 @@
 
 use std::ops::Bound;
 
+use multibee_feed::{LocalId, SnapshotEntries};
 use redb::ReadTransaction;
 
 use crate::error::{Error, Result};
@@ -181,10 +182,12 @@ pub(crate) fn head(
     })
 }
 
-/// A range query at `version`: for each key, the newest row of `bee-versions-1` before it.
+/// A range query at `version`: for each key, the newest row of `bee-versions-2` before it, and
+/// its value from the feed entry the row names.
 pub(crate) fn checkout(
     txn: &ReadTransaction,
     id: u64,
+    feed: LocalId,
     space: &Keyspace,
     opts: &RangeOptions,
     version: u64,
@@ -194,6 +197,7 @@ pub(crate) fn checkout(
         return Ok(Range::new(std::iter::empty(), None));
     }
     let table = txn.open_table(VERSIONS)?;
+    let entries = SnapshotEntries::open(txn)?;
     // Every version of a bound key sorts between (key, 0) and (key, MAX).
     let lo = match &lower {
         Bound::Included(k) => Bound::Included((id, k.as_slice(), 0)),
@@ -206,11 +210,10 @@ pub(crate) fn checkout(
         Bound::Unbounded => Bound::Unbounded,
     };
     let rows = table.range::<(u64, &[u8], u64)>((lo, hi))?;
-    let rows = rows.map(|row| -> Result<(Vec<u8>, u64, Option<Vec<u8>>)> {
+    let rows = rows.map(|row| -> Result<(Vec<u8>, u64, bool)> {
         let (k, v) = row?;
         let (_, stored, seq) = k.value();
-        let value = tables::split_version_row(v.value()).map(<[u8]>::to_vec);
-        Ok((stored.to_vec(), seq, value))
+        Ok((stored.to_vec(), seq, v.value() == tables::PUT))
     });
     let space = space.clone();
     let newest = NewestBefore {
@@ -224,19 +227,38 @@ pub(crate) fn checkout(
     };
     let entries = newest.filter_map(move |row| match row {
         Err(e) => Some(Err(e)),
-        Ok((_, _, None)) => None, // deleted at that version
-        Ok((stored, seq, Some(value))) => {
-            Some(space.decode(&stored).ok_or_else(corrupt).map(|key| Entry {
-                seq,
-                key: key.to_vec(),
-                value,
-            }))
-        }
+        Ok((_, _, false)) => None, // deleted at that version
+        Ok((stored, seq, true)) => Some((|| {
+            let key = space.decode(&stored).ok_or_else(corrupt)?.to_vec();
+            let value = put_value(&entries, feed, seq, &stored)?;
+            Ok(Entry { seq, key, value })
+        })()),
     });
     Ok(Range::new(entries, opts.limit))
 }
 
-type VersionRow = (Vec<u8>, u64, Option<Vec<u8>>);
+/// The value put by entry `seq` of the bee's feed, which an index row says puts `stored`.
+pub(crate) fn put_value(
+    entries: &SnapshotEntries,
+    feed: LocalId,
+    seq: u64,
+    stored: &[u8],
+) -> Result<Vec<u8>> {
+    let entry = entries.get(feed, seq)?.ok_or_else(|| {
+        Error::Feed(multibee_feed::Error::Corrupt(format!(
+            "a version row names entry {seq}, which the feed does not hold"
+        )))
+    })?;
+    match crate::op::decode(&entry) {
+        Ok(crate::op::Op::Put { key, value }) if key == stored => Ok(value),
+        _ => Err(Error::Feed(multibee_feed::Error::Corrupt(format!(
+            "a version row names entry {seq}, which is not a put of its key"
+        )))),
+    }
+}
+
+/// A version row: stored key, seq, and whether it is a put.
+type VersionRow = (Vec<u8>, u64, bool);
 
 /// Groups version rows by key and yields, per key, the newest row with `seq < version`.
 struct NewestBefore {
@@ -265,7 +287,7 @@ impl Iterator for NewestBefore {
                 if self.pending.as_ref().is_some_and(|p| p.0 == row.0) {
                     continue;
                 }
-                self.pending = Some((row.0.clone(), row.1, None));
+                self.pending = Some((row.0.clone(), row.1, false));
                 return Some(Ok(row));
             }
             match &self.pending {

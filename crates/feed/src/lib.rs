@@ -35,6 +35,7 @@
 #![deny(missing_docs)]
 
 pub mod crypto;
+mod entries;
 mod error;
 pub mod faults;
 mod keys;
@@ -63,6 +64,7 @@ pub mod fuzzing {
     }
 }
 
+pub use entries::{EntryReader, LocalId, SnapshotEntries};
 pub use error::{Error, ParseKeyError, Result, StorageError, VerifyError};
 pub use keys::{DiscoveryKey, FeedKey, Hash, Signature};
 pub use proof::{Batch, Proof, SignedHead, VerifiedBatch};

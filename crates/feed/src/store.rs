@@ -459,6 +459,11 @@ impl std::fmt::Debug for Feed {
 }
 
 impl Feed {
+    /// The feed's number in this store (see [`crate::LocalId`]).
+    pub(crate) fn shared_id(&self) -> u64 {
+        self.shared.id
+    }
+
     /// The feed's public key.
     pub fn key(&self) -> FeedKey {
         self.shared.key

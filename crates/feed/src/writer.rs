@@ -121,6 +121,11 @@ impl WriteTxn<'_> {
         self.txn
     }
 
+    /// The feed's number in this store (see [`crate::LocalId`]).
+    pub(crate) fn record_id(&mut self, key: &FeedKey) -> Result<u64> {
+        Ok(self.state(key)?.record.id)
+    }
+
     /// The current length of a feed, including appends made earlier in this transaction.
     pub fn length(&mut self, key: &FeedKey) -> Result<u64> {
         Ok(self.state(key)?.record.length)

@@ -2,15 +2,14 @@
 //! diff history.
 
 use multibee_bee::{HistoryOptions, LiveHistory};
-use multibee_feed::FeedKey;
+use multibee_feed::{FeedKey, SnapshotEntries};
 
 use crate::change::Change;
-use crate::diff::DiffRecord;
-use crate::error::{Error, Result};
-use crate::fold::corrupt;
+use crate::error::Result;
+use crate::fold::{corrupt, diff_at};
 use crate::hlc::Hlc;
 use crate::peer::MultiBee;
-use crate::tables::{self, DIFFS, DiffId, KEYS, KeyState};
+use crate::tables::{DIFFS, DiffId, KEYS, KeyState};
 use crate::value::Value;
 
 /// One change to the merged store.
@@ -185,9 +184,14 @@ impl MultiBee {
             Vec::new()
         };
         let mut out = Vec::new();
-        let mut push = |ts: u64, w: [u8; 32], row: &[u8]| -> Result<()> {
-            let (seq, bytes) = tables::split_diff_row(row).ok_or_else(|| corrupt("a diff row"))?;
-            let record = DiffRecord::decode(bytes).map_err(|e| Error::from(corrupt(e)))?;
+        let entries = SnapshotEntries::open(&txn)?;
+        let mut push = |ts: u64, w: [u8; 32], seq: u64| -> Result<()> {
+            let writer = FeedKey(w);
+            let feed = self
+                .feed_store()
+                .feed(&writer)
+                .ok_or_else(|| corrupt(format!("a diff of {writer} is not in a known feed")))?;
+            let record = diff_at(&entries, feed.local_id(), (key, ts, seq))?;
             out.push(HistoryEntry {
                 writer: FeedKey(w),
                 ts: Hlc(ts),

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
 use multibee_bee::{Bee, HeadReader};
-use multibee_feed::{Error as FeedError, FeedKey};
+use multibee_feed::{EntryReader, Error as FeedError, FeedKey, LocalId};
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::diff::{DiffRecord, Dot};
@@ -96,12 +96,41 @@ fn hi(key: &[u8]) -> DiffId<'_> {
     (key, u64::MAX, [0xFF; 32])
 }
 
+/// Where each writer's diff feed is in the store: `mb-diffs-2` rows point into them.
+pub(crate) type FeedIds = HashMap<[u8; 32], LocalId>;
+
+/// The diff that entry `seq` of a writer's diff feed holds, which a `mb-diffs-2` row at
+/// `(key, ts)` names.
+pub(crate) fn diff_at<T: ReadableTable<(u64, u64), &'static [u8]>>(
+    entries: &EntryReader<T>,
+    feed: LocalId,
+    (key, ts, seq): (&[u8], u64, u64),
+) -> FeedResult<DiffRecord> {
+    let entry = entries
+        .get(feed, seq)?
+        .ok_or_else(|| corrupt(format!("a diff row names entry {seq}, which is not held")))?;
+    match crate::txn::decode_entry(&entry) {
+        Ok(crate::txn::Decoded::Diff(record)) if record.key == key && record.ts.0 == ts => {
+            Ok(record)
+        }
+        _ => Err(corrupt(format!(
+            "a diff row names entry {seq}, which is not that diff"
+        ))),
+    }
+}
+
 /// The merge state of one transaction.
 pub(crate) struct Fold<'t> {
     merge: &'t dyn Merge,
     interval: u32,
+    raw: &'t WriteTransaction,
+    /// The diff feeds of the writers whose diffs may be read back (rebase, recompute).
+    ids: FeedIds,
+    /// Diffs added by this transaction whose entries are appended after the fold (local
+    /// writes): read back from here, not from their feed.
+    fresh: HashMap<([u8; 32], u64), DiffRecord>,
     head: HeadReader<'t>,
-    diffs: Table<'t, DiffId<'static>, &'static [u8]>,
+    diffs: Table<'t, DiffId<'static>, u64>,
     checkpoints: Table<'t, DiffId<'static>, &'static [u8]>,
     keys: Table<'t, &'static [u8], &'static [u8]>,
     /// The store's value of every key read, as it was before this transaction.
@@ -122,10 +151,14 @@ impl<'t> Fold<'t> {
         store: &Bee,
         merge: &'t dyn Merge,
         interval: u32,
+        ids: FeedIds,
     ) -> FeedResult<Fold<'t>> {
         Ok(Fold {
             merge,
             interval: interval.max(1),
+            raw,
+            ids,
+            fresh: HashMap::new(),
             head: store.head_in(raw).map_err(bee_error)?,
             diffs: raw.open_table(DIFFS).map_err(storage)?,
             checkpoints: raw.open_table(CHECKPOINTS).map_err(storage)?,
@@ -185,20 +218,21 @@ impl<'t> Fold<'t> {
         }
     }
 
-    /// Records diff `new` (`bytes`: its record's encoding) and merges it.
-    pub(crate) fn add(&mut self, new: Loaded, bytes: &[u8]) -> FeedResult<Added> {
+    /// Records diff `new` and merges it. `held`: its writer's feed holds its entry already
+    /// (a local write appends it after the fold).
+    pub(crate) fn add(&mut self, new: Loaded, held: bool) -> FeedResult<Added> {
         let key = new.record.key.clone();
         let key = key.as_slice();
-        let row = tables::diff_row(new.seq, bytes);
         if let Some(old) = self.diffs.get((key, new.ts, new.writer)).map_err(storage)? {
-            return Ok(if old.value() == row.as_slice() {
+            // Entries never change: the same entry is a re-delivery, another one a reuse.
+            return Ok(if old.value() == new.seq {
                 Added::Duplicate
             } else {
                 Added::Reused
             });
         }
         self.diffs
-            .insert((key, new.ts, new.writer), row.as_slice())
+            .insert((key, new.ts, new.writer), new.seq)
             .map_err(storage)?;
         let (mut state, covered_later) = match self.key_state(key)? {
             Some(state) if new.id() < state.last => {
@@ -216,6 +250,9 @@ impl<'t> Fold<'t> {
         self.keys
             .insert(key, state.encode().as_slice())
             .map_err(storage)?;
+        if !held {
+            self.fresh.insert((new.writer, new.seq), new.record);
+        }
         Ok(Added::Merged)
     }
 
@@ -309,15 +346,30 @@ impl<'t> Fold<'t> {
         Ok(())
     }
 
-    /// The diffs in `range`, in merge order.
+    /// The diffs in `range`, in merge order, read from the entries their rows name.
     fn load(&self, range: (Bound<DiffId<'_>>, Bound<DiffId<'_>>)) -> FeedResult<Vec<Loaded>> {
         let mut out = Vec::new();
+        let mut entries = None;
         for row in self.diffs.range::<DiffId>(range).map_err(storage)? {
             let (k, v) = row.map_err(storage)?;
-            let (_, ts, writer) = k.value();
-            let (seq, bytes) =
-                tables::split_diff_row(v.value()).ok_or_else(|| corrupt("a short diff row"))?;
-            let record = DiffRecord::decode(bytes).map_err(corrupt)?;
+            let (key, ts, writer) = k.value();
+            let seq = v.value();
+            let record = match self.fresh.get(&(writer, seq)) {
+                Some(record) => record.clone(),
+                None => {
+                    let feed = *self.ids.get(&writer).ok_or_else(|| {
+                        corrupt(format!(
+                            "a diff of {} is not in a known feed",
+                            FeedKey(writer)
+                        ))
+                    })?;
+                    let entries = match &mut entries {
+                        Some(entries) => entries,
+                        None => entries.insert(EntryReader::open_in(self.raw)?),
+                    };
+                    diff_at(entries, feed, (key, ts, seq))?
+                }
+            };
             out.push(Loaded {
                 ts,
                 writer,

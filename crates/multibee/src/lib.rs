@@ -59,6 +59,7 @@ mod peer;
 mod roster;
 mod tables;
 mod txn;
+mod upgrade;
 mod value;
 
 /// The decoders of stored records, exposed to the fuzz targets only (`cargo fuzz` builds with

@@ -96,10 +96,14 @@ impl MultiBee {
         let (store_feed, diff_feed) = match read_meta(&store)? {
             Some((s, d)) => {
                 let missing = || corrupt("the peer's own feeds are missing from the folder");
-                (
+                let feeds = (
                     store.feed(&s).ok_or_else(missing)?,
                     store.feed(&d).ok_or_else(missing)?,
-                )
+                );
+                store
+                    .write(move |txn| crate::upgrade::upgrade(txn, d))
+                    .await?;
+                feeds
             }
             None => {
                 let (s, d) = (store.create_feed().await?, store.create_feed().await?);
@@ -112,6 +116,8 @@ impl MultiBee {
                         meta.insert(tables::DIFF_FEED, dk.0.as_slice())
                             .map_err(crate::fold::storage)?;
                         meta.insert(tables::HLC, 0u64.to_le_bytes().as_slice())
+                            .map_err(crate::fold::storage)?;
+                        meta.insert(tables::FORMAT_KEY, tables::FORMAT.to_le_bytes().as_slice())
                             .map_err(crate::fold::storage)?;
                         Ok::<_, Error>(())
                     })

@@ -2,15 +2,15 @@
 //!
 //! | table | key | value |
 //! | --- | --- | --- |
-//! | `mb-meta-1` | `&str` | `"store-feed"`, `"diff-feed"`: feed keys; `"hlc"`: u64 LE; `"database"`: the database's identity (its first writer's diff feed key) |
+//! | `mb-meta-1` | `&str` | `"store-feed"`, `"diff-feed"`: feed keys; `"hlc"`: u64 LE; `"database"`: the database's identity (its first writer's diff feed key); `"format"`: [`FORMAT`] (u32 LE) |
 //! | `mb-writers-1` | writer's diff feed key | [`WriterRow`] (postcard, versioned) |
-//! | `mb-diffs-1` | `(key, hlc, writer)` | seq (u64 LE) ‖ [`crate::DiffRecord`] bytes |
+//! | `mb-diffs-2` | `(key, hlc, writer)` | seq: the diff is entry `seq` of the writer's diff feed |
 //! | `mb-checkpoints-1` | `(key, hlc, writer)` | the key's value after that diff ([`encode_state`]) |
 //! | `mb-members-1` | `(stamp, author)` | seq (u64 LE) ‖ [`crate::MemberRecord`] bytes: every membership operation held |
 //! | `mb-invites-1` | blake3 hash of an invitation's secret | when it was made (ms): each redeems once |
 //! | `mb-keys-1` | key | [`KeyState`] (postcard, versioned): newest diff (stamp, writer), diffs since the last checkpoint, causal heads (stamp, writer, seq) |
 //!
-//! `mb-diffs-1` holds every merged diff of every counted writer (own and remote), in merge
+//! `mb-diffs-2` names every merged diff of every counted writer (own and remote), in merge
 //! order; the store bee holds the fold. A writer's `merged` length moves in the transaction
 //! that merges its diffs, so a crash never skips or doubles one.
 
@@ -24,7 +24,9 @@ pub(crate) type DiffId<'a> = (&'a [u8], u64, [u8; 32]);
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("mb-meta-1");
 pub(crate) const WRITERS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("mb-writers-1");
-pub(crate) const DIFFS: TableDefinition<DiffId, &[u8]> = TableDefinition::new("mb-diffs-1");
+pub(crate) const DIFFS: TableDefinition<DiffId, u64> = TableDefinition::new("mb-diffs-2");
+/// The diff table of format 1, whose rows copied each diff's record: converted by the upgrade.
+pub(crate) const DIFFS_1: TableDefinition<DiffId, &[u8]> = TableDefinition::new("mb-diffs-1");
 pub(crate) const CHECKPOINTS: TableDefinition<DiffId, &[u8]> =
     TableDefinition::new("mb-checkpoints-1");
 pub(crate) const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mb-keys-1");
@@ -36,6 +38,11 @@ pub(crate) const STORE_FEED: &str = "store-feed";
 pub(crate) const DIFF_FEED: &str = "diff-feed";
 pub(crate) const HLC: &str = "hlc";
 pub(crate) const DATABASE: &str = "database";
+/// The `mb-meta-1` key of the layer's format.
+pub(crate) const FORMAT_KEY: &str = "format";
+/// The format this release writes: 2 (diff rows point at feed entries). A folder without the
+/// key is of format 1.
+pub(crate) const FORMAT: u32 = 2;
 
 /// Whether a writer's diffs count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,7 +177,7 @@ impl KeyState {
     }
 }
 
-/// A `mb-diffs-1` value.
+/// A `mb-members-1` value (and a `mb-diffs-1` value of format 1).
 pub(crate) fn diff_row(seq: u64, record: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + record.len());
     out.extend_from_slice(&seq.to_le_bytes());
@@ -178,7 +185,7 @@ pub(crate) fn diff_row(seq: u64, record: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Splits a `mb-diffs-1` value into (seq, record bytes).
+/// Splits a `mb-members-1` (or format 1 `mb-diffs-1`) value into (seq, record bytes).
 pub(crate) fn split_diff_row(row: &[u8]) -> Option<(u64, &[u8])> {
     if row.len() < 8 {
         return None;

@@ -11,7 +11,7 @@ use redb::{ReadableTable, WriteTransaction};
 use crate::change::{Change, merge_patch};
 use crate::diff::{DiffRecord, diff_key};
 use crate::error::Error;
-use crate::fold::{Added, Fold, Folded, Loaded, bee_error, corrupt, storage};
+use crate::fold::{Added, FeedIds, Fold, Folded, Loaded, bee_error, corrupt, storage};
 use crate::hlc::{Clock, Hlc};
 use crate::membership::MemberRecord;
 use crate::merge::Merge;
@@ -166,8 +166,11 @@ impl Ctx<'_> {
             });
         }
         let mut entries = Vec::new();
+        // A local diff is stamped after every diff of its key, so the fold reads back no
+        // other writer's diff (and its own from memory: they are appended after it).
+        let ids = FeedIds::from([(self.own.0, txn.local_id(&self.own)?)]);
         let pending = {
-            let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval)?;
+            let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval, ids)?;
             for op in ops {
                 let key = op.key();
                 let old = fold.state(key)?;
@@ -192,16 +195,15 @@ impl Ctx<'_> {
                     parents,
                     change,
                 };
-                let bytes = record.encode();
-                let diff_key = diff_key(key, record.ts);
+                let entry = DiffRecord::entry(&diff_key(key, record.ts), record.encode());
                 let new = Loaded {
                     ts: record.ts.0,
                     writer: self.own.0,
                     seq: start + entries.len() as u64,
                     record,
                 };
-                fold.add(new, &bytes)?;
-                entries.push(DiffRecord::entry(&diff_key, bytes));
+                fold.add(new, false)?;
+                entries.push(entry);
             }
             fold.finish()?
         };
@@ -287,16 +289,15 @@ impl Ctx<'_> {
                         self.observe(writer, op.ts, events);
                         ops.push((*w, seq, op));
                     }
-                    Ok(Decoded::Diff(record, bytes)) => {
+                    Ok(Decoded::Diff(record)) => {
                         self.observe(writer, record.ts, events);
                         if seq < row.limit {
-                            let new = Loaded {
+                            diffs.push(Loaded {
                                 ts: record.ts.0,
                                 writer: *w,
                                 seq,
                                 record,
-                            };
-                            diffs.push((new, bytes));
+                            });
                         }
                     }
                     Err(reason) => events.push(Event::InvalidDiff {
@@ -332,24 +333,34 @@ impl Ctx<'_> {
         Ok(consumed)
     }
 
-    /// Merges remote diffs (with their record bytes) into the store.
+    /// The diff feeds of every writer (this peer's included), for a fold that may read any
+    /// of their diffs back.
+    fn feed_ids(&self, txn: &mut WriteTxn<'_>) -> FeedResult<FeedIds> {
+        let mut ids = FeedIds::new();
+        ids.insert(self.own.0, txn.local_id(&self.own)?);
+        for (w, _) in writer_rows(txn.raw())? {
+            ids.insert(w, txn.local_id(&FeedKey(w))?);
+        }
+        Ok(ids)
+    }
+
+    /// Merges remote diffs (whose entries the store holds) into the store.
     pub(crate) fn fold_remote(
         &self,
         txn: &mut WriteTxn<'_>,
-        mut diffs: Vec<(Loaded, Vec<u8>)>,
+        mut diffs: Vec<Loaded>,
         events: &mut Vec<Event>,
     ) -> FeedResult<()> {
         if diffs.is_empty() {
             return Ok(());
         }
-        diffs.sort_by(|(a, _), (b, _)| {
-            (&a.record.key, a.ts, a.writer).cmp(&(&b.record.key, b.ts, b.writer))
-        });
+        diffs.sort_by(|a, b| (&a.record.key, a.ts, a.writer).cmp(&(&b.record.key, b.ts, b.writer)));
+        let ids = self.feed_ids(txn)?;
         let pending = {
-            let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval)?;
-            for (new, bytes) in diffs {
+            let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval, ids)?;
+            for new in diffs {
                 let (writer, seq, ts) = (FeedKey(new.writer), new.seq, new.record.ts);
-                if fold.add(new, &bytes)? == Added::Reused {
+                if fold.add(new, true)? == Added::Reused {
                     events.push(Event::InvalidDiff {
                         writer,
                         seq,
@@ -382,12 +393,13 @@ impl Ctx<'_> {
         let diffs: Vec<(Vec<u8>, u64)> = entries
             .iter()
             .filter_map(|e| match decode_entry(e) {
-                Ok(Decoded::Diff(r, _)) => Some((r.key, r.ts.0)),
+                Ok(Decoded::Diff(r)) => Some((r.key, r.ts.0)),
                 _ => None,
             })
             .collect();
+        let ids = self.feed_ids(txn)?;
         let pending = {
-            let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval)?;
+            let mut fold = Fold::new(txn.raw(), self.store, self.merge, self.interval, ids)?;
             fold.remove_writer(writer.0, &diffs)?;
             fold.finish()?
         };
@@ -411,14 +423,13 @@ impl Ctx<'_> {
         let entries = txn.entries(&writer, from..until)?;
         let mut diffs = Vec::new();
         for (seq, entry) in (from..).zip(&entries) {
-            if let Ok(Decoded::Diff(record, bytes)) = decode_entry(entry) {
-                let new = Loaded {
+            if let Ok(Decoded::Diff(record)) = decode_entry(entry) {
+                diffs.push(Loaded {
                     ts: record.ts.0,
                     writer: writer.0,
                     seq,
                     record,
-                };
-                diffs.push((new, bytes));
+                });
             }
         }
         self.fold_remote(txn, diffs, events)
@@ -442,8 +453,8 @@ impl Ctx<'_> {
 
 /// A diff feed entry, decoded.
 pub(crate) enum Decoded {
-    /// A change to a key (with the record's bytes).
-    Diff(DiffRecord, Vec<u8>),
+    /// A change to a key.
+    Diff(DiffRecord),
     /// A membership operation.
     Member(MemberRecord),
 }
@@ -453,7 +464,7 @@ pub(crate) enum Decoded {
 pub(crate) fn decode_entry(entry: &[u8]) -> Result<Decoded, String> {
     match MemberRecord::from_entry(entry) {
         Some(op) => op.map(Decoded::Member),
-        None => DiffRecord::from_entry(entry).map(|(r, b)| Decoded::Diff(r, b)),
+        None => DiffRecord::from_entry(entry).map(|(r, _)| Decoded::Diff(r)),
     }
 }
 

@@ -210,7 +210,119 @@ fn pretty_assertions_lite(expected: &str, got: &str) {
     );
 }
 
+/// The names of the tables of a closed folder's database.
+fn tables(dir: &Path) -> Vec<String> {
+    use redb::{ReadableDatabase, TableHandle};
+    let db = redb::Database::open(dir.join("multibee.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    let mut names: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A copy of fixture `name` in a new temporary folder.
+fn copy_of(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture(name).join("multibee.redb"),
+        dir.path().join("multibee.redb"),
+    )
+    .unwrap();
+    dir
+}
+
 #[test]
 fn a_folder_of_format_1_opens_converted_and_reads_as_it_did() {
     upgrade("format-1");
+}
+
+#[test]
+fn the_upgrade_replaces_the_tables_that_copied_values() {
+    let dir = copy_of("format-1");
+    let before = tables(dir.path());
+    assert!(before.contains(&"mb-diffs-1".to_string()), "{before:?}");
+    assert!(before.contains(&"bee-versions-1".to_string()), "{before:?}");
+    run(async {
+        let mb = MultiBee::open(dir.path()).await.unwrap();
+        mb.close().await;
+    });
+    let after = tables(dir.path());
+    for gone in ["mb-diffs-1", "bee-versions-1"] {
+        assert!(
+            !after.contains(&gone.to_string()),
+            "{gone} is left: {after:?}"
+        );
+    }
+    for new in ["mb-diffs-2", "bee-versions-2"] {
+        assert!(
+            after.contains(&new.to_string()),
+            "{new} is missing: {after:?}"
+        );
+    }
+}
+
+#[test]
+fn a_diff_row_that_does_not_match_its_entry_stops_the_upgrade_and_changes_nothing() {
+    let dir = copy_of("format-1");
+    let db_file = dir.path().join("multibee.redb");
+    {
+        // Point one row at the entry after it.
+        use redb::ReadableTable;
+        let db = redb::Database::open(&db_file).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let def = redb::TableDefinition::<(&[u8], u64, [u8; 32]), &[u8]>::new("mb-diffs-1");
+            let mut table = txn.open_table(def).unwrap();
+            let (key, value) = {
+                let (k, v) = table.first().unwrap().unwrap();
+                let (key, ts, w) = k.value();
+                let mut value = v.value().to_vec();
+                value[0] = value[0].wrapping_add(1);
+                ((key.to_vec(), ts, w), value)
+            };
+            table
+                .insert((key.0.as_slice(), key.1, key.2), value.as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    run(async {
+        let err = MultiBee::open(dir.path()).await.unwrap_err().to_string();
+        assert!(err.contains("does not match entry"), "{err}");
+    });
+    let after = tables(dir.path());
+    assert!(after.contains(&"mb-diffs-1".to_string()), "{after:?}");
+    assert!(!after.contains(&"mb-diffs-2".to_string()), "{after:?}");
+}
+
+#[test]
+fn a_folder_of_a_newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let mb = MultiBee::open(dir.path()).await.unwrap();
+        mb.put("k", json!(1)).await.unwrap();
+        mb.close().await;
+    });
+    {
+        let db = redb::Database::open(dir.path().join("multibee.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let def = redb::TableDefinition::<&str, &[u8]>::new("mb-meta-1");
+            let mut meta = txn.open_table(def).unwrap();
+            meta.insert("format", 3u32.to_le_bytes().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    run(async {
+        let err = MultiBee::open(dir.path()).await.unwrap_err().to_string();
+        assert!(
+            err.contains("format 3, written by a newer release"),
+            "{err}"
+        );
+    });
 }
