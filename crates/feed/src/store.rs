@@ -348,6 +348,16 @@ impl Store {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How many write jobs wait for the writer now (not counting the group being committed):
+    /// the depth of the queue that local writes and replicated batches share, first come first
+    /// served.
+    pub fn queued_writes(&self) -> usize {
+        self.inner
+            .jobs
+            .as_ref()
+            .map_or(0, |jobs| jobs.max_capacity() - jobs.capacity())
+    }
+
     /// The folder this store lives in.
     pub fn dir(&self) -> &Path {
         &self.inner.dir

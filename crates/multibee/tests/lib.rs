@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod causality;
+mod commits;
 mod crash;
 mod faults;
 mod format;

@@ -1,0 +1,67 @@
+//! What a peer's writes cost in commits: local writes and replicated batches wait in one queue,
+//! first come first served, and whatever waits together commits together.
+
+use multibee_feed::Error as FeedError;
+use serde_json::json;
+
+use crate::support::{cluster, run, within};
+
+#[test]
+fn local_writes_and_remote_batches_waiting_together_share_one_commit() {
+    run(async {
+        let peers = cluster(2).await;
+        let (a, b) = (&peers[0], &peers[1]);
+        let from = a.holds(&b.key());
+        b.mb.put("remote", json!({"from": "b"})).await.unwrap();
+        let feed = b.mb.feed_store().feed(&b.key()).unwrap();
+        let batch = feed.proof(from..feed.length()).unwrap();
+
+        // Hold A's writer in a job of its own until both writes wait behind it.
+        let store = a.mb.feed_store().clone();
+        let before = store.commits();
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let mut started_tx = Some(started_tx);
+        let held = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |_txn| {
+                        if let Some(tx) = started_tx.take() {
+                            let _ = tx.send(());
+                        }
+                        let _ = release_rx.recv();
+                        Ok::<_, FeedError>(())
+                    })
+                    .await
+            }
+        });
+        within("the writer to take the holding job", started)
+            .await
+            .unwrap();
+        let local = tokio::spawn({
+            let mb = a.mb.clone();
+            async move { mb.put("local", json!({"from": "a"})).await }
+        });
+        let remote = tokio::spawn({
+            let mb = a.mb.clone();
+            async move { mb.ingest(batch).await }
+        });
+        within("both writes to wait for the writer", async {
+            while store.queued_writes() < 2 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        local.await.unwrap().unwrap();
+        remote.await.unwrap().unwrap();
+
+        // One commit for the holding job, one for the local write and the remote batch.
+        assert_eq!(store.commits() - before, 2);
+        assert_eq!(a.json("local"), Some(json!({"from": "a"})));
+        assert_eq!(a.json("remote"), Some(json!({"from": "b"})));
+        assert_eq!(store.queued_writes(), 0);
+    });
+}
