@@ -390,6 +390,11 @@ async fn run(args: Args) -> Result<(), String> {
         }
         None => None,
     };
+    // Signals are watched before the ready line: a SIGTERM right after it stops the node cleanly.
+    let signals = (
+        signal(tokio::signal::unix::SignalKind::terminate())?,
+        signal(tokio::signal::unix::SignalKind::interrupt())?,
+    );
     out.send(ready).await;
 
     let background = [
@@ -397,7 +402,13 @@ async fn run(args: Args) -> Result<(), String> {
         tokio::spawn(print_node_events(served.subscribe(), out.clone())),
         tokio::spawn(print_db_events(mb.events(), out.clone())),
     ];
-    let result = commands(&served, &out, http.as_ref().map(|(_, r)| r.clone())).await;
+    let result = commands(
+        &served,
+        &out,
+        http.as_ref().map(|(_, r)| r.clone()),
+        signals,
+    )
+    .await;
     tracing::info!("shutting down");
     if let Some((server, _)) = http {
         server.shutdown().await;
@@ -497,10 +508,9 @@ async fn commands(
     served: &Served,
     out: &Out,
     http: Option<std::sync::Arc<tokio::sync::Notify>>,
+    (mut term, mut int): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
 ) -> Result<(), String> {
     let mut stdin = BufReader::new(tokio::io::stdin());
-    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut stdin_open = true;
     let requested = async {
         match &http {
