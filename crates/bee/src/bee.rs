@@ -277,18 +277,24 @@ impl Bee {
         let latest = raw.open_table(LATEST).map_err(index::storage)?;
         let mut set: HashMap<Vec<u8>, bool> = HashMap::new();
         let mut out = Vec::with_capacity(ops.len());
+        // Only a later delete in the batch asks what an earlier op did to its key.
+        let track = ops.iter().any(|op| matches!(op, BatchOp::Del(_)));
         for op in ops {
             let op = self.stored_op(op);
-            let was_set = match set.get(op.key()) {
-                Some(&s) => s,
-                None => latest
-                    .get((self.id, op.key()))
-                    .map_err(index::storage)?
-                    .is_some(),
-            };
             let is_set = op.value().is_some();
-            set.insert(op.key().to_vec(), is_set);
-            if was_set || is_set {
+            // Only a delete needs to know whether its key is set: a put always appends.
+            let keep = is_set
+                || match set.get(op.key()) {
+                    Some(&s) => s,
+                    None => latest
+                        .get((self.id, op.key()))
+                        .map_err(index::storage)?
+                        .is_some(),
+                };
+            if track {
+                set.insert(op.key().to_vec(), is_set);
+            }
+            if keep {
                 out.push(op);
             }
         }
