@@ -52,7 +52,10 @@ impl Bee {
         loop {
             let level = feed
                 .store()
-                .write(move |txn| index::catch_up(txn, &key))
+                .write(move |txn| {
+                    index::upgrade(txn.raw())?;
+                    index::catch_up(txn, &key)
+                })
                 .await?;
             if level {
                 break;

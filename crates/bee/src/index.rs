@@ -61,7 +61,6 @@ pub(crate) fn upgrade(raw: &WriteTransaction) -> FeedResult<()> {
 
 /// The bee id and indexed length of `feed`, registering the bee if it is new.
 pub(crate) fn register(txn: &mut WriteTxn<'_>, feed: &FeedKey) -> FeedResult<(u64, u64)> {
-    upgrade(txn.raw())?;
     if let Some(found) = lookup(txn.raw(), feed)? {
         return Ok(found);
     }
