@@ -8,9 +8,9 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, Table, WriteTransactio
 
 use crate::FeedKey;
 use crate::error::Result;
-use crate::store::Feed;
+use crate::feed::Feed;
 use crate::tables::{self, ENTRIES};
-use crate::writer::WriteTxn;
+use crate::txn::WriteTxn;
 
 /// A feed's number in this store: what [`EntryReader::get`] takes. It is local (another store
 /// numbers its feeds otherwise) and never changes once the feed exists.

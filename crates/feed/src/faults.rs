@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use redb::StorageBackend;
 use redb::backends::FileBackend;
 
-use crate::store::Backend;
+use crate::options::Backend;
 
 /// A fault to inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -38,12 +38,18 @@ pub mod crypto;
 mod entries;
 mod error;
 pub mod faults;
+mod feed;
+mod ingest;
 mod keys;
 mod nodes;
+mod open;
+mod options;
 pub mod proof;
+mod registry;
 mod store;
 mod tables;
 pub mod tree;
+mod txn;
 mod writer;
 
 /// The decoders of stored records, exposed to the fuzz targets only (`cargo fuzz` builds with
@@ -60,16 +66,19 @@ pub mod fuzzing {
         if let Some((index, row)) = bytes.split_first_chunk::<8>() {
             let _ = crate::tables::split_row(u64::from_le_bytes(*index), row);
         }
-        let _ = crate::writer::decode_u64(bytes);
+        let _ = crate::txn::decode_u64(bytes);
     }
 }
 
 pub use entries::{EntryReader, LocalId, SnapshotEntries};
 pub use error::{Error, ParseKeyError, Result, StorageError, VerifyError};
+pub use feed::Feed;
+pub use ingest::Ingested;
 pub use keys::{DiscoveryKey, FeedKey, Hash, Signature};
+pub use open::{DB_FILE, LOCK_FILE};
+pub use options::{Backend, DEFAULT_CACHE_BYTES, Limits, Options, SyncMode};
 pub use proof::{Batch, Proof, SignedHead, VerifiedBatch};
-pub use store::{
-    Backend, DB_FILE, DEFAULT_CACHE_BYTES, Feed, FeedStatus, ForkEvidence, Ingested, LOCK_FILE,
-    Limits, Options, Store, SyncMode,
-};
-pub use writer::WriteTxn;
+pub use registry::FeedStatus;
+pub use store::Store;
+pub use tables::ForkEvidence;
+pub use txn::WriteTxn;

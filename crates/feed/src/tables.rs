@@ -16,9 +16,9 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::keys::Hash;
+use crate::keys::{FeedKey, Hash};
 use crate::proof::SignedHead;
-use crate::store::ForkEvidence;
+use crate::tree;
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
 pub(crate) const FEEDS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("feeds-1");
@@ -46,6 +46,17 @@ pub(crate) struct FeedRecord {
     pub frontier: Vec<(u64, Hash)>,
     /// Set once the writer was caught signing two different trees.
     pub fork: Option<ForkEvidence>,
+}
+
+/// Proof that a writer signed two different histories: both signed statements.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkEvidence {
+    /// The signed head this store held.
+    pub ours: SignedHead,
+    /// The conflicting signed head a peer sent.
+    pub theirs: SignedHead,
+    /// Where the two disagree.
+    pub detail: String,
 }
 
 /// The versioned envelope of a [`FeedRecord`] on disk.
@@ -81,4 +92,15 @@ pub(crate) fn split_row(index: u64, row: &[u8]) -> Result<(&[u8], &[u8])> {
         return Err(Error::Corrupt(format!("entry row {index} is too short")));
     }
     Ok(row.split_at(hashes))
+}
+
+/// The invariants a record read from disk must meet before it is used.
+pub(crate) fn check_record(key: &FeedKey, record: &FeedRecord) -> Result<()> {
+    if record.length > tree::MAX_LENGTH || record.roots.len() != record.length.count_ones() as usize
+    {
+        return Err(Error::Corrupt(format!(
+            "the record of feed {key} has inconsistent roots"
+        )));
+    }
+    Ok(())
 }
