@@ -77,8 +77,8 @@ impl Store {
     /// Opens (or creates) the store in `dir`.
     ///
     /// Fails with [`Error::Locked`] if another process has it open (a lock that lasts less than
-    /// half a second is waited out). Opening reads one small
-    /// record per feed; it never replays entries.
+    /// half a second is waited out). Opening reads one small record per feed; it never replays
+    /// entries.
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
         open::create_private_dir(&dir)?;

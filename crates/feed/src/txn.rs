@@ -130,13 +130,13 @@ impl WriteTxn<'_> {
         Ok(length + entries.len() as u64)
     }
 
-    /// Creates a feed record (and stores its secret, for an own feed).
     /// Creates the (empty) replica of someone else's feed in this transaction, if it is not
     /// held yet; it is visible through [`crate::Store::feed`] once the transaction commits.
     pub fn create_replica(&mut self, key: FeedKey) -> Result<()> {
         self.create_feed(key, None)
     }
 
+    /// Creates a feed record (and stores its secret, for an own feed), unless the feed exists.
     pub(crate) fn create_feed(&mut self, key: FeedKey, secret: Option<SigningKey>) -> Result<()> {
         if self.state(&key).is_ok() {
             return Ok(());
