@@ -297,7 +297,7 @@ impl MultiBee {
     /// [`crate::MAX_DEPTH`], and with [`Error::ClockExhausted`] if no fresh timestamp is left for
     /// a key (nothing of the batch is written then).
     pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<u64> {
-        Ok(self.batch_if(Vec::new(), ops).await?.version)
+        Ok(self.write_ops(Vec::new(), ops, false).await?.version)
     }
 
     /// Applies every op atomically, as [`MultiBee::batch`] does, if every key of `conditions`
@@ -310,6 +310,17 @@ impl MultiBee {
         &self,
         conditions: Vec<(Vec<u8>, Precondition)>,
         ops: Vec<BatchOp>,
+    ) -> Result<Committed> {
+        self.write_ops(conditions, ops, true).await
+    }
+
+    /// [`MultiBee::batch_if`]; the revisions are read only if `revs` (else `Committed::revs`
+    /// is empty).
+    async fn write_ops(
+        &self,
+        conditions: Vec<(Vec<u8>, Precondition)>,
+        ops: Vec<BatchOp>,
+        revs: bool,
     ) -> Result<Committed> {
         for op in &ops {
             let depth = match op {
@@ -324,7 +335,7 @@ impl MultiBee {
                 });
             }
         }
-        self.write_job(move |this, txn| this.ctx().write_local(txn, &conditions, &ops))
+        self.write_job(move |this, txn| this.ctx().write_local(txn, &conditions, &ops, revs))
             .await
     }
 

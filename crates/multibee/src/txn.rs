@@ -135,7 +135,8 @@ impl Ctx<'_> {
     }
 
     /// Local writes: computes each change against the merged value, stamps it, and commits
-    /// the diff entries, the merge and the store entries. Returns the store version. A write
+    /// the diff entries, the merge and the store entries. Returns the store version, and with
+    /// `want_revs` each op's key's revision after the write. A write
     /// this peer refuses (a precondition that does not hold, a removed peer, no timestamp
     /// left) fails with the reason, and nothing of it commits.
     pub(crate) fn write_local(
@@ -143,6 +144,7 @@ impl Ctx<'_> {
         txn: &mut WriteTxn<'_>,
         conditions: &[(Vec<u8>, Precondition)],
         ops: &[BatchOp],
+        want_revs: bool,
     ) -> Result<Committed, Error> {
         if !conditions.is_empty() {
             let head = self.store.head_in(txn.raw()).map_err(bee_error)?;
@@ -212,6 +214,12 @@ impl Ctx<'_> {
         }
         let version = self.write_store(txn, pending)?;
         self.persist_hlc(txn.raw())?;
+        if !want_revs {
+            return Ok(Committed {
+                version,
+                revs: Vec::new(),
+            });
+        }
         let head = self.store.head_in(txn.raw()).map_err(bee_error)?;
         let revs = ops
             .iter()
