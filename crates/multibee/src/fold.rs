@@ -241,6 +241,11 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
         self.storage.insert_diff(key, new.id(), new.seq)?;
         let (mut state, covered_later) = match self.key_state(key)? {
             Some(state) if new.id() < state.last => {
+                // The rebase reads the new diff back with the others: one whose entry is
+                // appended after the fold is read from `fresh`.
+                if !held {
+                    self.fresh.insert((new.writer, new.seq), new.record.clone());
+                }
                 let (state, covered) = self.rebase(key, &new, state)?;
                 (state, covered)
             }
