@@ -356,17 +356,19 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
         Ok(out)
     }
 
-    /// Removes the diffs `(key, ts)` of `writer` and recomputes every key they touched from
-    /// the diffs that remain.
+    /// Removes the diffs `(key, ts, seq)` of `writer` and recomputes every key they touched
+    /// from the diffs that remain.
     pub(crate) fn remove_writer(
         &mut self,
         writer: [u8; 32],
-        diffs: &[(Vec<u8>, u64)],
+        diffs: &[(Vec<u8>, u64, u64)],
     ) -> FeedResult<()> {
         let mut keys = std::collections::BTreeSet::new();
-        for (key, ts) in diffs {
-            let removed = self.storage.remove_diff(key, (*ts, writer))?;
-            if removed.is_some() {
+        for (key, ts, seq) in diffs {
+            // Only the row of that entry: another entry with the same key and stamp (a reuse,
+            // refused when it was merged) leaves the diff it reused alone.
+            if self.storage.diff(key, (*ts, writer))? == Some(*seq) {
+                self.storage.remove_diff(key, (*ts, writer))?;
                 keys.insert(key.clone());
             }
         }
