@@ -1,18 +1,28 @@
 //! The merge engine, inside one write transaction: records diffs, folds them into the keys'
 //! values in `(Hlc, writer)` order (rewinding to a checkpoint when a diff arrives late), and
-//! keeps each key's causal heads for `conflicts`.
+//! keeps each key's causal heads for `conflicts`. It does no IO itself: what it keeps and reads
+//! is behind [`FoldStorage`], the transaction's redb tables ([`RedbStorage`]) or, in its tests,
+//! maps in memory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
-use multibee_bee::{Bee, HeadReader};
+use multibee_bee::Bee;
 use multibee_feed::{EntryReader, Error as FeedError, FeedKey, LocalId};
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 
 use crate::diff::{DiffRecord, Dot};
 use crate::merge::{Diff, Merge};
-use crate::tables::{self, CHECKPOINTS, DIFFS, DiffId, Head, KEYS, KeyState};
+use crate::tables::{Head, KeyState};
 use crate::value::Value;
+
+#[cfg(test)]
+mod memory;
+mod storage;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use storage::{FoldStorage, Pos, RedbStorage};
 
 type FeedResult<T> = multibee_feed::Result<T>;
 
@@ -21,6 +31,7 @@ pub(crate) fn storage<E: Into<redb::Error>>(e: E) -> FeedError {
     FeedError::from(e.into())
 }
 
+/// A corrupt-store error naming what is wrong.
 pub(crate) fn corrupt(what: impl std::fmt::Display) -> FeedError {
     FeedError::Corrupt(format!("multibee: {what}"))
 }
@@ -53,7 +64,8 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
-    fn id(&self) -> (u64, [u8; 32]) {
+    /// Its place in its key's merge order.
+    fn id(&self) -> Pos {
         (self.ts, self.writer)
     }
 
@@ -71,6 +83,7 @@ impl Loaded {
             }
     }
 
+    /// The diff as the merge function takes it.
     fn to_diff(&self) -> Diff {
         Diff {
             ts: crate::Hlc(self.ts),
@@ -79,6 +92,7 @@ impl Loaded {
         }
     }
 
+    /// The diff as a head of its key.
     fn head(&self) -> Head {
         Head {
             ts: self.ts,
@@ -86,14 +100,6 @@ impl Loaded {
             seq: self.seq,
         }
     }
-}
-
-fn lo(key: &[u8]) -> DiffId<'_> {
-    (key, 0, [0; 32])
-}
-
-fn hi(key: &[u8]) -> DiffId<'_> {
-    (key, u64::MAX, [0xFF; 32])
 }
 
 /// Where each writer's diff feed is in the store: `mb-diffs-2` rows point into them.
@@ -119,20 +125,16 @@ pub(crate) fn diff_at<T: ReadableTable<(u64, u64), &'static [u8]>>(
     }
 }
 
-/// The merge state of one transaction.
-pub(crate) struct Fold<'t> {
+/// The merge state of one transaction, over the tables of `S` (a redb transaction's, or maps
+/// in memory in tests).
+pub(crate) struct Fold<'t, S> {
     merge: &'t dyn Merge,
     interval: u32,
-    raw: &'t WriteTransaction,
-    /// The diff feeds of the writers whose diffs may be read back (rebase, recompute).
-    ids: FeedIds,
+    /// Where diff rows, checkpoints and key states are kept, and diff records read from.
+    storage: S,
     /// Diffs added by this transaction whose entries are appended after the fold (local
     /// writes): read back from here, not from their feed.
     fresh: HashMap<([u8; 32], u64), DiffRecord>,
-    head: HeadReader<'t>,
-    diffs: Table<'t, DiffId<'static>, u64>,
-    checkpoints: Table<'t, DiffId<'static>, &'static [u8]>,
-    keys: Table<'t, &'static [u8], &'static [u8]>,
     /// The store's value of every key read, as it was before this transaction.
     original: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// The new value of every key this transaction changed.
@@ -145,32 +147,41 @@ pub(crate) struct Folded {
     pub original: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
-impl<'t> Fold<'t> {
+impl<'t> Fold<'t, RedbStorage<'t>> {
+    /// A fold in the write transaction `raw`, over the merged values of `store`; `ids`: the
+    /// diff feeds whose diffs it may read back.
     pub(crate) fn new(
         raw: &'t WriteTransaction,
         store: &Bee,
         merge: &'t dyn Merge,
         interval: u32,
         ids: FeedIds,
-    ) -> FeedResult<Fold<'t>> {
-        Ok(Fold {
+    ) -> FeedResult<Fold<'t, RedbStorage<'t>>> {
+        Ok(Fold::with_storage(
+            RedbStorage::open(raw, store, ids)?,
+            merge,
+            interval,
+        ))
+    }
+}
+
+impl<'t, S: FoldStorage> Fold<'t, S> {
+    /// A fold over `storage`, merging with `merge` and checkpointing every `interval` diffs.
+    pub(crate) fn with_storage(storage: S, merge: &'t dyn Merge, interval: u32) -> Fold<'t, S> {
+        Fold {
             merge,
             interval: interval.max(1),
-            raw,
-            ids,
+            storage,
             fresh: HashMap::new(),
-            head: store.head_in(raw).map_err(bee_error)?,
-            diffs: raw.open_table(DIFFS).map_err(storage)?,
-            checkpoints: raw.open_table(CHECKPOINTS).map_err(storage)?,
-            keys: raw.open_table(KEYS).map_err(storage)?,
             original: HashMap::new(),
             pending: BTreeMap::new(),
-        })
+        }
     }
 
+    /// The store's bytes of `key` before this transaction (read once).
     fn original(&mut self, key: &[u8]) -> FeedResult<&Option<Vec<u8>>> {
         if !self.original.contains_key(key) {
-            let bytes = self.head.get(key).map_err(bee_error)?;
+            let bytes = self.storage.original(key)?;
             self.original.insert(key.to_vec(), bytes);
         }
         self.original
@@ -209,13 +220,9 @@ impl<'t> Fold<'t> {
         })
     }
 
+    /// The merge state of `key`, if it has one.
     fn key_state(&self, key: &[u8]) -> FeedResult<Option<KeyState>> {
-        match self.keys.get(key).map_err(storage)? {
-            None => Ok(None),
-            Some(row) => KeyState::decode(row.value())
-                .map(Some)
-                .ok_or_else(|| corrupt("a key state row")),
-        }
+        self.storage.key_state(key)
     }
 
     /// Records diff `new` and merges it. `held`: its writer's feed holds its entry already
@@ -223,19 +230,22 @@ impl<'t> Fold<'t> {
     pub(crate) fn add(&mut self, new: Loaded, held: bool) -> FeedResult<Added> {
         let key = new.record.key.clone();
         let key = key.as_slice();
-        if let Some(old) = self.diffs.get((key, new.ts, new.writer)).map_err(storage)? {
+        if let Some(old) = self.storage.diff(key, new.id())? {
             // Entries never change: the same entry is a re-delivery, another one a reuse.
-            return Ok(if old.value() == new.seq {
+            return Ok(if old == new.seq {
                 Added::Duplicate
             } else {
                 Added::Reused
             });
         }
-        self.diffs
-            .insert((key, new.ts, new.writer), new.seq)
-            .map_err(storage)?;
+        self.storage.insert_diff(key, new.id(), new.seq)?;
         let (mut state, covered_later) = match self.key_state(key)? {
             Some(state) if new.id() < state.last => {
+                // The rebase reads the new diff back with the others: one whose entry is
+                // appended after the fold is read from `fresh`.
+                if !held {
+                    self.fresh.insert((new.writer, new.seq), new.record.clone());
+                }
                 let (state, covered) = self.rebase(key, &new, state)?;
                 (state, covered)
             }
@@ -247,9 +257,7 @@ impl<'t> Fold<'t> {
             let at = state.heads.partition_point(|h| (h.ts, h.writer) < new.id());
             state.heads.insert(at, new.head());
         }
-        self.keys
-            .insert(key, state.encode().as_slice())
-            .map_err(storage)?;
+        self.storage.insert_key_state(key, &state)?;
         if !held {
             self.fresh.insert((new.writer, new.seq), new.record);
         }
@@ -285,30 +293,15 @@ impl<'t> Fold<'t> {
         new: &Loaded,
         mut ks: KeyState,
     ) -> FeedResult<(KeyState, bool)> {
-        let id = (key, new.ts, new.writer);
-        let base = match self
-            .checkpoints
-            .range(lo(key)..id)
-            .map_err(storage)?
-            .next_back()
-        {
-            None => None,
-            Some(row) => {
-                let (k, v) = row.map_err(storage)?;
-                let (_, ts, w) = k.value();
-                let state = tables::decode_state(v.value()).map_err(corrupt)?;
-                Some(((ts, w), state))
-            }
-        };
+        let id = new.id();
+        let base = self.storage.checkpoint_before(key, id)?;
         // Checkpoints after the new diff no longer hold: they are rebuilt below.
-        self.checkpoints
-            .retain_in(id..=hi(key), |_, _| false)
-            .map_err(storage)?;
+        self.storage.remove_checkpoints(key, Bound::Included(id))?;
         let (start, value) = match base {
-            None => (Bound::Included(lo(key)), None),
-            Some(((ts, w), value)) => (Bound::Excluded((key, ts, w)), value),
+            None => (Bound::Unbounded, None),
+            Some((at, value)) => (Bound::Excluded(at), value),
         };
-        let later = self.load((start, Bound::Included(hi(key))))?;
+        let later = self.load(key, start)?;
         let covered = later.iter().any(|e| e.covers(&new.head()));
         ks.since_checkpoint = self.fold_from(key, value, &later)?;
         Ok((ks, covered))
@@ -338,37 +331,20 @@ impl<'t> Fold<'t> {
         Ok(since)
     }
 
+    /// Records `value` as `key`'s value after the diff `at`.
     fn checkpoint(&mut self, key: &[u8], at: &Loaded, value: Option<&Value>) -> FeedResult<()> {
-        let bytes = tables::encode_state(value);
-        self.checkpoints
-            .insert((key, at.ts, at.writer), bytes.as_slice())
-            .map_err(storage)?;
-        Ok(())
+        self.storage.insert_checkpoint(key, at.id(), value)
     }
 
-    /// The diffs in `range`, in merge order, read from the entries their rows name.
-    fn load(&self, range: (Bound<DiffId<'_>>, Bound<DiffId<'_>>)) -> FeedResult<Vec<Loaded>> {
-        let mut out = Vec::new();
-        let mut entries = None;
-        for row in self.diffs.range::<DiffId>(range).map_err(storage)? {
-            let (k, v) = row.map_err(storage)?;
-            let (key, ts, writer) = k.value();
-            let seq = v.value();
+    /// The diffs of `key` from `from` on, in merge order, read from the entries their rows
+    /// name.
+    fn load(&mut self, key: &[u8], from: Bound<Pos>) -> FeedResult<Vec<Loaded>> {
+        let rows = self.storage.diffs(key, from)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for ((ts, writer), seq) in rows {
             let record = match self.fresh.get(&(writer, seq)) {
                 Some(record) => record.clone(),
-                None => {
-                    let feed = *self.ids.get(&writer).ok_or_else(|| {
-                        corrupt(format!(
-                            "a diff of {} is not in a known feed",
-                            FeedKey(writer)
-                        ))
-                    })?;
-                    let entries = match &mut entries {
-                        Some(entries) => entries,
-                        None => entries.insert(EntryReader::open_in(self.raw)?),
-                    };
-                    diff_at(entries, feed, (key, ts, seq))?
-                }
+                None => self.storage.record(key, (ts, writer), seq)?,
             };
             out.push(Loaded {
                 ts,
@@ -380,20 +356,19 @@ impl<'t> Fold<'t> {
         Ok(out)
     }
 
-    /// Removes the diffs `(key, ts)` of `writer` and recomputes every key they touched from
-    /// the diffs that remain.
+    /// Removes the diffs `(key, ts, seq)` of `writer` and recomputes every key they touched
+    /// from the diffs that remain.
     pub(crate) fn remove_writer(
         &mut self,
         writer: [u8; 32],
-        diffs: &[(Vec<u8>, u64)],
+        diffs: &[(Vec<u8>, u64, u64)],
     ) -> FeedResult<()> {
         let mut keys = std::collections::BTreeSet::new();
-        for (key, ts) in diffs {
-            let removed = self
-                .diffs
-                .remove((key.as_slice(), *ts, writer))
-                .map_err(storage)?;
-            if removed.is_some() {
+        for (key, ts, seq) in diffs {
+            // Only the row of that entry: another entry with the same key and stamp (a reuse,
+            // refused when it was merged) leaves the diff it reused alone.
+            if self.storage.diff(key, (*ts, writer))? == Some(*seq) {
+                self.storage.remove_diff(key, (*ts, writer))?;
                 keys.insert(key.clone());
             }
         }
@@ -405,12 +380,10 @@ impl<'t> Fold<'t> {
 
     /// Recomputes a key's value, checkpoints and heads from its diffs alone.
     fn recompute(&mut self, key: &[u8]) -> FeedResult<()> {
-        self.checkpoints
-            .retain_in(lo(key)..=hi(key), |_, _| false)
-            .map_err(storage)?;
-        let all = self.load((Bound::Included(lo(key)), Bound::Included(hi(key))))?;
+        self.storage.remove_checkpoints(key, Bound::Unbounded)?;
+        let all = self.load(key, Bound::Unbounded)?;
         let Some(last) = all.last() else {
-            self.keys.remove(key).map_err(storage)?;
+            self.storage.remove_key_state(key)?;
             self.original(key)?;
             self.pending.insert(key.to_vec(), None);
             return Ok(());
@@ -441,9 +414,7 @@ impl<'t> Fold<'t> {
             since_checkpoint,
             heads,
         };
-        self.keys
-            .insert(key, state.encode().as_slice())
-            .map_err(storage)?;
+        self.storage.insert_key_state(key, &state)?;
         Ok(())
     }
 

@@ -398,10 +398,10 @@ impl Ctx<'_> {
             return Ok(0);
         }
         let entries = txn.entries(&writer, from..until)?;
-        let diffs: Vec<(Vec<u8>, u64)> = entries
-            .iter()
-            .filter_map(|e| match decode_entry(e) {
-                Ok(Decoded::Diff(r)) => Some((r.key, r.ts.0)),
+        let diffs: Vec<(Vec<u8>, u64, u64)> = (from..)
+            .zip(&entries)
+            .filter_map(|(seq, e)| match decode_entry(e) {
+                Ok(Decoded::Diff(r)) => Some((r.key, r.ts.0, seq)),
                 _ => None,
             })
             .collect();

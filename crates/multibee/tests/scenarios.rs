@@ -592,6 +592,54 @@ fn s12_an_entry_that_is_not_a_valid_diff_is_skipped_alike_and_reported() {
     });
 }
 
+/// A writer that reuses a key and stamp after a cut: the diff below the cut counts, the reuse
+/// after it does not. A peer that had merged both (the reuse refused as invalid) and then
+/// applies the cut takes out the entries after it, and only those: it once took out the row of
+/// the same key and stamp, which was the diff below the cut, and so diverged from a peer that
+/// never read past the cut.
+#[test]
+fn s12_a_cut_between_a_diff_and_its_reused_stamp_keeps_the_diff() {
+    run(async {
+        let writer_dir = tempfile::tempdir().unwrap();
+        let writer_store = Store::open(writer_dir.path()).unwrap();
+        let feed = writer_store.create_feed().await.unwrap();
+        let good = multibee_multibee::DiffRecord {
+            key: b"k".to_vec(),
+            ts: Hlc::new(1_000_000, 0),
+            parents: vec![],
+            change: Change::Set(Value::Json(json!(7))),
+        };
+        let mut reused = good.clone();
+        reused.change = Change::Set(Value::Json(json!(8)));
+        let key = multibee_multibee::diff_key(b"k", good.ts);
+        feed.append_batch(vec![
+            multibee_multibee::DiffRecord::entry(&key, good.encode()),
+            multibee_multibee::DiffRecord::entry(&key, reused.encode()),
+        ])
+        .await
+        .unwrap();
+        let peers = cluster(2).await;
+        peers[0].mb.add_writer(feed.key()).await.unwrap();
+        sync_all(&peers).await;
+        // Peer 0 reads both entries (the second is refused as a reuse), peer 1 only the first,
+        // and removes the writer there: a cut at 1.
+        peers[0].mb.ingest(feed.proof(0..2).unwrap()).await.unwrap();
+        peers[1].mb.ingest(feed.proof(0..1).unwrap()).await.unwrap();
+        for p in &peers {
+            assert_eq!(p.json("k"), Some(json!(7)));
+        }
+        peers[1].mb.remove_writer(feed.key()).await.unwrap();
+        sync_all(&peers).await;
+        for p in &peers {
+            let info = p.mb.writers().unwrap();
+            let row = info.iter().find(|w| w.key == feed.key()).unwrap();
+            assert_eq!((row.state, row.cut), (WriterState::Removed, Some(1)));
+            assert_eq!(p.json("k"), Some(json!(7)), "entry 0 is below the cut");
+        }
+        converged(&peers);
+    });
+}
+
 #[test]
 fn s13_falsy_values_nested_deletes_and_arrays() {
     run(async {
