@@ -122,20 +122,23 @@ impl Bee {
         let key = key.as_ref();
         let stored = self.space.encode(key);
         let txn = self.feed.store().begin_read()?;
-        let found = match self.at {
-            None => {
-                let table = txn.open_table(LATEST)?;
-                let row = table.get((self.id, stored.as_slice()))?;
-                match row {
-                    None => None,
-                    Some(row) => {
-                        let (seq, value) =
-                            tables::split_latest_row(row.value()).ok_or_else(corrupt)?;
-                        Some((seq, value.to_vec()))
-                    }
+        // The head row, if its put is visible at this version: then it is the answer (every
+        // version row of a set key is older than its head row).
+        let head = {
+            let table = txn.open_table(LATEST)?;
+            let row = table.get((self.id, stored.as_slice()))?;
+            match row {
+                None => None,
+                Some(row) => {
+                    let (seq, value) = tables::split_latest_row(row.value()).ok_or_else(corrupt)?;
+                    Some((seq, value.to_vec()))
                 }
             }
-            Some(version) => {
+        };
+        let found = match (self.at, head) {
+            (None, head) => head,
+            (Some(version), Some((seq, value))) if seq < version => Some((seq, value)),
+            (Some(version), _) => {
                 let table = txn.open_table(VERSIONS)?;
                 let lo: (u64, &[u8], u64) = (self.id, &stored, 0);
                 let mut rows = table.range(lo..(self.id, stored.as_slice(), version))?;

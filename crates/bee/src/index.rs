@@ -99,9 +99,13 @@ pub(crate) fn set_indexed(
 }
 
 /// Indexes ops (or undecodable entries, which are skipped) at sequence numbers `start..`.
-/// A delete of a key that is absent is indexed like any delete (a version row, no head row):
-/// writers no longer append one, but feeds from older writers hold them, and a replica must
-/// index every feed alike.
+///
+/// `bee-latest-1` holds each set key's newest put; `bee-versions-2` holds everything older:
+/// a put gets a version row once a later op supersedes it, and a delete gets one at once. So
+/// a put of a new key writes one row, and a checkout reads the newest of the key's version
+/// rows and its head row. A delete of a key that is absent is indexed like any delete (a
+/// version row): writers no longer append one, but feeds from older writers hold them, and a
+/// replica must index every feed alike.
 pub(crate) fn index_ops<'a>(
     raw: &WriteTransaction,
     id: u64,
@@ -124,19 +128,28 @@ pub(crate) fn index_ops<'a>(
     let mut versions = raw.open_table(VERSIONS).map_err(storage)?;
     for (seq, op) in valid {
         let key = op.key();
-        let kind = match op.value() {
-            Some(_) => tables::PUT,
-            None => tables::DEL,
-        };
-        versions.insert((id, key, seq), kind).map_err(storage)?;
-        match op.value() {
-            Some(value) => {
-                latest
-                    .insert((id, key), tables::latest_row(seq, value).as_slice())
-                    .map_err(storage)?;
-            }
+        let superseded = match op.value() {
+            Some(value) => latest
+                .insert((id, key), tables::latest_row(seq, value).as_slice())
+                .map_err(storage)?
+                .map(|old| tables::split_latest_row(old.value()).map(|(s, _)| s)),
             None => {
-                latest.remove((id, key)).map_err(storage)?;
+                versions.insert((id, key, seq), tables::DEL).map_err(storage)?;
+                latest
+                    .remove((id, key))
+                    .map_err(storage)?
+                    .map(|old| tables::split_latest_row(old.value()).map(|(s, _)| s))
+            }
+        };
+        match superseded {
+            None => {}
+            Some(Some(old)) => {
+                versions.insert((id, key, old), tables::PUT).map_err(storage)?;
+            }
+            Some(None) => {
+                return Err(multibee_feed::Error::Corrupt(
+                    "a bee-latest-1 row is shorter than its seq".into(),
+                ));
             }
         }
     }

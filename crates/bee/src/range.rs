@@ -182,8 +182,9 @@ pub(crate) fn head(
     })
 }
 
-/// A range query at `version`: for each key, the newest row of `bee-versions-2` before it, and
-/// its value from the feed entry the row names.
+/// A range query at `version`: for each key, the newest of its rows before it (its version
+/// rows in `bee-versions-2` and its head row in `bee-latest-1`), and the value from the feed
+/// entry that row names.
 pub(crate) fn checkout(
     txn: &ReadTransaction,
     id: u64,
@@ -210,17 +211,28 @@ pub(crate) fn checkout(
         Bound::Unbounded => Bound::Unbounded,
     };
     let rows = table.range::<(u64, &[u8], u64)>((lo, hi))?;
-    let rows = rows.map(|row| -> Result<(Vec<u8>, u64, bool)> {
+    let rows = rows.map(|row| -> Result<VersionRow> {
         let (k, v) = row?;
         let (_, stored, seq) = k.value();
         Ok((stored.to_vec(), seq, v.value() == tables::PUT))
     });
+    // Each set key's newest put is its head row, which sorts after its version rows.
+    let heads = txn.open_table(LATEST)?;
+    let lo = lower.as_ref().map(|k| (id, k.as_slice()));
+    let hi = upper.as_ref().map(|k| (id, k.as_slice()));
+    let heads = heads.range::<(u64, &[u8])>((lo, hi))?;
+    let heads = heads.map(|row| -> Result<VersionRow> {
+        let (k, v) = row?;
+        let (seq, _) = tables::split_latest_row(v.value()).ok_or_else(corrupt)?;
+        Ok((k.value().1.to_vec(), seq, true))
+    });
     let space = space.clone();
+    let rows: Rows = match opts.reverse {
+        false => Box::new(Merged::new(Box::new(rows), Box::new(heads), false)),
+        true => Box::new(Merged::new(Box::new(rows.rev()), Box::new(heads.rev()), true)),
+    };
     let newest = NewestBefore {
-        rows: match opts.reverse {
-            false => Box::new(rows) as Box<dyn Iterator<Item = _> + Send>,
-            true => Box::new(rows.rev()),
-        },
+        rows,
         version,
         reverse: opts.reverse,
         pending: None,
@@ -260,9 +272,46 @@ pub(crate) fn put_value(
 /// A version row: stored key, seq, and whether it is a put.
 type VersionRow = (Vec<u8>, u64, bool);
 
+/// Rows in `(key, seq)` order (or its reverse).
+type Rows = Box<dyn Iterator<Item = Result<VersionRow>> + Send>;
+
+/// Two streams of rows, each in `(key, seq)` order (or both reversed), as one.
+struct Merged {
+    a: std::iter::Peekable<Rows>,
+    b: std::iter::Peekable<Rows>,
+    reverse: bool,
+}
+
+impl Merged {
+    fn new(a: Rows, b: Rows, reverse: bool) -> Merged {
+        Merged {
+            a: a.peekable(),
+            b: b.peekable(),
+            reverse,
+        }
+    }
+}
+
+impl Iterator for Merged {
+    type Item = Result<VersionRow>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let take_a = match (self.a.peek(), self.b.peek()) {
+            (None, None) => return None,
+            (Some(_), None) | (Some(Err(_)), _) => true,
+            (None, Some(_)) | (_, Some(Err(_))) => false,
+            (Some(Ok(x)), Some(Ok(y))) => {
+                let ordered = (&x.0, x.1) <= (&y.0, y.1);
+                ordered != self.reverse
+            }
+        };
+        if take_a { self.a.next() } else { self.b.next() }
+    }
+}
+
 /// Groups version rows by key and yields, per key, the newest row with `seq < version`.
 struct NewestBefore {
-    rows: Box<dyn Iterator<Item = Result<VersionRow>> + Send>,
+    rows: Rows,
     version: u64,
     reverse: bool,
     /// Forward: the best row so far of the key being read.

@@ -5,7 +5,7 @@
 //! | `bees-1` | feed key `[u8; 32]` | bee id (u64 LE) ‖ indexed length (u64 LE) |
 //! | `bee-meta-1` | `&str` | `"next-bee-id"` → the next bee id; `"format"` → [`FORMAT`] |
 //! | `bee-latest-1` | `(bee id, stored key)` | seq (u64 LE) ‖ value: the value at the head |
-//! | `bee-versions-2` | `(bee id, stored key, seq)` | [`DEL`] or [`PUT`]: the value is entry `seq` |
+//! | `bee-versions-2` | `(bee id, stored key, seq)` | [`DEL`] or [`PUT`]: the value is entry `seq`. Every op but each set key's newest put (that one is its `bee-latest-1` row) |
 //!
 //! Both index tables are derived from the feed and written in the transaction that appends (or
 //! ingests) the entries; `bees-1` records the feed length they reflect. A version row holds no
