@@ -139,6 +139,8 @@ pub(crate) struct Fold<'t, S> {
     original: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// The new value of every key this transaction changed.
     pending: BTreeMap<Vec<u8>, Option<Value>>,
+    /// The merge state of the key read or written last (a local write reads it twice).
+    last_state: Option<(Vec<u8>, Option<KeyState>)>,
 }
 
 /// The outcome of a fold: the new values, and the store's bytes before, of every changed key.
@@ -175,6 +177,7 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
             fresh: HashMap::new(),
             original: HashMap::new(),
             pending: BTreeMap::new(),
+            last_state: None,
         }
     }
 
@@ -202,7 +205,7 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
 
     /// What a local write of `key` needs for its causal metadata: the stamp of the key's
     /// newest merged diff, and the key's heads (as dots, sorted).
-    pub(crate) fn causal(&self, key: &[u8]) -> FeedResult<(Option<u64>, Vec<Dot>)> {
+    pub(crate) fn causal(&mut self, key: &[u8]) -> FeedResult<(Option<u64>, Vec<Dot>)> {
         Ok(match self.key_state(key)? {
             None => (None, Vec::new()),
             Some(state) => {
@@ -221,8 +224,25 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
     }
 
     /// The merge state of `key`, if it has one.
-    fn key_state(&self, key: &[u8]) -> FeedResult<Option<KeyState>> {
-        self.storage.key_state(key)
+    fn key_state(&mut self, key: &[u8]) -> FeedResult<Option<KeyState>> {
+        if let Some((k, state)) = &self.last_state
+            && k == key
+        {
+            return Ok(state.clone());
+        }
+        let state = self.storage.key_state(key)?;
+        self.last_state = Some((key.to_vec(), state.clone()));
+        Ok(state)
+    }
+
+    /// Sets (or with `None` removes) the merge state of `key`.
+    fn set_key_state(&mut self, key: &[u8], state: Option<KeyState>) -> FeedResult<()> {
+        match &state {
+            Some(state) => self.storage.insert_key_state(key, state)?,
+            None => self.storage.remove_key_state(key)?,
+        }
+        self.last_state = Some((key.to_vec(), state));
+        Ok(())
     }
 
     /// Records diff `new` and merges it. `held`: its writer's feed holds its entry already
@@ -230,15 +250,15 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
     pub(crate) fn add(&mut self, new: Loaded, held: bool) -> FeedResult<Added> {
         let key = new.record.key.clone();
         let key = key.as_slice();
-        if let Some(old) = self.storage.diff(key, new.id())? {
-            // Entries never change: the same entry is a re-delivery, another one a reuse.
-            return Ok(if old == new.seq {
-                Added::Duplicate
-            } else {
-                Added::Reused
-            });
+        if let Some(old) = self.storage.insert_diff(key, new.id(), new.seq)? {
+            // Entries never change: the same entry is a re-delivery, another one a reuse,
+            // whose row goes back to the entry it named.
+            if old == new.seq {
+                return Ok(Added::Duplicate);
+            }
+            self.storage.insert_diff(key, new.id(), old)?;
+            return Ok(Added::Reused);
         }
-        self.storage.insert_diff(key, new.id(), new.seq)?;
         let (mut state, covered_later) = match self.key_state(key)? {
             Some(state) if new.id() < state.last => {
                 // The rebase reads the new diff back with the others: one whose entry is
@@ -257,7 +277,7 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
             let at = state.heads.partition_point(|h| (h.ts, h.writer) < new.id());
             state.heads.insert(at, new.head());
         }
-        self.storage.insert_key_state(key, &state)?;
+        self.set_key_state(key, Some(state))?;
         if !held {
             self.fresh.insert((new.writer, new.seq), new.record);
         }
@@ -383,7 +403,7 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
         self.storage.remove_checkpoints(key, Bound::Unbounded)?;
         let all = self.load(key, Bound::Unbounded)?;
         let Some(last) = all.last() else {
-            self.storage.remove_key_state(key)?;
+            self.set_key_state(key, None)?;
             self.original(key)?;
             self.pending.insert(key.to_vec(), None);
             return Ok(());
@@ -414,7 +434,7 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
             since_checkpoint,
             heads,
         };
-        self.storage.insert_key_state(key, &state)?;
+        self.set_key_state(key, Some(state))?;
         Ok(())
     }
 

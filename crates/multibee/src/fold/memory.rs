@@ -57,9 +57,8 @@ impl FoldStorage for MemoryStorage {
         Ok(self.diffs.get(key).and_then(|rows| rows.get(&at)).copied())
     }
 
-    fn insert_diff(&mut self, key: &[u8], at: Pos, seq: u64) -> FeedResult<()> {
-        self.diffs.entry(key.to_vec()).or_default().insert(at, seq);
-        Ok(())
+    fn insert_diff(&mut self, key: &[u8], at: Pos, seq: u64) -> FeedResult<Option<u64>> {
+        Ok(self.diffs.entry(key.to_vec()).or_default().insert(at, seq))
     }
 
     fn remove_diff(&mut self, key: &[u8], at: Pos) -> FeedResult<Option<u64>> {

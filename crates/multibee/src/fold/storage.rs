@@ -22,8 +22,9 @@ pub(crate) trait FoldStorage {
     /// The seq (entry of its writer's diff feed) of the merged diff of `key` at `at`, if any.
     fn diff(&self, key: &[u8], at: Pos) -> FeedResult<Option<u64>>;
 
-    /// Records that the diff of `key` at `at` is entry `seq` of its writer's diff feed.
-    fn insert_diff(&mut self, key: &[u8], at: Pos, seq: u64) -> FeedResult<()>;
+    /// Records that the diff of `key` at `at` is entry `seq` of its writer's diff feed;
+    /// returns the seq the row held before, if there was one.
+    fn insert_diff(&mut self, key: &[u8], at: Pos, seq: u64) -> FeedResult<Option<u64>>;
 
     /// Removes the diff row of `key` at `at`, returning its seq if there was one.
     fn remove_diff(&mut self, key: &[u8], at: Pos) -> FeedResult<Option<u64>>;
@@ -65,7 +66,7 @@ impl<S: FoldStorage + ?Sized> FoldStorage for &mut S {
         (**self).diff(key, at)
     }
 
-    fn insert_diff(&mut self, key: &[u8], at: Pos, seq: u64) -> FeedResult<()> {
+    fn insert_diff(&mut self, key: &[u8], at: Pos, seq: u64) -> FeedResult<Option<u64>> {
         (**self).insert_diff(key, at, seq)
     }
 
@@ -180,9 +181,12 @@ impl FoldStorage for RedbStorage<'_> {
             .map(|v| v.value()))
     }
 
-    fn insert_diff(&mut self, key: &[u8], (ts, w): Pos, seq: u64) -> FeedResult<()> {
-        self.diffs.insert((key, ts, w), seq).map_err(storage)?;
-        Ok(())
+    fn insert_diff(&mut self, key: &[u8], (ts, w): Pos, seq: u64) -> FeedResult<Option<u64>> {
+        Ok(self
+            .diffs
+            .insert((key, ts, w), seq)
+            .map_err(storage)?
+            .map(|v| v.value()))
     }
 
     fn remove_diff(&mut self, key: &[u8], (ts, w): Pos) -> FeedResult<Option<u64>> {

@@ -346,7 +346,7 @@ fn transact(
 /// A key's causal metadata as a local write reads it.
 fn causal(mem: &mut MemoryStorage, key: &[u8]) -> (Option<u64>, Vec<Dot>) {
     let merge = LastWriterWins;
-    let fold = Fold::with_storage(&mut *mem, &merge, 1);
+    let mut fold = Fold::with_storage(&mut *mem, &merge, 1);
     fold.causal(key).unwrap_or_else(|e| panic!("causal: {e}"))
 }
 
