@@ -154,7 +154,10 @@ fn main() {
                 // Kademlia warns at every start without bootstrap peers ("No known peers"):
                 // noise for a node that finds peers otherwise. RUST_LOG shows it again.
                 .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("warn,node=info,libp2p_kad=error")
+                    tracing_subscriber::EnvFilter::new(
+                        "warn,node=info,multibee_multibee::upgrade=info,multibee_bee::index=info,\
+                         libp2p_kad=error",
+                    )
                 }),
         )
         .init();

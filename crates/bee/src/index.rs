@@ -134,7 +134,9 @@ pub(crate) fn index_ops<'a>(
                 .map_err(storage)?
                 .map(|old| tables::split_latest_row(old.value()).map(|(s, _)| s)),
             None => {
-                versions.insert((id, key, seq), tables::DEL).map_err(storage)?;
+                versions
+                    .insert((id, key, seq), tables::DEL)
+                    .map_err(storage)?;
                 latest
                     .remove((id, key))
                     .map_err(storage)?
@@ -144,7 +146,9 @@ pub(crate) fn index_ops<'a>(
         match superseded {
             None => {}
             Some(Some(old)) => {
-                versions.insert((id, key, old), tables::PUT).map_err(storage)?;
+                versions
+                    .insert((id, key, old), tables::PUT)
+                    .map_err(storage)?;
             }
             Some(None) => {
                 return Err(multibee_feed::Error::Corrupt(

@@ -229,7 +229,11 @@ pub(crate) fn checkout(
     let space = space.clone();
     let rows: Rows = match opts.reverse {
         false => Box::new(Merged::new(Box::new(rows), Box::new(heads), false)),
-        true => Box::new(Merged::new(Box::new(rows.rev()), Box::new(heads.rev()), true)),
+        true => Box::new(Merged::new(
+            Box::new(rows.rev()),
+            Box::new(heads.rev()),
+            true,
+        )),
     };
     let newest = NewestBefore {
         rows,
