@@ -542,18 +542,29 @@ fn s12_bad_signatures_unknown_and_removed_writers_are_rejected() {
     });
 }
 
+/// A writer's diff feed written by hand (outside any peer): its folder and the feed.
+async fn foreign_writer() -> (tempfile::TempDir, multibee_feed::Feed) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let feed = store.create_feed().await.unwrap();
+    (dir, feed)
+}
+
+/// A diff setting key `k` to `value`, stamped at 1,000,000 ms.
+fn diff_of_k(value: i64) -> multibee_multibee::DiffRecord {
+    multibee_multibee::DiffRecord {
+        key: b"k".to_vec(),
+        ts: Hlc::new(1_000_000, 0),
+        parents: vec![],
+        change: Change::Set(Value::Json(json!(value))),
+    }
+}
+
 #[test]
 fn s12_an_entry_that_is_not_a_valid_diff_is_skipped_alike_and_reported() {
     run(async {
-        let writer_dir = tempfile::tempdir().unwrap();
-        let writer_store = Store::open(writer_dir.path()).unwrap();
-        let feed = writer_store.create_feed().await.unwrap();
-        let good = multibee_multibee::DiffRecord {
-            key: b"k".to_vec(),
-            ts: Hlc::new(1_000_000, 0),
-            parents: vec![],
-            change: Change::Set(Value::Json(json!(7))),
-        };
+        let (_writer_dir, feed) = foreign_writer().await;
+        let good = diff_of_k(7);
         let entry = |key: Vec<u8>, r: &multibee_multibee::DiffRecord| {
             multibee_bee::op::Op::Put {
                 key: multibee_bee::keyspace::Keyspace::default().encode(&key),
@@ -561,8 +572,7 @@ fn s12_an_entry_that_is_not_a_valid_diff_is_skipped_alike_and_reported() {
             }
             .encode_entry()
         };
-        let mut reused = good.clone();
-        reused.change = Change::Set(Value::Json(json!(8)));
+        let reused = diff_of_k(8);
         feed.append_batch(vec![
             b"not a diff".to_vec(),
             entry(multibee_multibee::diff_key(b"k", good.ts), &good),
@@ -600,17 +610,9 @@ fn s12_an_entry_that_is_not_a_valid_diff_is_skipped_alike_and_reported() {
 #[test]
 fn s12_a_cut_between_a_diff_and_its_reused_stamp_keeps_the_diff() {
     run(async {
-        let writer_dir = tempfile::tempdir().unwrap();
-        let writer_store = Store::open(writer_dir.path()).unwrap();
-        let feed = writer_store.create_feed().await.unwrap();
-        let good = multibee_multibee::DiffRecord {
-            key: b"k".to_vec(),
-            ts: Hlc::new(1_000_000, 0),
-            parents: vec![],
-            change: Change::Set(Value::Json(json!(7))),
-        };
-        let mut reused = good.clone();
-        reused.change = Change::Set(Value::Json(json!(8)));
+        let (_writer_dir, feed) = foreign_writer().await;
+        let good = diff_of_k(7);
+        let reused = diff_of_k(8);
         let key = multibee_multibee::diff_key(b"k", good.ts);
         feed.append_batch(vec![
             multibee_multibee::DiffRecord::entry(&key, good.encode()),
