@@ -926,3 +926,77 @@ fn an_http_token_guards_the_node_api() {
     assert_eq!(node.cmd("get a"), json!({"ok": true, "value": 1}));
     node.terminate();
 }
+
+/// A node whose stdout is a pipe nobody reads (its event lines pile up until the pipe is
+/// full) still stops when asked: it drops the lines it cannot write.
+#[test]
+fn a_node_whose_stdout_is_never_read_still_stops_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(node_binary());
+    command
+        .args(["--dir", &dir.path().display().to_string()])
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .args(["--http", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = KillOnDrop(command.spawn().unwrap());
+    // Read the ready line only; the pipe is never read again (but kept open).
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = stdout.read_line(&mut line);
+        let _ = tx.send(line);
+        stdout
+    });
+    let line = rx.recv_timeout(PATIENCE).expect("the ready line");
+    let ready: Json = serde_json::from_str(&line).unwrap();
+    let _unread = reader.join().unwrap();
+    let http = ready["http"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // 20,000 change lines: far more than the pipe and the node's queue of lines hold.
+        for batch in 0..20 {
+            let ops: Vec<Json> = (0..1000)
+                .map(|i| json!({"put": format!("k{batch}-{i}"), "doc": {"i": i}}))
+                .collect();
+            let body = json!({ "ops": ops }).to_string();
+            let (status, answer) =
+                crate::http::http_request(&http, "POST", "/docs/_bulk", &body).await;
+            assert_eq!(status, 200, "{answer}");
+        }
+        let (status, _) = crate::http::http_request(&http, "POST", "/_shutdown", "").await;
+        assert_eq!(status, 200);
+    });
+    // The exit is the event waited for; the child stays owned here, so a failure kills it.
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not stop within {PATIENCE:?} while its stdout was not read"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "the node exited with {status}");
+}
+
+/// A child process killed (and reaped) when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -424,9 +424,16 @@ async fn run(args: Args) -> Result<(), String> {
     mb.close().await;
     tracing::debug!("store closed");
     drop(out);
-    let _ = printer.await;
+    // The lines still queued go out, unless stdout stays blocked (a pipe nobody reads): the
+    // node stops anyway.
+    if tokio::time::timeout(STDOUT_GRACE, printer).await.is_err() {
+        tracing::warn!("stdout is not being read: the last event lines are dropped");
+    }
     result
 }
+
+/// How long a stopping node waits for stdout to take its last lines.
+const STDOUT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The longest command line read; a longer one is answered with an error and skipped.
 const MAX_LINE: usize = 16 << 20;
