@@ -65,3 +65,74 @@ fn local_writes_and_remote_batches_waiting_together_share_one_commit() {
         assert_eq!(store.queued_writes(), 0);
     });
 }
+
+#[test]
+fn a_remote_batch_queued_among_local_writes_is_served_in_its_turn() {
+    run(async {
+        let peers = cluster(2).await;
+        let (a, b) = (&peers[0], &peers[1]);
+        let from = a.holds(&b.key());
+        b.mb.put("remote", json!({"from": "b"})).await.unwrap();
+        let feed = b.mb.feed_store().feed(&b.key()).unwrap();
+        let batch = feed.proof(from..feed.length()).unwrap();
+
+        let store = a.mb.feed_store().clone();
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let mut started_tx = Some(started_tx);
+        let held = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |_txn| {
+                        if let Some(tx) = started_tx.take() {
+                            let _ = tx.send(());
+                        }
+                        let _ = release_rx.recv();
+                        Ok::<_, FeedError>(())
+                    })
+                    .await
+            }
+        });
+        within("the writer to take the holding job", started)
+            .await
+            .unwrap();
+        // 300 local writes, the remote batch, 300 more: each waits for the writer in turn.
+        let mut tasks = Vec::new();
+        for i in 0..601 {
+            let mb = a.mb.clone();
+            let task = if i == 300 {
+                let batch = batch.clone();
+                tokio::spawn(async move { mb.ingest(batch).await.map(|_| ()) })
+            } else {
+                tokio::spawn(
+                    async move { mb.put(format!("local{i:03}"), json!(i)).await.map(|_| ()) },
+                )
+            };
+            tasks.push(task);
+            within("the write to wait for the writer", async {
+                while store.queued_writes() <= i {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            })
+            .await;
+        }
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        // The store's order is the commit order: the remote change lands between the writes
+        // queued before it and those queued after it.
+        let rev = |key: &str| a.mb.get_rev(key).unwrap().unwrap().0;
+        let remote = rev("remote");
+        assert!(
+            rev("local299") < remote,
+            "served after the writes before it"
+        );
+        assert!(
+            remote < rev("local301"),
+            "served before the writes after it"
+        );
+    });
+}
