@@ -140,13 +140,32 @@ pub(crate) struct Fold<'t, S> {
     /// The new value of every key this transaction changed.
     pending: BTreeMap<Vec<u8>, Option<Value>>,
     /// The merge state of the key read or written last (a local write reads it twice).
-    last_state: Option<(Vec<u8>, Option<KeyState>)>,
+    last_state: Option<CachedState>,
 }
 
 /// The outcome of a fold: the new values, and the store's bytes before, of every changed key.
 pub(crate) struct Folded {
     pub pending: BTreeMap<Vec<u8>, Option<Value>>,
     pub original: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+/// A key's merge state as the fold last read or wrote it.
+struct CachedState {
+    key: Vec<u8>,
+    state: Option<KeyState>,
+    /// Whether `mb-keys-1` holds a row for it (a single diff's state is not written).
+    row: bool,
+}
+
+/// The state of a key whose only diff is `head`: what merging that one diff into nothing
+/// leaves when no checkpoint follows it (a checkpoint interval above 1). Such a state is not
+/// written to `mb-keys-1`: it is derived from the key's one `mb-diffs-2` row.
+pub(crate) fn single_state(head: Head) -> KeyState {
+    KeyState {
+        last: (head.ts, head.writer),
+        since_checkpoint: 1,
+        heads: vec![head],
+    }
 }
 
 impl<'t> Fold<'t, RedbStorage<'t>> {
@@ -223,25 +242,70 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
         })
     }
 
-    /// The merge state of `key`, if it has one.
+    /// The merge state of `key`, if it has one. A key with a single diff has no row: its
+    /// state is that diff alone (see [`single_state`]).
     fn key_state(&mut self, key: &[u8]) -> FeedResult<Option<KeyState>> {
-        if let Some((k, state)) = &self.last_state
-            && k == key
+        if let Some(cached) = &self.last_state
+            && cached.key == key
         {
-            return Ok(state.clone());
+            return Ok(cached.state.clone());
         }
-        let state = self.storage.key_state(key)?;
-        self.last_state = Some((key.to_vec(), state.clone()));
+        let stored = self.storage.key_state(key)?;
+        let row = stored.is_some();
+        let state = match stored {
+            Some(state) => Some(state),
+            None => {
+                let rows = self.storage.diffs(key, Bound::Unbounded)?;
+                match rows[..] {
+                    [] => None,
+                    [((ts, writer), seq)] => Some(single_state(Head { ts, writer, seq })),
+                    _ => return Err(corrupt("a key with several diffs has no key state row")),
+                }
+            }
+        };
+        self.last_state = Some(CachedState {
+            key: key.to_vec(),
+            state: state.clone(),
+            row,
+        });
         Ok(state)
     }
 
-    /// Sets (or with `None` removes) the merge state of `key`.
-    fn set_key_state(&mut self, key: &[u8], state: Option<KeyState>) -> FeedResult<()> {
-        match &state {
-            Some(state) => self.storage.insert_key_state(key, state)?,
-            None => self.storage.remove_key_state(key)?,
-        }
-        self.last_state = Some((key.to_vec(), state));
+    /// Sets (or with `None` removes) the merge state of `key`; `single`: the key has one diff
+    /// (its state is then not written, and a row left from before goes).
+    fn set_key_state(
+        &mut self,
+        key: &[u8],
+        state: Option<KeyState>,
+        single: bool,
+    ) -> FeedResult<()> {
+        let had_row = match &self.last_state {
+            Some(cached) if cached.key == key => cached.row,
+            _ => true,
+        };
+        let row = match &state {
+            Some(state)
+                if !(single
+                    && state
+                        .heads
+                        .first()
+                        .is_some_and(|&h| *state == single_state(h))) =>
+            {
+                self.storage.insert_key_state(key, state)?;
+                true
+            }
+            _ => {
+                if had_row {
+                    self.storage.remove_key_state(key)?;
+                }
+                false
+            }
+        };
+        self.last_state = Some(CachedState {
+            key: key.to_vec(),
+            state,
+            row,
+        });
         Ok(())
     }
 
@@ -250,6 +314,8 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
     pub(crate) fn add(&mut self, new: Loaded, held: bool) -> FeedResult<Added> {
         let key = new.record.key.clone();
         let key = key.as_slice();
+        // Read before the new row goes in: a key's state may be derived from its rows.
+        let state = self.key_state(key)?;
         if let Some(old) = self.storage.insert_diff(key, new.id(), new.seq)? {
             // Entries never change: the same entry is a re-delivery, another one a reuse,
             // whose row goes back to the entry it named.
@@ -259,7 +325,8 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
             self.storage.insert_diff(key, new.id(), old)?;
             return Ok(Added::Reused);
         }
-        let (mut state, covered_later) = match self.key_state(key)? {
+        let first = state.is_none();
+        let (mut state, covered_later) = match state {
             Some(state) if new.id() < state.last => {
                 // The rebase reads the new diff back with the others: one whose entry is
                 // appended after the fold is read from `fresh`.
@@ -277,7 +344,7 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
             let at = state.heads.partition_point(|h| (h.ts, h.writer) < new.id());
             state.heads.insert(at, new.head());
         }
-        self.set_key_state(key, Some(state))?;
+        self.set_key_state(key, Some(state), first)?;
         if !held {
             self.fresh.insert((new.writer, new.seq), new.record);
         }
@@ -403,7 +470,7 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
         self.storage.remove_checkpoints(key, Bound::Unbounded)?;
         let all = self.load(key, Bound::Unbounded)?;
         let Some(last) = all.last() else {
-            self.set_key_state(key, None)?;
+            self.set_key_state(key, None, false)?;
             self.original(key)?;
             self.pending.insert(key.to_vec(), None);
             return Ok(());
@@ -434,7 +501,8 @@ impl<'t, S: FoldStorage> Fold<'t, S> {
             since_checkpoint,
             heads,
         };
-        self.set_key_state(key, Some(state))?;
+        let single = all.len() == 1;
+        self.set_key_state(key, Some(state), single)?;
         Ok(())
     }
 

@@ -17,6 +17,7 @@ use crate::change::Change;
 use crate::diff::{DiffRecord, Dot};
 use crate::hlc::Hlc;
 use crate::merge::{Diff, LastWriterWins, Merge};
+use crate::tables::KeyState;
 use crate::tables::{self, Head};
 use crate::value::Value;
 
@@ -282,7 +283,7 @@ fn check(mem: &MemoryStorage, case: &Case, merged: &BTreeSet<usize>) -> Result<(
             prop_assert!(checkpoints.is_empty());
             continue;
         };
-        let ks = mem.keys.get(key).cloned().unwrap_or_default();
+        let ks = state_of(mem, key).unwrap_or_default();
         prop_assert_eq!(ks.last, last.id());
         prop_assert_eq!(&ks.heads, &reference_heads(&ds), "the heads of {:?}", key);
         // A checkpoint after every `interval` diffs, holding the fold up to it.
@@ -351,6 +352,18 @@ fn causal(mem: &mut MemoryStorage, key: &[u8]) -> (Option<u64>, Vec<Dot>) {
 }
 
 /// Everything the fold keeps, without the feeds' entries (which only grow).
+/// The merge state of `key`: its row, or for a key with one diff (no row), that diff alone.
+fn state_of(mem: &MemoryStorage, key: &[u8]) -> Option<KeyState> {
+    if let Some(state) = mem.keys.get(key) {
+        return Some(state.clone());
+    }
+    let rows = mem.diffs.get(key)?;
+    match rows.iter().collect::<Vec<_>>()[..] {
+        [(&(ts, writer), &seq)] => Some(super::single_state(Head { ts, writer, seq })),
+        _ => None,
+    }
+}
+
 fn tables_of(mem: &MemoryStorage) -> MemoryStorage {
     MemoryStorage {
         entries: Default::default(),
@@ -388,7 +401,7 @@ fn deliver(case: &Case) -> Result<(MemoryStorage, BTreeSet<usize>), TestCaseErro
     // same tables.
     prop_assert_eq!(tables_of(&at_once(case)), tables_of(&mem));
     for key in KEYS {
-        let ks = mem.keys.get(key).cloned();
+        let ks = state_of(&mem, key);
         let mut dots: Vec<Dot> = ks
             .iter()
             .flat_map(|s| &s.heads)
