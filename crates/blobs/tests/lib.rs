@@ -1,0 +1,10 @@
+//! The blob crate's integration tests: one binary, public API only.
+#![allow(clippy::unwrap_used)]
+// tests fail loudly by design
+// `&[0..n]` is how ranges are passed to the store, not a mistaken `vec![0..n]`.
+#![allow(clippy::single_range_in_vec_init)]
+
+mod bad_input;
+mod basic;
+mod common;
+mod props;
