@@ -2,7 +2,7 @@
 //! operation that does IO runs on tokio's blocking pool.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read};
 use std::ops::{Bound, Range};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -41,6 +41,9 @@ pub const MAX_SIZE: u64 = 1 << 56;
 
 /// Buffers of file copies.
 const COPY_BUFFER: usize = 1 << 20;
+
+/// Adds of at least this many bytes sync their file in a second thread while hashing it.
+const PARALLEL_SYNC: u64 = 4 << 20;
 
 /// Operations on one id take one of these locks (chosen by the id's first byte), so that an
 /// add, an import and a delete of the same blob never interleave their files and rows.
@@ -187,38 +190,15 @@ impl Blobs {
     /// once; adding one held partially replaces the partial copy.
     pub async fn add_bytes(&self, bytes: &[u8]) -> Result<BlobId> {
         let bytes = bytes.to_vec();
-        self.blocking(move |inner| {
-            let size = bytes.len() as u64;
-            inner.add_sync(bytes.as_slice(), size)
-        })
-        .await
+        self.blocking(move |inner| inner.add_sync(&bytes)).await
     }
 
-    /// Adds the contents of the file at `path`, reading it once: the copy into the store and
-    /// the hash tree are computed in the same pass, in bounded memory. A file whose size
-    /// changes while it is read is an error (nothing is stored).
+    /// Adds a copy of the file at `path` (an in-kernel copy on Linux), in bounded memory.
+    /// The id is computed from the copy, so a file that changes meanwhile is stored as it
+    /// was copied, under the id of what was stored.
     pub async fn add_file(&self, path: impl AsRef<Path>) -> Result<BlobId> {
         let path = path.as_ref().to_path_buf();
-        self.blocking(move |inner| {
-            let file = File::open(&path)
-                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-            let size = file
-                .metadata()
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
-                .len();
-            let mut source = BufReader::with_capacity(COPY_BUFFER, file);
-            let id = inner.add_sync(&mut source, size)?;
-            let mut extra = [0u8; 1];
-            match source.read(&mut extra) {
-                Ok(0) => Ok(id),
-                Ok(_) => Err(Error::InvalidArgument(format!(
-                    "{} grew while it was being added",
-                    path.display()
-                ))),
-                Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
-            }
-        })
-        .await
+        self.blocking(move |inner| inner.add_copy(&path)).await
     }
 
     /// Adds everything `reader` yields, of any length, in bounded memory: the bytes stream to
@@ -239,16 +219,8 @@ impl Blobs {
             .await
             .map_err(|e| Error::io(format!("writing {}", temp.data.display()), e))?;
         drop(writer);
-        self.blocking(move |inner| {
-            check_size(size)?;
-            let file = File::open(&temp.data)
-                .map_err(|e| Error::io(format!("reading {}", temp.data.display()), e))?;
-            let source = BufReader::with_capacity(COPY_BUFFER, file);
-            let id = inner.outboard_into(source, size, &temp.obao)?;
-            sync_file(&temp.data)?;
-            inner.install(id, size, temp)
-        })
-        .await
+        self.blocking(move |inner| inner.finish_add(temp, size, None))
+            .await
     }
 
     /// Whether the blob is held complete.
@@ -341,20 +313,6 @@ impl Drop for TempFiles {
     }
 }
 
-/// A reader that copies what it reads into a file.
-struct Tee<R> {
-    source: R,
-    copy: BufWriter<File>,
-}
-
-impl<R: Read> Read for Tee<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.source.read(buf)?;
-        self.copy.write_all(&buf[..n])?;
-        Ok(n)
-    }
-}
-
 impl Inner {
     pub(crate) fn data_path(&self, id: BlobId) -> PathBuf {
         self.dir.join(DATA_DIR).join(id.to_hex())
@@ -418,31 +376,61 @@ impl Inner {
         }
     }
 
-    /// Copies `size` bytes of `source` into a temporary file while computing the outboard,
-    /// then installs the blob.
-    fn add_sync(&self, source: impl Read, size: u64) -> Result<BlobId> {
+    /// Adds `bytes`: written to a temporary file, then installed.
+    fn add_sync(&self, bytes: &[u8]) -> Result<BlobId> {
+        let size = bytes.len() as u64;
         check_size(size)?;
         let temp = self.temp_files();
-        let file = File::create(&temp.data)
-            .map_err(|e| Error::io(format!("creating {}", temp.data.display()), e))?;
-        let mut tee = Tee {
-            source,
-            copy: BufWriter::with_capacity(COPY_BUFFER, file),
+        std::fs::write(&temp.data, bytes)
+            .map_err(|e| Error::io(format!("writing {}", temp.data.display()), e))?;
+        self.finish_add(temp, size, Some(bytes))
+    }
+
+    /// Adds a copy of the file at `path` (an in-kernel copy where the platform has one).
+    fn add_copy(&self, path: &Path) -> Result<BlobId> {
+        let temp = self.temp_files();
+        let size = std::fs::copy(path, &temp.data)
+            .map_err(|e| Error::io(format!("copying {} into the store", path.display()), e))?;
+        self.finish_add(temp, size, None)
+    }
+
+    /// Computes the outboard (and so the id) of a temporary file holding `size` bytes while
+    /// another thread syncs the file, then installs the blob. The id is always that of the
+    /// bytes in the temporary file (read back from it, or `bytes` when they are its content).
+    fn finish_add(&self, temp: TempFiles, size: u64, bytes: Option<&[u8]>) -> Result<BlobId> {
+        check_size(size)?;
+        let hash = || match bytes {
+            Some(bytes) => self.outboard_into(bytes, size, &temp.obao),
+            None => {
+                let file = File::open(&temp.data)
+                    .map_err(|e| Error::io(format!("reading {}", temp.data.display()), e))?;
+                let source = BufReader::with_capacity(COPY_BUFFER, file);
+                self.outboard_into(source, size, &temp.obao)
+            }
         };
-        let id = self.outboard_into(&mut tee, size, &temp.obao)?;
-        let file = tee
-            .copy
-            .into_inner()
-            .map_err(|e| Error::io(format!("writing {}", temp.data.display()), e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| Error::io(format!("syncing {}", temp.data.display()), e))?;
-        drop(file);
+        let id = if size < PARALLEL_SYNC {
+            let id = hash()?;
+            sync_file(&temp.data)?;
+            id
+        } else {
+            // The file's write-back to disk and the hashing overlap: an add of a large blob
+            // then takes about as long as the copy and its fsync alone.
+            std::thread::scope(|scope| {
+                let synced = scope.spawn(|| sync_file(&temp.data));
+                let id = hash();
+                let synced = synced.join().unwrap_or_else(|_| {
+                    let e = std::io::Error::other("the thread syncing the file panicked");
+                    Err(Error::io(format!("syncing {}", temp.data.display()), e))
+                });
+                synced.and(id)
+            })?
+        };
         self.install(id, size, temp)
     }
 
     /// Adds the empty blob.
     pub(crate) fn add_empty(&self) -> Result<BlobId> {
-        self.add_sync(&[][..], 0)
+        self.add_sync(&[])
     }
 
     /// Reads `size` bytes of `data`, writes the pre-order outboard to `obao` (synced) and
