@@ -673,3 +673,48 @@ fn init_schema(db: &Database) -> Result<()> {
     txn.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use bao_tree::io::outboard::PreOrderMemOutboard;
+
+    use super::*;
+
+    /// The root of bao-tree's tree is plain BLAKE3 whatever the chunk group size: an id does
+    /// not depend on [`BLOCK_SIZE`].
+    #[test]
+    fn roots_equal_blake3_for_every_block_size() {
+        for len in [
+            0usize,
+            1,
+            1023,
+            1024,
+            1025,
+            16 * 1024,
+            16 * 1024 + 1,
+            100_000,
+            1 << 20,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            for log in 0..=8 {
+                let outboard = PreOrderMemOutboard::create(&data, BlockSize::from_chunk_log(log));
+                assert_eq!(
+                    outboard.root,
+                    blake3::hash(&data),
+                    "{len} bytes, block log {log}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn missing_ranges_complement_held() {
+        let status = Status {
+            size: 100,
+            complete: false,
+            pinned: false,
+            held: vec![10..20, 30..100],
+        };
+        assert_eq!(status.missing(), vec![0..10, 20..30]);
+    }
+}

@@ -6,8 +6,10 @@
 use std::ops::Range;
 
 use bao_tree::io::outboard::PreOrderOutboard;
-use bao_tree::io::sync::{DecodeResponseIter, decode_ranges, encode_ranges_validated};
-use bao_tree::io::{DecodeError, EncodeError, round_up_to_chunks_groups};
+use bao_tree::io::sync::{DecodeResponseIter, OutboardMut, WriteAt, encode_ranges_validated};
+use bao_tree::io::{
+    BaoContentItem, DecodeError, EncodeError, Leaf, Parent, round_up_to_chunks_groups,
+};
 use bao_tree::{BaoTree, ChunkNum, ChunkRanges};
 
 use crate::error::{Error, Result, VerifyError};
@@ -187,29 +189,44 @@ impl Inner {
                 .unwrap_or_else(ChunkRanges::empty);
             return Ok(imported(&held, size, false));
         }
-        // A blob without a row has no held bytes: files left by a crash are truncated.
-        let fresh = existing.is_none();
+        // A blob without a row has no held bytes: files left by a crash are truncated. A
+        // partial blob whose files are gone (removed by hand) starts over.
         let (data_path, obao_path) = (self.data_path(id), self.obao_path(id));
-        let data = open_rw(&data_path, fresh)?;
+        let files_gone = !data_path.exists() || !obao_path.exists();
+        let fresh = existing.is_none() || files_gone;
+        if files_gone && existing.is_some() {
+            tracing::warn!(%id, "a partial blob's files are missing: its download starts over");
+        }
+        let mut data = open_rw(&data_path, fresh)?;
         let obao = open_rw(&obao_path, fresh)?;
         let mut outboard = PreOrderOutboard {
             root: id.hash(),
             tree,
             data: obao,
         };
-        let target = data
-            .try_clone()
-            .map_err(|e| Error::io(format!("opening {}", data_path.display()), e))?;
-        decode_ranges(
-            std::io::Cursor::new(encoded),
-            &groups,
-            target,
-            &mut outboard,
-        )
-        .map_err(|e| match e {
-            DecodeError::Io(e) => Error::io(format!("writing blob {id}"), e),
-            e => Error::rejected(id, decode_error(e)),
-        })?;
+        let mut held = match &existing {
+            Some(record) if !fresh => record.held.clone().unwrap_or_else(ChunkRanges::empty),
+            _ => ChunkRanges::empty(),
+        };
+        // Verified already; decoding verifies again as it writes. Groups already held are
+        // not rewritten.
+        let items =
+            DecodeResponseIter::new(id.hash(), tree, std::io::Cursor::new(encoded), &groups);
+        for item in items {
+            match item.map_err(|e| Error::rejected(id, decode_error(e)))? {
+                BaoContentItem::Parent(Parent { node, pair }) => outboard.save(node, &pair),
+                BaoContentItem::Leaf(Leaf {
+                    offset,
+                    data: bytes,
+                }) => {
+                    if held.contains(&ChunkNum::full_chunks(offset)) {
+                        continue;
+                    }
+                    data.write_all_at(offset, &bytes)
+                }
+            }
+            .map_err(|e| Error::io(format!("writing blob {id}"), e))?;
+        }
         for (file, path) in [(&data, &data_path), (&outboard.data, &obao_path)] {
             file.sync_all()
                 .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
@@ -217,10 +234,6 @@ impl Inner {
         if fresh {
             sync_dir(data_path.parent().unwrap_or(&data_path))?;
         }
-        let mut held = existing
-            .as_ref()
-            .and_then(|r| r.held.clone())
-            .unwrap_or_else(ChunkRanges::empty);
         held |= groups;
         let all = ChunkRanges::from(ChunkNum(0)..tree.chunks());
         let complete = all.is_subset(&held);

@@ -186,3 +186,110 @@ async fn partial_download_resumes_after_reopen() {
         a.export_ranges(id, &[1000..190_000]).await.unwrap()
     );
 }
+
+#[tokio::test]
+async fn crash_leftovers_never_pass_for_a_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes(120_000, 11);
+    let id = BlobId::of(&data);
+    let size = data.len() as u64;
+    let encoded = {
+        let source = Blobs::open(dir.path().join("source")).unwrap();
+        source.add_bytes(&data).await.unwrap();
+        source.export_ranges(id, &[0..size]).await.unwrap()
+    };
+    let store = dir.path().join("store");
+    drop(Blobs::open(&store).unwrap());
+    // What a crash can leave: a half-written add in tmp/, and files renamed into place (or
+    // partially written by an import) whose row was never committed.
+    std::fs::write(store.join("tmp/0"), b"half an add").unwrap();
+    std::fs::write(store.join("data").join(id.to_hex()), vec![0xff; 200_000]).unwrap();
+    std::fs::write(store.join(format!("data/{}.obao", id.to_hex())), [7; 99]).unwrap();
+    let blobs = Blobs::open(&store).unwrap();
+    assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0);
+    assert!(!blobs.has(id).await.unwrap());
+    assert_eq!(blobs.status(id).await.unwrap(), None);
+    // An import over the leftovers holds only what it verified, and completes correctly.
+    let half = [0..60_000];
+    let encoded_half = {
+        let source = Blobs::open(dir.path().join("source")).unwrap();
+        source.export_ranges(id, &half).await.unwrap()
+    };
+    let imported = blobs
+        .import_ranges(id, size, &half, &encoded_half)
+        .await
+        .unwrap();
+    assert!(!imported.complete);
+    let imported = blobs
+        .import_ranges(id, size, &[0..size], &encoded)
+        .await
+        .unwrap();
+    assert!(imported.complete);
+    assert_eq!(blobs.read(id).await.unwrap(), data);
+    assert_eq!(blobs.export_ranges(id, &[0..size]).await.unwrap(), encoded);
+
+    // A partial blob whose files were removed by hand starts over instead of trusting them.
+    let other = bytes(50_000, 12);
+    let other_id = BlobId::of(&other);
+    let source = Blobs::open(dir.path().join("source")).unwrap();
+    source.add_bytes(&other).await.unwrap();
+    let first = source.export_ranges(other_id, &[0..16_384]).await.unwrap();
+    blobs
+        .import_ranges(other_id, 50_000, &[0..16_384], &first)
+        .await
+        .unwrap();
+    std::fs::remove_file(store.join("data").join(other_id.to_hex())).unwrap();
+    let rest = source
+        .export_ranges(other_id, &[16_384..50_000])
+        .await
+        .unwrap();
+    let imported = blobs
+        .import_ranges(other_id, 50_000, &[16_384..50_000], &rest)
+        .await
+        .unwrap();
+    assert!(!imported.complete, "the lost first group is fetched again");
+    let imported = blobs
+        .import_ranges(other_id, 50_000, &[0..16_384], &first)
+        .await
+        .unwrap();
+    assert!(imported.complete);
+    assert_eq!(blobs.read(other_id).await.unwrap(), other);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_imports_adds_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Blobs::open(dir.path().join("source")).unwrap();
+    let data = bytes(300_000, 13);
+    let id = source.add_bytes(&data).await.unwrap();
+    let size = data.len() as u64;
+    let target = Blobs::open(dir.path().join("target")).unwrap();
+    for round in 0..3 {
+        let mut tasks = Vec::new();
+        for i in 0..8u64 {
+            let range = [i * 40_000..((i + 1) * 40_000).min(size)];
+            let encoded = source.export_ranges(id, &range).await.unwrap();
+            let target = target.clone();
+            tasks.push(tokio::spawn(async move {
+                target
+                    .import_ranges(id, size, &range, &encoded)
+                    .await
+                    .unwrap();
+            }));
+        }
+        if round == 1 {
+            let target = target.clone();
+            let data = data.clone();
+            tasks.push(tokio::spawn(async move {
+                target.add_bytes(&data).await.unwrap();
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(target.has(id).await.unwrap(), "round {round}");
+        assert_eq!(target.read(id).await.unwrap(), data);
+        target.delete(id).await.unwrap();
+        assert_eq!(target.status(id).await.unwrap(), None);
+    }
+}
