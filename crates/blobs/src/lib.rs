@@ -39,7 +39,18 @@
 //! # }
 //! ```
 //!
-//! The on-disk layout (files, tables and rows) is described in `FORMAT.md` beside this crate.
+//! The on-disk layout (files, tables and rows, crash-safety invariants) is described in
+//! `FORMAT.md` beside this crate; add and streaming throughput, with the command that measures
+//! them (`examples/add_throughput.rs`), in its `README.md`.
+//!
+//! Choices worth knowing:
+//! - Ids are shown and parsed as 64 lowercase hex characters only ([`ParseIdError`]).
+//! - Outboards use 16 KiB chunk groups ([`BLOCK_SIZE`]); export and import round byte ranges
+//!   out to whole chunk groups, the unit of verification and of what a partial blob holds.
+//! - A partial blob's size is the one claimed by its first import; the tree proves it once the
+//!   last chunk group is held. Blobs are at most [`MAX_SIZE`] bytes.
+//! - Every operation that does IO runs on tokio's blocking pool and commits its own redb
+//!   transaction; operations on one id are serialized by a lock.
 #![deny(missing_docs)]
 
 mod error;
