@@ -42,9 +42,10 @@ impl Blobs {
     /// the blob becomes complete in the same transaction that records the last ones.
     ///
     /// `size` is the size claimed by the sender; the tree proves it once the last chunk group
-    /// is held (so a download should ask for the last group early). An import claiming another
-    /// size than an earlier one for the same id is rejected
-    /// ([`VerifyError::SizeMismatch`]); [`Blobs::delete`] drops a partial blob to start over.
+    /// is verified (so a download should ask for the last group early). An import claiming
+    /// another size than the one recorded for a partial blob is rejected
+    /// ([`VerifyError::SizeMismatch`]) unless it carries the last chunk group, which proves its
+    /// size: then the partial blob, started on a false claim, starts over.
     pub async fn import_ranges(
         &self,
         id: BlobId,
@@ -168,13 +169,22 @@ impl Inner {
         verify(id, tree, &groups, encoded)?;
         let _lock = self.lock(id);
         let existing = self.record(id)?;
+        // Verifying the last chunk group proves the size (the tree's shape and the last
+        // chunk's length depend on it).
+        let proves_size = groups.contains(&ChunkNum(tree.chunks().0 - 1));
+        let mut wrong_size = false;
         if let Some(record) = &existing {
             if record.size != size {
-                let reason = VerifyError::SizeMismatch {
-                    recorded: record.size,
-                    claimed: size,
-                };
-                return Err(Error::rejected(id, reason));
+                if record.is_complete() || !proves_size {
+                    let reason = VerifyError::SizeMismatch {
+                        recorded: record.size,
+                        claimed: size,
+                    };
+                    return Err(Error::rejected(id, reason));
+                }
+                // The partial blob was started on a false size claim: it starts over.
+                tracing::warn!(%id, recorded = record.size, proven = size, "a partial blob's size was wrong: its download starts over");
+                wrong_size = true;
             }
             if record.is_complete() {
                 return Ok(Imported {
@@ -193,7 +203,7 @@ impl Inner {
         // partial blob whose files are gone (removed by hand) starts over.
         let (data_path, obao_path) = (self.data_path(id), self.obao_path(id));
         let files_gone = !data_path.exists() || !obao_path.exists();
-        let fresh = existing.is_none() || files_gone;
+        let fresh = existing.is_none() || files_gone || wrong_size;
         if files_gone && existing.is_some() {
             tracing::warn!(%id, "a partial blob's files are missing: its download starts over");
         }

@@ -178,3 +178,48 @@ async fn a_file_that_changes_while_added() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_false_size_claim_is_overruled_by_a_proof_of_the_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Blobs::open(dir.path().join("a")).unwrap();
+    let b = Blobs::open(dir.path().join("b")).unwrap();
+    let data = bytes(70_000, 5);
+    let id = a.add_bytes(&data).await.unwrap();
+    let size = data.len() as u64;
+    // 70_000 and 80_000 bytes give trees of the same shape on the left: the first chunk group
+    // verifies under either size, so a lying peer can start a partial blob of the wrong size.
+    let first = a.export_ranges(id, &[0..1]).await.unwrap();
+    let imported = b.import_ranges(id, 80_000, &[0..1], &first).await.unwrap();
+    assert!(!imported.complete);
+    assert_eq!(b.status(id).await.unwrap().unwrap().size, 80_000);
+    // An honest import without the last group cannot overrule the claim ...
+    let err = b
+        .import_ranges(id, size, &[0..1], &first)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        Error::Rejected {
+            reason: VerifyError::SizeMismatch { .. },
+            ..
+        }
+    ));
+    // ... one with the last group proves the size, and the download starts over from it.
+    let tail = [60_000..size];
+    let encoded = a.export_ranges(id, &tail).await.unwrap();
+    let imported = b.import_ranges(id, size, &tail, &encoded).await.unwrap();
+    assert!(!imported.complete);
+    let status = b.status(id).await.unwrap().unwrap();
+    assert_eq!(status.size, size);
+    assert_eq!(status.held, [49_152..size]);
+    let rest = status.missing();
+    let encoded = a.export_ranges(id, &rest).await.unwrap();
+    assert!(
+        b.import_ranges(id, size, &rest, &encoded)
+            .await
+            .unwrap()
+            .complete
+    );
+    assert_eq!(b.read(id).await.unwrap(), data);
+}
