@@ -341,14 +341,19 @@ impl Inner {
         }
     }
 
+    /// The error for a recorded blob's file that failed to open: gone because the blob was
+    /// deleted meanwhile ([`Error::NotFound`]), or missing from a store that still records it.
     pub(crate) fn missing_file(&self, id: BlobId, path: &Path, e: std::io::Error) -> Error {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::Corrupt(format!(
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Error::io(format!("opening {}", path.display()), e);
+        }
+        match self.record(id) {
+            Ok(None) => Error::NotFound(id),
+            Ok(Some(_)) => Error::Corrupt(format!(
                 "blob {id} is recorded but {} is missing",
                 path.display()
-            ))
-        } else {
-            Error::io(format!("opening {}", path.display()), e)
+            )),
+            Err(e) => e,
         }
     }
 

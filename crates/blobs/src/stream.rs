@@ -144,13 +144,20 @@ impl Inner {
             tree: BaoTree::new(record.size, BLOCK_SIZE),
             data: obao,
         };
-        encode_ranges_validated(data, &outboard, &groups, &mut out).map_err(|e| match e {
+        let encoded = encode_ranges_validated(data, &outboard, &groups, &mut out);
+        let Err(e) = encoded else { return Ok(out) };
+        // Exports take no lock: a delete, or the restart of a partial blob, may have changed
+        // the files meanwhile, which is not damage.
+        let now = self.record(id)?;
+        if now.as_ref() != Some(&record) {
+            return Err(now.map_or(Error::NotFound(id), |_| Error::NotHeld(id)));
+        }
+        Err(match e {
             EncodeError::Io(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
                 Error::io(format!("reading blob {id}"), e)
             }
             e => Error::Corrupt(format!("blob {id}: stored data does not match its id: {e}")),
-        })?;
-        Ok(out)
+        })
     }
 
     fn import_sync(
