@@ -127,4 +127,14 @@ mod tests {
         assert!(Record::decode(&[1, 1, 0]).is_err());
         assert!(Record::decode(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]).is_err());
     }
+
+    proptest::proptest! {
+        /// A damaged row is an error, never a panic; what decodes encodes back the same.
+        #[test]
+        fn any_bytes_decode_or_fail(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            if let Ok(record) = Record::decode(&bytes) {
+                proptest::prop_assert_eq!(Record::decode(&record.encode()).unwrap(), record);
+            }
+        }
+    }
 }

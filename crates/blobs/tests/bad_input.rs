@@ -223,3 +223,40 @@ async fn a_false_size_claim_is_overruled_by_a_proof_of_the_size() {
     );
     assert_eq!(b.read(id).await.unwrap(), data);
 }
+
+/// A reader that fails after some bytes.
+struct Failing(u64);
+
+impl tokio::io::AsyncRead for Failing {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.0 == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::other("the source broke")));
+        }
+        let n = (buf.remaining() as u64).min(this.0) as usize;
+        buf.put_slice(&vec![1; n]);
+        this.0 -= n as u64;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_failing_reader_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = Blobs::open(dir.path()).unwrap();
+    let err = blobs.add_reader(Failing(3 << 20)).await.unwrap_err();
+    assert!(err.to_string().contains("the source broke"), "{err}");
+    assert_eq!(blobs.list(None, 10).await.unwrap(), vec![]);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("data")).unwrap().count(),
+        0
+    );
+}
