@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::error::{Error, Result};
 use crate::id::BlobId;
-use crate::tables::{self, BLOBS, META, Record};
+use crate::tables::{self, BLOBS, META, Record, TYPES};
 
 /// The metadata database inside a store's folder.
 pub const DB_FILE: &str = "blobs.redb";
@@ -260,15 +260,38 @@ impl Blobs {
 
     /// An async reader of a complete blob, from its first byte.
     pub async fn reader(&self, id: BlobId) -> Result<BlobReader> {
-        let (file, size) = self
+        self.reader_range(id, 0, None).await
+    }
+
+    /// An async reader of `len` bytes of a complete blob from `offset` (`None`: to the end),
+    /// in bounded memory. A range reaching beyond the end is [`Error::OutOfRange`].
+    pub async fn reader_range(
+        &self,
+        id: BlobId,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<BlobReader> {
+        use std::io::{Seek, SeekFrom};
+        let (file, size, len) = self
             .blocking(move |inner| {
                 let size = inner.complete(id)?.size;
+                let len = len.unwrap_or(size.saturating_sub(offset));
+                if offset.checked_add(len).is_none_or(|end| end > size) {
+                    return Err(Error::OutOfRange {
+                        id,
+                        start: offset,
+                        end: offset.saturating_add(len),
+                        size,
+                    });
+                }
                 let path = inner.data_path(id);
-                let file = File::open(&path).map_err(|e| inner.missing_file(id, &path, e))?;
-                Ok((file, size))
+                let mut file = File::open(&path).map_err(|e| inner.missing_file(id, &path, e))?;
+                file.seek(SeekFrom::Start(offset))
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                Ok((file, size, len))
             })
             .await?;
-        let inner = tokio::fs::File::from_std(file).take(size);
+        let inner = tokio::fs::File::from_std(file).take(len);
         Ok(BlobReader { inner, size })
     }
 
@@ -283,6 +306,54 @@ impl Blobs {
     /// its files. [`Error::NotFound`] if it is not held.
     pub async fn delete(&self, id: BlobId) -> Result<()> {
         self.blocking(move |inner| inner.delete_sync(id)).await
+    }
+
+    /// Records the media type of a held blob (`None` clears it). Shown by the node's HTTP API;
+    /// at most 255 bytes of printable ASCII without spaces around.
+    pub async fn set_media_type(&self, id: BlobId, media_type: Option<&str>) -> Result<()> {
+        if let Some(t) = media_type
+            && (t.is_empty()
+                || t.len() > tables::MAX_TYPE_LEN
+                || t.trim() != t
+                || !t.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "a media type is 1 to {} bytes of printable ASCII: {t:?}",
+                tables::MAX_TYPE_LEN
+            )));
+        }
+        let media_type = media_type.map(str::to_owned);
+        self.blocking(move |inner| {
+            let _lock = inner.lock(id);
+            let txn = inner.db.begin_write()?;
+            if txn.open_table(BLOBS)?.get(id.as_bytes())?.is_none() {
+                return Err(Error::NotFound(id));
+            }
+            {
+                let mut types = txn.open_table(TYPES)?;
+                match &media_type {
+                    Some(t) => types.insert(id.as_bytes(), t.as_str())?,
+                    None => types.remove(id.as_bytes())?,
+                };
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The media type recorded for a blob ([`Blobs::set_media_type`]), if any.
+    pub async fn media_type(&self, id: BlobId) -> Result<Option<String>> {
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_read()?;
+            let table = match txn.open_table(TYPES) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(table.get(id.as_bytes())?.map(|v| v.value().to_owned()))
+        })
+        .await
     }
 
     /// Marks a held blob (complete or partial) to be kept by garbage collection.
@@ -544,6 +615,7 @@ impl Inner {
         if !removed {
             return Err(Error::NotFound(id));
         }
+        txn.open_table(TYPES)?.remove(id.as_bytes())?;
         txn.commit()?;
         for path in [self.data_path(id), self.obao_path(id)] {
             match std::fs::remove_file(&path) {
@@ -674,6 +746,7 @@ fn init_schema(db: &Database) -> Result<()> {
             }
         }
         txn.open_table(BLOBS)?;
+        txn.open_table(TYPES)?;
     }
     txn.commit()?;
     Ok(())

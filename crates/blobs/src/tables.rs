@@ -13,6 +13,13 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 /// complete or partial.
 pub(crate) const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs-1");
 
+/// Blob id (32 bytes) → its media type (`image/png`), as given when it was added over HTTP.
+/// Only blobs that were given one have a row; a delete removes it.
+pub(crate) const TYPES: TableDefinition<&[u8; 32], &str> = TableDefinition::new("types-1");
+
+/// The longest media type kept, in bytes.
+pub(crate) const MAX_TYPE_LEN: usize = 255;
+
 pub(crate) const FORMAT_KEY: &str = "format";
 pub(crate) const FORMAT_VERSION: u32 = 1;
 

@@ -293,3 +293,71 @@ async fn concurrent_imports_adds_and_deletes() {
         assert_eq!(target.status(id).await.unwrap(), None);
     }
 }
+
+#[tokio::test]
+async fn range_readers_stream_any_range_and_refuse_one_past_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = Blobs::open(dir.path()).unwrap();
+    let data = bytes(50_000, 3);
+    let id = blobs.add_bytes(&data).await.unwrap();
+    for (offset, len) in [
+        (0, Some(50_000)),
+        (1, Some(10)),
+        (49_999, Some(1)),
+        (50_000, Some(0)),
+    ] {
+        let mut reader = blobs.reader_range(id, offset, len).await.unwrap();
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.unwrap();
+        let end = offset as usize + len.unwrap() as usize;
+        assert_eq!(got, &data[offset as usize..end], "{offset} +{len:?}");
+    }
+    let mut tail = Vec::new();
+    let mut reader = blobs.reader_range(id, 40_000, None).await.unwrap();
+    reader.read_to_end(&mut tail).await.unwrap();
+    assert_eq!(tail, &data[40_000..]);
+    let beyond = blobs.reader_range(id, 49_000, Some(1_001)).await;
+    assert!(
+        matches!(beyond, Err(Error::OutOfRange { size: 50_000, .. })),
+        "{beyond:?}"
+    );
+    let beyond = blobs.reader_range(id, 50_001, None).await;
+    assert!(
+        matches!(beyond, Err(Error::OutOfRange { .. })),
+        "{beyond:?}"
+    );
+}
+
+#[tokio::test]
+async fn media_types_are_kept_checked_and_go_with_the_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = Blobs::open(dir.path()).unwrap();
+    let id = blobs.add_bytes(b"<svg/>").await.unwrap();
+    assert_eq!(blobs.media_type(id).await.unwrap(), None);
+    blobs
+        .set_media_type(id, Some("image/svg+xml"))
+        .await
+        .unwrap();
+    assert_eq!(
+        blobs.media_type(id).await.unwrap().as_deref(),
+        Some("image/svg+xml")
+    );
+    for bad in ["", " text/plain", "text/\u{e9}", &"x".repeat(256)] {
+        let err = blobs.set_media_type(id, Some(bad)).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{bad:?}: {err}");
+    }
+    let missing = BlobId::of(b"not added");
+    let err = blobs
+        .set_media_type(missing, Some("text/plain"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+    drop(blobs);
+    let blobs = Blobs::open(dir.path()).unwrap();
+    assert_eq!(
+        blobs.media_type(id).await.unwrap().as_deref(),
+        Some("image/svg+xml")
+    );
+    blobs.delete(id).await.unwrap();
+    assert_eq!(blobs.media_type(id).await.unwrap(), None);
+}
