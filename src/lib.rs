@@ -47,6 +47,7 @@ use multibee_net::{Node, NodeHandle};
 use tokio::sync::broadcast;
 
 pub use multibee_bee as bee;
+pub use multibee_blobs as blobs;
 pub use multibee_feed as feed;
 pub use multibee_multibee as db;
 pub use multibee_net as net;

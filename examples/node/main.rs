@@ -17,7 +17,9 @@
 //! `invite` (answers a `ticket` that `--join TICKET` takes on a new peer), `dial ADDR` (waits
 //! up to 10 s for the connection: `{"ok":true,"peer_id":..}`, or `{"ok":false,"error":..}`
 //! saying why, e.g. `connection refused`, `timed out`, `wrong peer: ...`, `unreachable: ...`),
-//! `conflicts KEY`, `history KEY`, `status`, `quit`. Answers carry `"ok"`; other
+//! `conflicts KEY`, `history KEY`, `status`, `blob add PATH`, `blob get ID PATH`,
+//! `blob list [AFTER]`, `blob status ID` (the blob store in `DIR/blobs`), `quit`. Answers
+//! carry `"ok"`; other
 //! lines carry `"event"` (a change to the merged store, a peer connected or rejected, a failed
 //! dial: `{"event":"dial_failed","peer_id":..|null,"address":..|null,"reason":..}`, for
 //! background dials too; mDNS that found no peer in its first 10 s, once:
@@ -126,6 +128,7 @@ Commands on stdin, one per line, each answered with one JSON line carrying \"ok\
   writer add KEY | writer remove KEY | invite
   dial ADDR   (waits up to 10 s: \"peer_id\", or ok false and the reason, e.g. connection refused)
   conflicts KEY | history KEY | status | quit
+  blob add PATH | blob get ID PATH | blob list [AFTER] | blob status ID   (blobs in DIR/blobs)
 A bad line (not UTF-8, over 16 MiB, unknown) is answered with an error; the node goes on.
 Event lines carry \"event\": ready, change, peer_connected, peer_disconnected, peer_rejected,
 dial_failed (peer_id, address, reason; background dials too), mdns_found_nothing (tried, once),
@@ -329,6 +332,14 @@ async fn run(args: Args) -> Result<(), String> {
     };
     served.remember_peers(args.dir.join(PEERS_FILE));
     let mb = served.multibee().clone();
+    let blobs = match multibee::blobs::Blobs::open(args.dir.join(BLOBS_DIR)) {
+        Ok(blobs) => blobs,
+        Err(e) => {
+            served.shutdown().await;
+            mb.close().await;
+            return Err(format!("cannot open the blob store: {e}"));
+        }
+    };
     if new_identity {
         // The folder exists (and is this process's) once the store is open.
         if let Err(e) = save_identity(&args.dir, &identity) {
@@ -371,7 +382,9 @@ async fn run(args: Args) -> Result<(), String> {
     let progress = multibee::progress::Progress::start_served(&served);
     let http = match settings.http {
         Some(addr) => {
-            let mut api = multibee::http::HttpApi::served(&served).progress(progress.clone());
+            let mut api = multibee::http::HttpApi::served(&served)
+                .progress(progress.clone())
+                .blobs(blobs.clone());
             match http_token(&args.dir, addr, settings.http_token.clone()) {
                 Ok(Some((token, from))) => {
                     api = api.token(token);
@@ -407,6 +420,7 @@ async fn run(args: Args) -> Result<(), String> {
     ];
     let result = commands(
         &served,
+        &blobs,
         &out,
         http.as_ref().map(|(_, r)| r.clone()),
         signals,
@@ -516,6 +530,7 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
 /// `POST /_shutdown`), until that instead of the end of input.
 async fn commands(
     served: &Served,
+    blobs: &multibee::blobs::Blobs,
     out: &Out,
     http: Option<std::sync::Arc<tokio::sync::Notify>>,
     (mut term, mut int): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
@@ -558,7 +573,7 @@ async fn commands(
             out.send(json!({"ok": true})).await;
             return Ok(());
         }
-        let answer = match command(served, line).await {
+        let answer = match command(served, blobs, line).await {
             Ok(mut fields) => {
                 fields.insert("ok".into(), json!(true));
                 Json::Object(fields)
@@ -576,7 +591,11 @@ fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::
 type Fields = serde_json::Map<String, Json>;
 
 /// Runs one command line; the fields of its answer, or what was wrong.
-async fn command(served: &Served, line: &str) -> Result<Fields, String> {
+async fn command(
+    served: &Served,
+    blobs: &multibee::blobs::Blobs,
+    line: &str,
+) -> Result<Fields, String> {
     let mb = served.multibee();
     let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
     let rest = rest.trim();
@@ -710,9 +729,116 @@ async fn command(served: &Served, line: &str) -> Result<Fields, String> {
             );
             fields.insert("feeds".into(), Json::Array(feeds));
         }
+        "blob" => blob_command(blobs, rest, &mut fields).await?,
         other => return Err(format!("unknown command {}", quote(other))),
     }
     Ok(fields)
+}
+
+/// The folder (inside the node's) of its blob store.
+const BLOBS_DIR: &str = "blobs";
+
+/// `blob add PATH`, `blob get ID PATH`, `blob list [AFTER]`, `blob status ID`.
+async fn blob_command(
+    blobs: &multibee::blobs::Blobs,
+    rest: &str,
+    fields: &mut Fields,
+) -> Result<(), String> {
+    use multibee::blobs::BlobId;
+    const USAGE: &str =
+        "usage: blob add PATH | blob get ID PATH | blob list [AFTER] | blob status ID";
+    let parse = |id: &str| {
+        id.parse::<BlobId>()
+            .map_err(|e| format!("bad blob id {}: {e}", quote(id)))
+    };
+    let (action, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    let rest = rest.trim();
+    match action {
+        "add" => {
+            if rest.is_empty() {
+                return Err(USAGE.into());
+            }
+            let id = blobs.add_file(rest).await.map_err(|e| e.to_string())?;
+            let size = blobs.size(id).await.map_err(|e| e.to_string())?;
+            fields.insert("id".into(), json!(id.to_hex()));
+            fields.insert("size".into(), json!(size));
+        }
+        "get" => {
+            let (id, path) = rest.split_once(' ').ok_or(USAGE)?;
+            let (id, path) = (parse(id)?, std::path::Path::new(path.trim()));
+            let size = copy_blob(blobs, id, path).await?;
+            fields.insert("id".into(), json!(id.to_hex()));
+            fields.insert("size".into(), json!(size));
+            fields.insert("path".into(), json!(path.display().to_string()));
+        }
+        "list" => {
+            let after = match rest {
+                "" => None,
+                id => Some(parse(id)?),
+            };
+            let ids = blobs
+                .list(after, LIST_LIMIT + 1)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut list = Vec::new();
+            for &id in ids.iter().take(LIST_LIMIT) {
+                let size = blobs.size(id).await.map_err(|e| e.to_string())?;
+                list.push(json!({"id": id.to_hex(), "size": size}));
+            }
+            fields.insert("more".into(), json!(ids.len() > LIST_LIMIT));
+            fields.insert("blobs".into(), Json::Array(list));
+        }
+        "status" => {
+            let id = parse(one_arg(rest, "blob status ID")?)?;
+            let status = blobs
+                .status(id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("blob {id} not found"))?;
+            let held: u64 = status.held.iter().map(|r| r.end - r.start).sum();
+            fields.insert("id".into(), json!(id.to_hex()));
+            fields.insert("size".into(), json!(status.size));
+            fields.insert("complete".into(), json!(status.complete));
+            fields.insert("held_bytes".into(), json!(held));
+            fields.insert("pinned".into(), json!(status.pinned));
+        }
+        other => return Err(format!("unknown blob action {}: {USAGE}", quote(other))),
+    }
+    Ok(())
+}
+
+/// Writes the held, complete blob `id` to `path` (through a temporary file beside it, renamed
+/// into place once whole); its size.
+async fn copy_blob(
+    blobs: &multibee::blobs::Blobs,
+    id: multibee::blobs::BlobId,
+    path: &std::path::Path,
+) -> Result<u64, String> {
+    let mut reader = blobs.reader(id).await.map_err(|e| e.to_string())?;
+    let temp = path.with_file_name(format!(
+        ".{}.part",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| id.to_hex())
+    ));
+    let failed = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut file = tokio::fs::File::create(&temp).await.map_err(failed)?;
+    let copied = tokio::io::copy(&mut reader, &mut file).await;
+    let done = match copied {
+        Ok(n) => file.sync_all().await.map(|()| n),
+        Err(e) => Err(e),
+    };
+    drop(file);
+    match done {
+        Ok(n) => {
+            tokio::fs::rename(&temp, path).await.map_err(failed)?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&temp).await;
+            Err(failed(e))
+        }
+    }
 }
 
 /// How many entries `list` answers unless `--limit` says.

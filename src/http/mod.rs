@@ -37,6 +37,7 @@
 
 mod admin;
 mod auth;
+mod blobs;
 mod changes;
 mod docs;
 mod error;
@@ -86,6 +87,7 @@ pub struct HttpApi {
     progress: Option<Progress>,
     requests: Requests,
     streams: changes::Streams,
+    blobs: Option<multibee_blobs::Blobs>,
 }
 
 impl HttpApi {
@@ -100,6 +102,7 @@ impl HttpApi {
             progress: None,
             requests: Requests::default(),
             streams: changes::Streams::default(),
+            blobs: None,
         }
     }
 
@@ -130,6 +133,12 @@ impl HttpApi {
         self
     }
 
+    /// Serves `blobs` under `/blobs` (without one, those routes answer 404).
+    pub fn blobs(mut self, blobs: multibee_blobs::Blobs) -> Self {
+        self.blobs = Some(blobs);
+        self
+    }
+
     /// Notified by `POST /_shutdown`.
     pub fn shutdown_requested(&self) -> Arc<Notify> {
         self.shutdown.clone()
@@ -150,6 +159,10 @@ pub fn router(api: HttpApi) -> Router {
                 .patch(docs::patch_doc)
                 .delete(docs::del_doc),
         )
+        // An upload streams into the blob store: the body limit (of the JSON routes) does
+        // not apply to it.
+        .route("/blobs", get(blobs::list).put(blobs::put))
+        .route("/blobs/{id}", get(blobs::get).delete(blobs::delete))
         .route("/_changes", get(changes::changes))
         .route("/_writers", get(admin::writers).post(admin::add_writer))
         .route("/_writers/{key}", delete(admin::remove_writer))

@@ -1,0 +1,229 @@
+//! Blobs over HTTP: a streamed upload larger than the JSON body limit, whole and ranged
+//! downloads with their headers, listing, deletion, and bad requests; and the node's `blob`
+//! commands on stdin.
+
+use std::collections::HashMap;
+
+use multibee::MultiBee;
+use multibee::blobs::Blobs;
+use multibee::http::{HttpApi, serve_http};
+use serde_json::{Value as Json, json};
+
+use crate::common::within;
+use crate::node::Node;
+
+/// One HTTP/1.1 request with raw bytes; the status, the headers (names lowercased) and the
+/// body bytes (the server sends a Content-Length, or none with no body).
+async fn raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> (u16, HashMap<String, String>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    within(stream.read_to_end(&mut response)).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8(response[..split].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, response[split + 4..].to_vec())
+}
+
+fn json_of(body: &[u8]) -> Json {
+    serde_json::from_slice(body).unwrap_or(Json::Null)
+}
+
+#[tokio::test]
+async fn blobs_upload_stream_range_list_and_delete_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let mb = MultiBee::open(dir.path().join("db")).await.unwrap();
+    let blobs = Blobs::open(dir.path().join("blobs")).unwrap();
+    let api = HttpApi::new(mb.clone()).blobs(blobs);
+    let server = serve_http("127.0.0.1:0".parse().unwrap(), api)
+        .await
+        .unwrap();
+    let addr = server.local_addr().to_string();
+
+    // 3 MiB: over the 1 MiB limit of JSON bodies, streamed into the store.
+    let data: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i % 251) as u8 ^ (i >> 13) as u8)
+        .collect();
+    let (status, _, body) = raw(&addr, "PUT", "/blobs", &["Content-Type: image/png"], &data).await;
+    let answer = json_of(&body);
+    assert_eq!(status, 200, "{answer}");
+    let id = blake3::hash(&data).to_hex().to_string();
+    assert_eq!(answer, json!({"ok": true, "id": id, "size": data.len()}));
+
+    let path = format!("/blobs/{id}");
+    let (status, headers, body) = raw(&addr, "GET", &path, &[], b"").await;
+    assert_eq!(status, 200);
+    assert!(body == data, "the bytes read back differ");
+    assert_eq!(headers["content-type"], "image/png");
+    assert_eq!(headers["content-length"], data.len().to_string());
+    assert_eq!(headers["accept-ranges"], "bytes");
+    assert_eq!(headers["etag"], format!("\"{id}\""));
+
+    let n = data.len();
+    for (range, from, to) in [
+        ("bytes=10-19", 10, 20),
+        ("bytes=-5", n - 5, n),
+        (&format!("bytes={}-", n - 3) as &str, n - 3, n),
+        (&format!("bytes=0-{}", n + 100) as &str, 0, n),
+    ] {
+        let header = format!("Range: {range}");
+        let (status, headers, body) = raw(&addr, "GET", &path, &[&header], b"").await;
+        assert_eq!(status, 206, "{range}");
+        assert!(body == data[from..to], "{range}: other bytes");
+        assert_eq!(
+            headers["content-range"],
+            format!("bytes {from}-{}/{n}", to - 1)
+        );
+    }
+    for bad in [
+        format!("bytes={n}-"),
+        "bytes=5-2".to_string(),
+        "bytes=-0".to_string(),
+    ] {
+        let header = format!("Range: {bad}");
+        let (status, headers, body) = raw(&addr, "GET", &path, &[&header], b"").await;
+        assert_eq!(status, 416, "{bad}: {}", json_of(&body));
+        assert_eq!(headers["content-range"], format!("bytes */{n}"));
+    }
+    let header = format!("If-None-Match: \"{id}\"");
+    let (status, _, body) = raw(&addr, "GET", &path, &[&header], b"").await;
+    assert_eq!((status, body.len()), (304, 0));
+    let (status, headers, body) = raw(&addr, "HEAD", &path, &[], b"").await;
+    assert_eq!((status, body.len()), (200, 0));
+    assert_eq!(headers["content-length"], n.to_string());
+
+    // Listed with size and type; a second, untyped blob pages after it.
+    let (status, _, body) = raw(&addr, "PUT", "/blobs", &[], b"small").await;
+    assert_eq!(status, 200);
+    let small = json_of(&body)["id"].as_str().unwrap().to_string();
+    let (status, _, body) = raw(&addr, "GET", "/blobs?limit=1", &[], b"").await;
+    assert_eq!(status, 200);
+    let page = json_of(&body);
+    let first = page["blobs"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(page["next"], json!(first));
+    let (_, _, body) = raw(&addr, "GET", &format!("/blobs?after={first}"), &[], b"").await;
+    let rest = json_of(&body);
+    assert_eq!(rest["next"], Json::Null);
+    let mut all = vec![page["blobs"][0].clone(), rest["blobs"][0].clone()];
+    all.sort_by_key(|b| b["id"].as_str().unwrap().to_string());
+    let mut want = vec![
+        json!({"id": id, "size": n, "type": "image/png"}),
+        json!({"id": small, "size": 5, "type": null}),
+    ];
+    want.sort_by_key(|b| b["id"].as_str().unwrap().to_string());
+    assert_eq!(all, want);
+
+    // Bad requests: clear errors, nothing changed.
+    for (method, path, status) in [
+        ("GET", "/blobs/xyz".to_string(), 400),
+        ("GET", format!("/blobs/{}", id.to_uppercase()), 400),
+        ("GET", format!("/blobs/{}", "0".repeat(64)), 404),
+        ("GET", "/blobs?limit=0".to_string(), 400),
+        ("GET", "/blobs?after=nothex".to_string(), 400),
+        ("GET", "/blobs?bogus=1".to_string(), 400),
+        ("DELETE", format!("/blobs/{}", "0".repeat(64)), 404),
+    ] {
+        let (got, _, body) = raw(&addr, method, &path, &[], b"").await;
+        let answer = json_of(&body);
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        assert!(answer["reason"].is_string(), "{method} {path}: {answer}");
+    }
+
+    let (status, _, _) = raw(&addr, "DELETE", &path, &[], b"").await;
+    assert_eq!(status, 200);
+    let (status, _, body) = raw(&addr, "GET", &path, &[], b"").await;
+    assert_eq!(
+        (status, json_of(&body)["error"].clone()),
+        (404, json!("not_found"))
+    );
+    within(server.shutdown()).await;
+    mb.close().await;
+}
+
+#[tokio::test]
+async fn without_a_blob_store_the_blob_routes_answer_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let mb = MultiBee::open(dir.path()).await.unwrap();
+    let server = serve_http("127.0.0.1:0".parse().unwrap(), HttpApi::new(mb.clone()))
+        .await
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    let (status, _, body) = raw(&addr, "PUT", "/blobs", &[], b"x").await;
+    assert_eq!(status, 404, "{}", json_of(&body));
+    within(server.shutdown()).await;
+    mb.close().await;
+}
+
+#[test]
+fn the_node_adds_gets_lists_and_reports_blobs_on_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("photo.bin");
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let mut node = Node::start(&dir.path().join("node"), &[]);
+    let added = node.ok(&format!("blob add {}", file.display()));
+    let id = blake3::hash(&data).to_hex().to_string();
+    assert_eq!(
+        (added["id"].as_str(), added["size"].as_u64()),
+        (Some(&*id), Some(100_000))
+    );
+    let out = dir.path().join("copy.bin");
+    let got = node.ok(&format!("blob get {id} {}", out.display()));
+    assert_eq!(got["size"], 100_000);
+    assert!(std::fs::read(&out).unwrap() == data);
+    let listed = node.ok("blob list");
+    assert_eq!(listed["blobs"], json!([{"id": id, "size": 100_000}]));
+    assert_eq!(listed["more"], false);
+    let status = node.ok(&format!("blob status {id}"));
+    assert_eq!(
+        (&status["complete"], &status["held_bytes"], &status["size"]),
+        (&json!(true), &json!(100_000), &json!(100_000))
+    );
+    for (line, says) in [
+        ("blob get nothex /tmp/x".to_string(), "bad blob id"),
+        (
+            format!("blob get {} {}", "0".repeat(64), out.display()),
+            "not found",
+        ),
+        (
+            format!("blob add {}", dir.path().join("missing").display()),
+            "missing",
+        ),
+        ("blob status".to_string(), "usage"),
+        ("blob frobnicate".to_string(), "unknown blob action"),
+    ] {
+        let answer = node.cmd(&line);
+        assert_eq!(answer["ok"], false, "{line}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains(says), "{line}: {error}");
+    }
+    node.stop();
+}
