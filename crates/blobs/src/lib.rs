@@ -54,12 +54,14 @@
 #![deny(missing_docs)]
 
 mod error;
+mod gc;
 mod id;
 mod store;
 mod stream;
 mod tables;
 
 pub use error::{Error, ParseIdError, Result, StorageError, VerifyError};
+pub use gc::{Collected, DEFAULT_GRACE};
 pub use id::BlobId;
 pub use store::{
     BLOCK_SIZE, BlobReader, Blobs, DATA_DIR, DB_FILE, Imported, MAX_SIZE, Status, TMP_DIR,

@@ -67,9 +67,12 @@ impl std::fmt::Debug for Blobs {
 
 pub(crate) struct Inner {
     dir: PathBuf,
-    db: Database,
+    pub(crate) db: Database,
     locks: Vec<Mutex<()>>,
     next_tmp: AtomicU64,
+    /// When each blob was last added, imported or touched by this process: a collection
+    /// spares those within its grace period (see `gc.rs`).
+    pub(crate) fresh: Mutex<std::collections::HashMap<BlobId, std::time::Instant>>,
 }
 
 /// What the store holds of one blob ([`Blobs::status`]).
@@ -164,6 +167,7 @@ impl Blobs {
             db,
             locks,
             next_tmp: AtomicU64::new(0),
+            fresh: Mutex::new(std::collections::HashMap::new()),
         };
         Ok(Blobs {
             inner: Arc::new(inner),
@@ -395,6 +399,14 @@ impl Inner {
             .join(format!("{}.obao", id.to_hex()))
     }
 
+    /// Marks `id` as just added or fetched (a collection spares it for a while).
+    pub(crate) fn touch(&self, id: BlobId) {
+        self.fresh
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id, std::time::Instant::now());
+    }
+
     pub(crate) fn lock(&self, id: BlobId) -> MutexGuard<'_, ()> {
         let stripe = id.as_bytes()[0] as usize % self.locks.len();
         self.locks[stripe]
@@ -539,6 +551,7 @@ impl Inner {
     /// of the same id replaces.
     fn install(&self, id: BlobId, size: u64, mut temp: TempFiles) -> Result<BlobId> {
         let _lock = self.lock(id);
+        self.touch(id);
         let existing = self.record(id)?;
         if existing.as_ref().is_some_and(Record::is_complete) {
             return Ok(id); // already held: the temporary files go on drop
@@ -610,6 +623,11 @@ impl Inner {
 
     fn delete_sync(&self, id: BlobId) -> Result<()> {
         let _lock = self.lock(id);
+        self.delete_locked(id)
+    }
+
+    /// [`Blobs::delete`], with the id's lock held by the caller.
+    pub(crate) fn delete_locked(&self, id: BlobId) -> Result<()> {
         let txn = self.db.begin_write()?;
         let removed = txn.open_table(BLOBS)?.remove(id.as_bytes())?.is_some();
         if !removed {

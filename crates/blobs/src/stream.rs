@@ -175,6 +175,7 @@ impl Inner {
         let tree = BaoTree::new(size, BLOCK_SIZE);
         verify(id, tree, &groups, encoded)?;
         let _lock = self.lock(id);
+        self.touch(id);
         let existing = self.record(id)?;
         // Verifying the last chunk group proves the size (the tree's shape and the last
         // chunk's length depend on it).

@@ -8,4 +8,5 @@ mod bad_input;
 mod basic;
 mod common;
 mod crash;
+mod gc;
 mod props;
