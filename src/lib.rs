@@ -61,6 +61,7 @@ pub use multibee_multibee::{
 pub use multibee_net::{Config, Multiaddr, PeerId};
 pub use ticket::{Ticket, TicketError};
 
+pub mod attachments;
 pub mod http;
 mod join;
 mod peers;

@@ -219,11 +219,62 @@ fn the_node_adds_gets_lists_and_reports_blobs_on_stdin() {
         ),
         ("blob status".to_string(), "usage"),
         ("blob frobnicate".to_string(), "unknown blob action"),
+        ("blob gc now".to_string(), "usage"),
     ] {
         let answer = node.cmd(&line);
         assert_eq!(answer["ok"], false, "{line}: {answer}");
         let error = answer["error"].as_str().unwrap();
         assert!(error.contains(says), "{line}: {error}");
     }
+    // Just added: a collection keeps it.
+    assert_eq!(node.ok("blob gc")["removed"], json!([]));
     node.stop();
+}
+
+#[tokio::test]
+async fn a_collection_over_http_keeps_what_documents_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let mb = MultiBee::open(dir.path().join("db")).await.unwrap();
+    let blobs = Blobs::open(dir.path().join("blobs")).unwrap();
+    let server = serve_http(
+        "127.0.0.1:0".parse().unwrap(),
+        HttpApi::new(mb.clone()).blobs(blobs),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    let upload = |body: &'static [u8]| {
+        let addr = addr.clone();
+        async move {
+            let (status, _, answer) = raw(&addr, "PUT", "/blobs", &[], body).await;
+            assert_eq!(status, 200);
+            json_of(&answer)["id"].as_str().unwrap().to_string()
+        }
+    };
+    let kept = upload(b"a photo").await;
+    let dropped = upload(b"a draft nobody kept").await;
+    let doc =
+        json!({"title": "trip", "photos": [{"$blob": kept, "size": 7, "type": "image/jpeg"}]});
+    let (status, _, _) = raw(&addr, "PUT", "/docs/trip", &[], doc.to_string().as_bytes()).await;
+    assert_eq!(status, 200);
+
+    // Just added: both are spared within the grace period.
+    let (status, _, body) = raw(&addr, "POST", "/blobs/_gc", &[], b"").await;
+    let answer = json_of(&body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["removed"], json!([]));
+    assert_eq!(answer["kept"]["referenced"], 1);
+    // Without one, the unreferenced blob goes and the referenced one stays.
+    let (status, _, body) = raw(&addr, "POST", "/blobs/_gc?grace_ms=0", &[], b"").await;
+    let answer = json_of(&body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["removed"], json!([dropped]));
+    let (status, _, _) = raw(&addr, "GET", &format!("/blobs/{kept}"), &[], b"").await;
+    assert_eq!(status, 200);
+    let (status, _, _) = raw(&addr, "GET", &format!("/blobs/{dropped}"), &[], b"").await;
+    assert_eq!(status, 404);
+    let (status, _, _) = raw(&addr, "POST", "/blobs/_gc?grace=1", &[], b"").await;
+    assert_eq!(status, 400);
+    within(server.shutdown()).await;
+    mb.close().await;
 }

@@ -18,7 +18,8 @@
 //! up to 10 s for the connection: `{"ok":true,"peer_id":..}`, or `{"ok":false,"error":..}`
 //! saying why, e.g. `connection refused`, `timed out`, `wrong peer: ...`, `unreachable: ...`),
 //! `conflicts KEY`, `history KEY`, `status`, `blob add PATH`, `blob get ID PATH`,
-//! `blob list [AFTER]`, `blob status ID` (the blob store in `DIR/blobs`), `quit`. Answers
+//! `blob list [AFTER]`, `blob status ID`, `blob gc` (the blob store in `DIR/blobs`), `quit`.
+//! Answers
 //! carry `"ok"`; other
 //! lines carry `"event"` (a change to the merged store, a peer connected or rejected, a failed
 //! dial: `{"event":"dial_failed","peer_id":..|null,"address":..|null,"reason":..}`, for
@@ -128,7 +129,7 @@ Commands on stdin, one per line, each answered with one JSON line carrying \"ok\
   writer add KEY | writer remove KEY | invite
   dial ADDR   (waits up to 10 s: \"peer_id\", or ok false and the reason, e.g. connection refused)
   conflicts KEY | history KEY | status | quit
-  blob add PATH | blob get ID PATH | blob list [AFTER] | blob status ID   (blobs in DIR/blobs)
+  blob add PATH | blob get ID PATH | blob list [AFTER] | blob status ID | blob gc   (DIR/blobs)
 A bad line (not UTF-8, over 16 MiB, unknown) is answered with an error; the node goes on.
 Event lines carry \"event\": ready, change, peer_connected, peer_disconnected, peer_rejected,
 dial_failed (peer_id, address, reason; background dials too), mdns_found_nothing (tried, once),
@@ -729,7 +730,7 @@ async fn command(
             );
             fields.insert("feeds".into(), Json::Array(feeds));
         }
-        "blob" => blob_command(blobs, rest, &mut fields).await?,
+        "blob" => blob_command(mb, blobs, rest, &mut fields).await?,
         other => return Err(format!("unknown command {}", quote(other))),
     }
     Ok(fields)
@@ -738,8 +739,11 @@ async fn command(
 /// The folder (inside the node's) of its blob store.
 const BLOBS_DIR: &str = "blobs";
 
-/// `blob add PATH`, `blob get ID PATH`, `blob list [AFTER]`, `blob status ID`.
+/// `blob add PATH`, `blob get ID PATH`, `blob list [AFTER]`, `blob status ID`, `blob gc`
+/// (removes the blobs no document references, except pinned ones, downloads and those added
+/// within the last hour).
 async fn blob_command(
+    mb: &MultiBee,
     blobs: &multibee::blobs::Blobs,
     rest: &str,
     fields: &mut Fields,
@@ -801,6 +805,20 @@ async fn blob_command(
             fields.insert("complete".into(), json!(status.complete));
             fields.insert("held_bytes".into(), json!(held));
             fields.insert("pinned".into(), json!(status.pinned));
+        }
+        "gc" => {
+            if !rest.is_empty() {
+                return Err(USAGE.into());
+            }
+            let referenced =
+                multibee::attachments::referenced_blobs(mb).map_err(|e| e.to_string())?;
+            let done = blobs
+                .collect(referenced, multibee::blobs::DEFAULT_GRACE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let removed: Vec<String> = done.removed.iter().map(|id| id.to_hex()).collect();
+            fields.insert("removed".into(), json!(removed));
+            fields.insert("removed_bytes".into(), json!(done.removed_bytes));
         }
         other => return Err(format!("unknown blob action {}: {USAGE}", quote(other))),
     }

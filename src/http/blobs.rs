@@ -235,3 +235,34 @@ pub(super) async fn list(
     };
     ok(json!({"blobs": rows, "next": next}))
 }
+
+/// The parameters of `POST /blobs/_gc`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GcParams {
+    grace_ms: Option<u64>,
+}
+
+/// `POST /blobs/_gc?grace_ms=N`: removes the blobs no document references (keeping pinned
+/// ones, downloads in progress, and those added within the grace period: an hour unless
+/// `grace_ms` says). Answers what it removed and kept.
+pub(super) async fn gc(
+    State(api): State<HttpApi>,
+    params: Result<Query<GcParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let blobs = store(&api)?;
+    let Query(params) = params?;
+    let grace = params.grace_ms.map_or(
+        multibee_blobs::DEFAULT_GRACE,
+        std::time::Duration::from_millis,
+    );
+    let referenced = crate::attachments::referenced_blobs(&api.mb)?;
+    let done = blobs.collect(referenced, grace).await?;
+    let removed: Vec<String> = done.removed.iter().map(BlobId::to_hex).collect();
+    ok(json!({
+        "ok": true,
+        "removed": removed,
+        "removed_bytes": done.removed_bytes,
+        "kept": {"referenced": done.referenced, "pinned": done.pinned, "partial": done.partial, "recent": done.fresh},
+    }))
+}

@@ -162,6 +162,7 @@ pub fn router(api: HttpApi) -> Router {
         // An upload streams into the blob store: the body limit (of the JSON routes) does
         // not apply to it.
         .route("/blobs", get(blobs::list).put(blobs::put))
+        .route("/blobs/_gc", post(blobs::gc))
         .route("/blobs/{id}", get(blobs::get).delete(blobs::delete))
         .route("/_changes", get(changes::changes))
         .route("/_writers", get(admin::writers).post(admin::add_writer))
