@@ -189,8 +189,21 @@ fn the_node_adds_gets_lists_and_reports_blobs_on_stdin() {
     let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 256) as u8).collect();
     std::fs::write(&file, &data).unwrap();
     let mut node = Node::start(&dir.path().join("node"), &[]);
-    let added = node.ok(&format!("blob add {}", file.display()));
+    // The answer and the arrival's event line, in whichever order they come.
+    node.send(&format!("blob add {}", file.display())).unwrap();
+    let wanted = |l: &Json| l.get("ok").is_some() || l["event"] == "blob_arrived";
+    let mut lines = [
+        node.next_matching("the answer and the arrival", wanted),
+        node.next_matching("the answer and the arrival", wanted),
+    ];
+    lines.sort_by_key(|l| l.get("ok").is_some());
+    let [arrived, added] = lines;
     let id = blake3::hash(&data).to_hex().to_string();
+    assert_eq!(
+        arrived,
+        json!({"event": "blob_arrived", "id": id, "size": 100_000})
+    );
+    assert_eq!(added["ok"], true, "{added}");
     assert_eq!(
         (added["id"].as_str(), added["size"].as_u64()),
         (Some(&*id), Some(100_000))

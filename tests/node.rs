@@ -182,7 +182,7 @@ impl Node {
 
     /// The next stdout line `matches` accepts (skipping others, but remembering what change
     /// and merge events they reported), within the patience; `what` names it if none comes.
-    fn next_matching(&mut self, what: &str, matches: impl Fn(&Json) -> bool) -> Json {
+    pub fn next_matching(&mut self, what: &str, matches: impl Fn(&Json) -> bool) -> Json {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let line = self.next_line(deadline, what);

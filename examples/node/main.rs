@@ -133,7 +133,7 @@ Commands on stdin, one per line, each answered with one JSON line carrying \"ok\
 A bad line (not UTF-8, over 16 MiB, unknown) is answered with an error; the node goes on.
 Event lines carry \"event\": ready, change, peer_connected, peer_disconnected, peer_rejected,
 dial_failed (peer_id, address, reason; background dials too), mdns_found_nothing (tried, once),
-future_timestamp, invalid_diff, writer_frozen, merged.
+future_timestamp, invalid_diff, writer_frozen, merged, blob_arrived (id, size).
 Peers are remembered in DIR/peers.json and dialed again at start and when they disconnect.
 Settings may come from DIR/multibee.toml or --config PATH (keys: listen, http, http_token,
 bootstrap, dial, mdns, max_drift_ms, sync, cache_mb or cache_bytes); flags override the file.
@@ -418,6 +418,7 @@ async fn run(args: Args) -> Result<(), String> {
         tokio::spawn(print_changes(mb.clone(), out.clone())),
         tokio::spawn(print_node_events(served.subscribe(), out.clone())),
         tokio::spawn(print_db_events(mb.events(), out.clone())),
+        tokio::spawn(print_blob_arrivals(blobs.arrivals(), out.clone())),
     ];
     let result = commands(
         &served,
@@ -985,6 +986,25 @@ async fn print_node_events(mut events: tokio::sync::broadcast::Receiver<NetEvent
 }
 
 /// Prints what merging reports (future timestamps, invalid diffs, frozen writers).
+/// `{"event":"blob_arrived","id","size"}` for every blob that becomes complete in the store.
+async fn print_blob_arrivals(
+    mut arrivals: tokio::sync::broadcast::Receiver<multibee::blobs::Arrival>,
+    out: Out,
+) {
+    loop {
+        match arrivals.recv().await {
+            Ok(a) => {
+                out.send(json!({"event": "blob_arrived", "id": a.id.to_hex(), "size": a.size}))
+                    .await
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "blob arrival lines were dropped");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 async fn print_db_events(mut events: tokio::sync::broadcast::Receiver<DbEvent>, out: Out) {
     loop {
         let event = match events.recv().await {

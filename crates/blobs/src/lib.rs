@@ -64,5 +64,5 @@ pub use error::{Error, ParseIdError, Result, StorageError, VerifyError};
 pub use gc::{Collected, DEFAULT_GRACE};
 pub use id::BlobId;
 pub use store::{
-    BLOCK_SIZE, BlobReader, Blobs, DATA_DIR, DB_FILE, Imported, MAX_SIZE, Status, TMP_DIR,
+    Arrival, BLOCK_SIZE, BlobReader, Blobs, DATA_DIR, DB_FILE, Imported, MAX_SIZE, Status, TMP_DIR,
 };

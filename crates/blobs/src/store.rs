@@ -73,7 +73,22 @@ pub(crate) struct Inner {
     /// When each blob was last added, imported or touched by this process: a collection
     /// spares those within its grace period (see `gc.rs`).
     pub(crate) fresh: Mutex<std::collections::HashMap<BlobId, std::time::Instant>>,
+    /// Told of every blob that becomes complete ([`Blobs::arrivals`]).
+    arrivals: tokio::sync::broadcast::Sender<Arrival>,
 }
+
+/// A blob that became complete in the store: added, or its download finished
+/// ([`Blobs::arrivals`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arrival {
+    /// The blob.
+    pub id: BlobId,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// How many arrivals a slow subscriber may fall behind before it misses some.
+const ARRIVALS_BUFFERED: usize = 1024;
 
 /// What the store holds of one blob ([`Blobs::status`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +183,7 @@ impl Blobs {
             locks,
             next_tmp: AtomicU64::new(0),
             fresh: Mutex::new(std::collections::HashMap::new()),
+            arrivals: tokio::sync::broadcast::channel(ARRIVALS_BUFFERED).0,
         };
         Ok(Blobs {
             inner: Arc::new(inner),
@@ -360,6 +376,14 @@ impl Blobs {
         .await
     }
 
+    /// Every blob that becomes complete from now on (added, or its download finished), for
+    /// indexers that read or transform blobs as they arrive. A subscriber more than 1,024
+    /// arrivals behind skips the oldest (`RecvError::Lagged` says how many): catch up with
+    /// [`Blobs::list`].
+    pub fn arrivals(&self) -> tokio::sync::broadcast::Receiver<Arrival> {
+        self.inner.arrivals.subscribe()
+    }
+
     /// Marks a held blob (complete or partial) to be kept by garbage collection.
     pub async fn pin(&self, id: BlobId) -> Result<()> {
         self.blocking(move |inner| inner.set_pinned(id, true)).await
@@ -397,6 +421,11 @@ impl Inner {
         self.dir
             .join(DATA_DIR)
             .join(format!("{}.obao", id.to_hex()))
+    }
+
+    /// Tells the subscribers of [`Blobs::arrivals`] (there may be none).
+    pub(crate) fn arrived(&self, id: BlobId, size: u64) {
+        let _ = self.arrivals.send(Arrival { id, size });
     }
 
     /// Marks `id` as just added or fetched (a collection spares it for a while).
@@ -568,6 +597,7 @@ impl Inner {
         };
         self.write_record(id, &record)?;
         tracing::debug!(%id, size, "blob added");
+        self.arrived(id, size);
         Ok(id)
     }
 

@@ -263,6 +263,7 @@ impl Inner {
         self.write_record(id, &record)?;
         if complete {
             tracing::debug!(%id, size, "blob download complete");
+            self.arrived(id, size);
         }
         Ok(imported(&held, size, complete))
     }

@@ -361,3 +361,32 @@ async fn media_types_are_kept_checked_and_go_with_the_blob() {
     blobs.delete(id).await.unwrap();
     assert_eq!(blobs.media_type(id).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn arrivals_tell_of_adds_and_of_finished_downloads_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = Blobs::open(dir.path()).unwrap();
+    let mut arrivals = blobs.arrivals();
+    let id = blobs.add_bytes(b"hello").await.unwrap();
+    let arrival = arrivals.recv().await.unwrap();
+    assert_eq!((arrival.id, arrival.size), (id, 5));
+
+    // A download in two parts arrives once, when its last part is in.
+    let source_dir = tempfile::tempdir().unwrap();
+    let source = Blobs::open(source_dir.path()).unwrap();
+    let data = bytes(2 * BLOCK_SIZE.bytes(), 9);
+    let big = source.add_bytes(&data).await.unwrap();
+    let size = data.len() as u64;
+    let half = BLOCK_SIZE.bytes() as u64;
+    for part in [0..half, half..size] {
+        let ranges = std::slice::from_ref(&part);
+        let encoded = source.export_ranges(big, ranges).await.unwrap();
+        blobs
+            .import_ranges(big, size, ranges, &encoded)
+            .await
+            .unwrap();
+    }
+    let arrival = arrivals.recv().await.unwrap();
+    assert_eq!((arrival.id, arrival.size), (big, size));
+    assert!(arrivals.try_recv().is_err(), "one arrival per blob");
+}
