@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 use multibee::MultiBee;
 use multibee::blobs::Blobs;
-use multibee::http::{HttpApi, serve_http};
+use multibee::http::HttpApi;
 use serde_json::{Value as Json, json};
 
-use crate::common::within;
+use crate::common::{serve_on_loopback, within};
 use crate::node::Node;
 
 /// One HTTP/1.1 request with raw bytes; the status, the headers (names lowercased) and the
@@ -62,11 +62,7 @@ async fn blobs_upload_stream_range_list_and_delete_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let mb = MultiBee::open(dir.path().join("db")).await.unwrap();
     let blobs = Blobs::open(dir.path().join("blobs")).unwrap();
-    let api = HttpApi::new(mb.clone()).blobs(blobs);
-    let server = serve_http("127.0.0.1:0".parse().unwrap(), api)
-        .await
-        .unwrap();
-    let addr = server.local_addr().to_string();
+    let (server, addr) = serve_on_loopback(HttpApi::new(mb.clone()).blobs(blobs)).await;
 
     // 3 MiB: over the 1 MiB limit of JSON bodies, streamed into the store.
     let data: Vec<u8> = (0..3u32 << 20)
@@ -172,10 +168,7 @@ async fn blobs_upload_stream_range_list_and_delete_over_http() {
 async fn without_a_blob_store_the_blob_routes_answer_404() {
     let dir = tempfile::tempdir().unwrap();
     let mb = MultiBee::open(dir.path()).await.unwrap();
-    let server = serve_http("127.0.0.1:0".parse().unwrap(), HttpApi::new(mb.clone()))
-        .await
-        .unwrap();
-    let addr = server.local_addr().to_string();
+    let (server, addr) = serve_on_loopback(HttpApi::new(mb.clone())).await;
     let (status, _, body) = raw(&addr, "PUT", "/blobs", &[], b"x").await;
     assert_eq!(status, 404, "{}", json_of(&body));
     within(server.shutdown()).await;
@@ -249,13 +242,7 @@ async fn a_collection_over_http_keeps_what_documents_reference() {
     let dir = tempfile::tempdir().unwrap();
     let mb = MultiBee::open(dir.path().join("db")).await.unwrap();
     let blobs = Blobs::open(dir.path().join("blobs")).unwrap();
-    let server = serve_http(
-        "127.0.0.1:0".parse().unwrap(),
-        HttpApi::new(mb.clone()).blobs(blobs),
-    )
-    .await
-    .unwrap();
-    let addr = server.local_addr().to_string();
+    let (server, addr) = serve_on_loopback(HttpApi::new(mb.clone()).blobs(blobs)).await;
     let upload = |body: &'static [u8]| {
         let addr = addr.clone();
         async move {

@@ -320,3 +320,14 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// `api` served on a loopback port the OS chooses; the server and its `host:port`.
+pub async fn serve_on_loopback(
+    api: multibee::http::HttpApi,
+) -> (multibee::http::HttpServer, String) {
+    let server = multibee::http::serve_http("127.0.0.1:0".parse().unwrap(), api)
+        .await
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    (server, addr)
+}

@@ -518,10 +518,7 @@ pub async fn http_request(addr: &str, method: &str, path: &str, body: &str) -> (
 async fn a_bound_server_answers_and_shuts_down() {
     let dir = tempfile::tempdir().unwrap();
     let mb = MultiBee::open(dir.path()).await.unwrap();
-    let server = serve_http("127.0.0.1:0".parse().unwrap(), HttpApi::new(mb.clone()))
-        .await
-        .unwrap();
-    let addr = server.local_addr().to_string();
+    let (server, addr) = crate::common::serve_on_loopback(HttpApi::new(mb.clone())).await;
     let (status, _) = http_request(&addr, "PUT", "/docs/a%20b", r#"{"v":1}"#).await;
     assert_eq!(status, 200);
     let (status, doc) = http_request(&addr, "GET", "/docs/a%20b", "").await;

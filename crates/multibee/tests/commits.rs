@@ -6,6 +6,35 @@ use serde_json::json;
 
 use crate::support::{cluster, run, within};
 
+/// Holds `store`'s writer in a job of its own (one commit) until `release` is sent: the
+/// writes made meanwhile wait in its queue. Returns once the writer runs the job.
+async fn hold_writer(
+    store: &multibee_feed::Store,
+) -> (
+    tokio::task::JoinHandle<Result<(), FeedError>>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let mut started_tx = Some(started_tx);
+    let store = store.clone();
+    let held = tokio::spawn(async move {
+        store
+            .write(move |_txn| {
+                if let Some(tx) = started_tx.take() {
+                    let _ = tx.send(());
+                }
+                let _ = release_rx.recv();
+                Ok::<_, FeedError>(())
+            })
+            .await
+    });
+    within("the writer to take the holding job", started)
+        .await
+        .unwrap();
+    (held, release)
+}
+
 #[test]
 fn local_writes_and_remote_batches_waiting_together_share_one_commit() {
     run(async {
@@ -19,26 +48,7 @@ fn local_writes_and_remote_batches_waiting_together_share_one_commit() {
         // Hold A's writer in a job of its own until both writes wait behind it.
         let store = a.mb.feed_store().clone();
         let before = store.commits();
-        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
-        let (release, release_rx) = std::sync::mpsc::channel::<()>();
-        let mut started_tx = Some(started_tx);
-        let held = tokio::spawn({
-            let store = store.clone();
-            async move {
-                store
-                    .write(move |_txn| {
-                        if let Some(tx) = started_tx.take() {
-                            let _ = tx.send(());
-                        }
-                        let _ = release_rx.recv();
-                        Ok::<_, FeedError>(())
-                    })
-                    .await
-            }
-        });
-        within("the writer to take the holding job", started)
-            .await
-            .unwrap();
+        let (held, release) = hold_writer(&store).await;
         let local = tokio::spawn({
             let mb = a.mb.clone();
             async move { mb.put("local", json!({"from": "a"})).await }
@@ -77,26 +87,7 @@ fn a_remote_batch_queued_among_local_writes_is_served_in_its_turn() {
         let batch = feed.proof(from..feed.length()).unwrap();
 
         let store = a.mb.feed_store().clone();
-        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
-        let (release, release_rx) = std::sync::mpsc::channel::<()>();
-        let mut started_tx = Some(started_tx);
-        let held = tokio::spawn({
-            let store = store.clone();
-            async move {
-                store
-                    .write(move |_txn| {
-                        if let Some(tx) = started_tx.take() {
-                            let _ = tx.send(());
-                        }
-                        let _ = release_rx.recv();
-                        Ok::<_, FeedError>(())
-                    })
-                    .await
-            }
-        });
-        within("the writer to take the holding job", started)
-            .await
-            .unwrap();
+        let (held, release) = hold_writer(&store).await;
         // 300 local writes, the remote batch, 300 more: each waits for the writer in turn.
         let mut tasks = Vec::new();
         for i in 0..601 {
