@@ -37,6 +37,8 @@
 #![deny(missing_docs)]
 
 mod behaviour;
+mod blob_session;
+pub mod blob_wire;
 mod config;
 mod error;
 mod event;
@@ -47,12 +49,14 @@ mod session;
 mod sink;
 pub mod wire;
 
+pub use blob_session::FetchOutcome;
 pub use config::Config;
-pub use error::{DialError, Error, FrameError, ReceiveError, Violation};
+pub use error::{DialError, Error, FetchError, FrameError, ReceiveError, Violation};
 pub use event::{Event, PeerInfo, Stats};
 pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
 pub use libp2p::{Stream, StreamProtocol};
 pub use libp2p_stream::Control;
+pub use multibee_blobs::{BlobId, Blobs};
 pub use node::{Node, NodeHandle};
 pub use sink::{Sink, StoreSink};
