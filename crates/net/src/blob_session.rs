@@ -6,6 +6,9 @@
 //! [`crate::session`]), and closes a stream that stays idle for a frame deadline. A client
 //! verifies every response before it is stored ([`multibee_blobs::Blobs::import_ranges`]).
 
+// Lists of byte ranges are what requests carry: a list of one range is not a mistake here.
+#![allow(clippy::single_range_in_vec_init)]
+
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};

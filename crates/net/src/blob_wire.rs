@@ -7,6 +7,9 @@
 //! [`BlobMessage::Refused`], or a [`BlobMessage::Response`] with the blob's size and the
 //! length of the bao encoding that follows in [`BlobMessage::Data`] frames. See `PROTOCOL.md`.
 
+// Lists of byte ranges are what requests carry: a list of one range is not a mistake here.
+#![allow(clippy::single_range_in_vec_init)]
+
 use std::collections::VecDeque;
 use std::ops::Range;
 
@@ -290,7 +293,10 @@ mod tests {
             ask(vec![0..limits.max_request_bytes + 1]),
             Err(BlobRefusal::TooLarge)
         );
-        assert_eq!(ask(vec![5..4]), Err(BlobRefusal::TooLarge));
+        assert_eq!(
+            ask(vec![Range { start: 5, end: 4 }]),
+            Err(BlobRefusal::TooLarge)
+        );
         assert_eq!(
             ask(vec![0..1; limits.max_ranges + 1]),
             Err(BlobRefusal::TooLarge)
