@@ -190,8 +190,8 @@ pub fn max_encoded_len(ranges: &[Range<u64>], size: u64) -> u64 {
         .map(|r| {
             let start = r.start / GROUP_BYTES * GROUP_BYTES;
             let end = r.end.div_ceil(GROUP_BYTES).saturating_mul(GROUP_BYTES);
-            let groups = (end - start) / GROUP_BYTES;
-            (end.min(size) - start.min(size))
+            let groups = end.saturating_sub(start) / GROUP_BYTES;
+            (end.min(size).saturating_sub(start.min(size)))
                 .saturating_add(PAIR_BYTES.saturating_mul(groups + 2 * MAX_DEPTH))
         })
         .fold(0, u64::saturating_add)
@@ -212,7 +212,7 @@ pub fn plan(missing: &[Range<u64>], size: u64, limits: &BlobLimits) -> VecDeque<
         let mut at = r.start;
         while at < r.end {
             let room = step - current_bytes;
-            let end = r.end.min(at + room);
+            let end = r.end.min(at.saturating_add(room));
             current.push(at..end);
             current_bytes += end - at;
             at = end;

@@ -8,6 +8,11 @@
 //! of its store, own or replicated, so writers that never meet converge through peers between
 //! them. Peers find feeds by discovery key; the public key itself never goes on the wire.
 //!
+//! Given a blob store ([`Config::blobs`], crate `multibee-blobs`), a node also serves byte
+//! ranges of its blobs with their BLAKE3 proofs (the protocol in [`blob_wire`]), and
+//! [`NodeHandle::fetch_blob`] fetches the ranges a blob lacks from several peers at once,
+//! verifying each before it is stored; a fetch resumes from what the store holds.
+//!
 //! The protocol is a sans-IO state machine ([`protocol`]) over versioned, length-prefixed
 //! frames ([`wire`]); a peer that breaks it is disconnected and reported
 //! ([`Event::PeerRejected`]), and nothing it sent in the offending message is stored.
