@@ -419,7 +419,7 @@ impl Fetch {
             let Some(open_stream) = stream.as_mut() else {
                 return;
             };
-            match self.request(open_stream, &mut permit, &job).await {
+            match self.request(open_stream, peer, &mut permit, &job).await {
                 Ok(()) => taken.finish(self.follow(&job).await),
                 Err(fault) => return self.on_fault(peer, fault).await,
             }
@@ -484,6 +484,7 @@ impl Fetch {
     async fn request(
         &self,
         stream: &mut Stream,
+        peer: PeerId,
         permit: &mut Option<OwnedSemaphorePermit>,
         job: &Job,
     ) -> Result<(), Fault> {
@@ -517,9 +518,15 @@ impl Fetch {
             .import_ranges(self.id, size, &ranges, &encoded)
             .await
         {
-            Ok(_) => {
+            Ok(imported) => {
                 Counters::add(&self.bytes, encoded_len);
                 Counters::add(&self.requests, 1);
+                let _ = self.cx.events.send(Event::BlobProgress {
+                    id: self.id,
+                    peer,
+                    held_bytes: imported.held_bytes,
+                    size,
+                });
                 Ok(())
             }
             Err(multibee_blobs::Error::Rejected { reason, .. }) => {

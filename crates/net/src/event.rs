@@ -81,6 +81,18 @@ pub enum Event {
         /// Its listen addresses, as it reports them.
         listen_addrs: Vec<Multiaddr>,
     },
+    /// Verified ranges of a blob being fetched ([`crate::NodeHandle::fetch_blob`]) were
+    /// stored.
+    BlobProgress {
+        /// The blob.
+        id: multibee_blobs::BlobId,
+        /// The peer they came from.
+        peer: PeerId,
+        /// Bytes of the blob held now.
+        held_bytes: u64,
+        /// The blob's size.
+        size: u64,
+    },
     /// A peer sent blob bytes that failed verification (or broke the blob protocol) during a
     /// [`crate::NodeHandle::fetch_blob`]: nothing of them was stored, and the peer is asked
     /// nothing more in that fetch.

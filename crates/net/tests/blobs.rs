@@ -156,6 +156,54 @@ async fn a_fetch_resumes_from_what_is_held() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_fetch_resumes_without_fetching_again_what_verified() {
+    let _watchdog = Watchdog::arm("blobs::an_interrupted_fetch_resumes");
+    let data = bytes(SIZE);
+    let (a, a_blobs) = peer().await;
+    let (mut b, b_blobs) = peer_with(small_requests()).await;
+    let id = a_blobs.add_bytes(&data).await.unwrap();
+    let a_id = connect(&b, &a).await;
+
+    let handle = b.node.handle();
+    let fetch = tokio::spawn(async move { handle.fetch_blob(id, vec![a_id]).await });
+    b.event(|e| match e {
+        Event::BlobProgress {
+            id: got,
+            held_bytes,
+            size,
+            ..
+        } if *got == id && *held_bytes >= SIZE as u64 / 4 => {
+            assert_eq!(*size, SIZE as u64);
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    fetch.abort();
+    assert!(fetch.await.unwrap_err().is_cancelled());
+    // An import already running when the fetch was dropped finishes on the blocking pool:
+    // whatever it stored is held (and not asked for again).
+    let held = b_blobs.status(id).await.unwrap().unwrap();
+    assert!(!held.complete);
+
+    let outcome = within(
+        "the resumed fetch",
+        b.node.handle().fetch_blob(id, vec![a_id]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(b_blobs.read(id).await.unwrap(), data);
+    let held_bytes: u64 = held.held.iter().map(|r| r.end - r.start).sum();
+    let missing = SIZE as u64 - held_bytes;
+    assert!(held_bytes >= SIZE as u64 / 4);
+    assert!(
+        outcome.bytes_fetched <= missing * 1005 / 1000 + (256 << 10),
+        "{held_bytes} bytes were held, {} fetched",
+        outcome.bytes_fetched
+    );
+}
+
 /// Reads one blob protocol message from a raw stream; `None` if the stream ended.
 async fn read_message(stream: &mut Stream) -> Option<BlobMessage> {
     let mut prefix = [0u8; wire::PREFIX_BYTES];
