@@ -325,6 +325,8 @@ struct Fetch {
     bytes: std::sync::atomic::AtomicU64,
     requests: std::sync::atomic::AtomicU64,
     rejected: Mutex<Vec<PeerId>>,
+    /// The first failure of the local store, reported if the blob is not completed.
+    local: Mutex<Option<multibee_blobs::Error>>,
 }
 
 /// Fetches what the store lacks of blob `id` from `peers` (each with its stream opener, see
@@ -360,6 +362,7 @@ pub(crate) async fn fetch(
         bytes: Default::default(),
         requests: Default::default(),
         rejected: Mutex::default(),
+        local: Mutex::default(),
     };
     let workers = peers
         .into_iter()
@@ -374,12 +377,15 @@ pub(crate) async fn fetch(
             requests: fetch.requests.into_inner(),
             rejected: lock(&fetch.rejected).clone(),
         }),
-        other => Err(FetchError::Incomplete {
-            id,
-            missing: other
-                .map(|s| s.missing().iter().map(|r| r.end - r.start).sum())
-                .unwrap_or(0),
-        }),
+        other => match lock(&fetch.local).take() {
+            Some(e) => Err(FetchError::Store(e)),
+            None => Err(FetchError::Incomplete {
+                id,
+                missing: other
+                    .map(|s| s.missing().iter().map(|r| r.end - r.start).sum())
+                    .unwrap_or(0),
+            }),
+        },
     }
 }
 
@@ -462,6 +468,7 @@ impl Fetch {
             }
             Fault::Local(e) => {
                 tracing::warn!(%peer, %e, id = %self.id, "storing a blob failed");
+                lock(&self.local).get_or_insert(e);
                 return;
             }
             Fault::Rejected(reason) => reason,
@@ -531,6 +538,10 @@ impl Fetch {
             }
             Err(multibee_blobs::Error::Rejected { reason, .. }) => {
                 Err(Fault::Rejected(reason.to_string()))
+            }
+            // The only argument the peer chose is the size (the ranges are clamped to it).
+            Err(multibee_blobs::Error::InvalidArgument(e)) => {
+                Err(Fault::Rejected(format!("claimed size {size}: {e}")))
             }
             Err(e) => Err(Fault::Local(e)),
         }

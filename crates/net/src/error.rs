@@ -289,7 +289,8 @@ pub enum FetchError {
         /// Bytes still missing (the whole blob if its size is not known yet: then 0).
         missing: u64,
     },
-    /// The local blob store failed.
+    /// The local blob store failed (before the fetch, or while storing what peers sent, in
+    /// which case what verified before is kept).
     #[error("blob store error: {0}")]
     Store(#[from] multibee_blobs::Error),
     /// The node has stopped.
