@@ -5,6 +5,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 
+use crate::blob_wire::BlobLimits;
 use crate::protocol::Limits;
 
 /// How to start a [`crate::Node`]. Build it from [`Config::default`] (every interface, TCP and
@@ -54,6 +55,11 @@ pub struct Config {
     pub resync_interval: Duration,
     /// Where fetched batches are stored (`None`: [`crate::StoreSink`], the feed store alone).
     pub sink: Option<std::sync::Arc<dyn crate::Sink>>,
+    /// The blob store served to peers and fetched into ([`crate::NodeHandle::fetch_blob`]);
+    /// without one, blob requests are refused ([`crate::blob_wire::BlobRefusal::NoStore`]).
+    pub blobs: Option<multibee_blobs::Blobs>,
+    /// Request and frame sizes of the blob protocol.
+    pub blob_limits: BlobLimits,
 }
 
 impl Default for Config {
@@ -77,6 +83,8 @@ impl Default for Config {
             frame_timeout: Duration::from_secs(30),
             slow_peer_block: Duration::from_secs(600),
             sink: None,
+            blobs: None,
+            blob_limits: BlobLimits::default(),
         }
     }
 }
@@ -132,6 +140,18 @@ impl Config {
     /// Stores fetched batches through `sink` (see [`crate::Sink`]).
     pub fn sink(mut self, sink: std::sync::Arc<dyn crate::Sink>) -> Self {
         self.sink = Some(sink);
+        self
+    }
+
+    /// Serves `blobs` to peers and fetches blobs into it.
+    pub fn blobs(mut self, blobs: multibee_blobs::Blobs) -> Self {
+        self.blobs = Some(blobs);
+        self
+    }
+
+    /// Uses these blob protocol limits.
+    pub fn blob_limits(mut self, limits: BlobLimits) -> Self {
+        self.blob_limits = limits;
         self
     }
 

@@ -272,3 +272,28 @@ mod tests {
         assert_eq!(os_error_kind("bad (os error x)"), None);
     }
 }
+
+/// Why a [`crate::NodeHandle::fetch_blob`] did not complete the blob.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The node has no blob store ([`crate::Config::blobs`]).
+    #[error("the node has no blob store")]
+    NoStore,
+    /// The peers given refused, failed or were rejected before every byte was held: what
+    /// arrived and verified is kept, and a later fetch resumes from it.
+    #[error("no peer could serve the rest of blob {id} ({missing} bytes missing)")]
+    Incomplete {
+        /// The blob.
+        id: multibee_blobs::BlobId,
+        /// Bytes still missing (the whole blob if its size is not known yet: then 0).
+        missing: u64,
+    },
+    /// The local blob store failed (before the fetch, or while storing what peers sent, in
+    /// which case what verified before is kept).
+    #[error("blob store error: {0}")]
+    Store(#[from] multibee_blobs::Error),
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}

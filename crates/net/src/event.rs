@@ -81,6 +81,29 @@ pub enum Event {
         /// Its listen addresses, as it reports them.
         listen_addrs: Vec<Multiaddr>,
     },
+    /// Verified ranges of a blob being fetched ([`crate::NodeHandle::fetch_blob`]) were
+    /// stored.
+    BlobProgress {
+        /// The blob.
+        id: multibee_blobs::BlobId,
+        /// The peer they came from.
+        peer: PeerId,
+        /// Bytes of the blob held now.
+        held_bytes: u64,
+        /// The blob's size.
+        size: u64,
+    },
+    /// A peer sent blob bytes that failed verification (or broke the blob protocol) during a
+    /// [`crate::NodeHandle::fetch_blob`]: nothing of them was stored, and the peer is asked
+    /// nothing more in that fetch.
+    BlobPeerRejected {
+        /// The peer.
+        peer: PeerId,
+        /// The blob being fetched.
+        id: multibee_blobs::BlobId,
+        /// What it did.
+        reason: String,
+    },
     /// mDNS found no peer within [`crate::Config::mdns_quiet_after`] of the start (reported
     /// once).
     MdnsFoundNothing {
@@ -117,6 +140,10 @@ pub struct Stats {
     pub bytes_sent: u64,
     /// Bytes of replication frames received.
     pub bytes_received: u64,
+    /// Bytes of blob encodings (data and proofs) sent to peers.
+    pub blob_bytes_sent: u64,
+    /// Bytes of blob encodings received from peers (counted on arrival, before verification).
+    pub blob_bytes_received: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -127,6 +154,8 @@ pub(crate) struct Counters {
     pub(crate) stored: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
+    pub(crate) blob_bytes_sent: AtomicU64,
+    pub(crate) blob_bytes_received: AtomicU64,
 }
 
 impl Counters {
@@ -141,6 +170,8 @@ impl Counters {
             entries_stored: self.stored.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            blob_bytes_sent: self.blob_bytes_sent.load(Ordering::Relaxed),
+            blob_bytes_received: self.blob_bytes_received.load(Ordering::Relaxed),
         }
     }
 }

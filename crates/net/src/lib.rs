@@ -8,6 +8,11 @@
 //! of its store, own or replicated, so writers that never meet converge through peers between
 //! them. Peers find feeds by discovery key; the public key itself never goes on the wire.
 //!
+//! Given a blob store ([`Config::blobs`], crate `multibee-blobs`), a node also serves byte
+//! ranges of its blobs with their BLAKE3 proofs (the protocol in [`blob_wire`]), and
+//! [`NodeHandle::fetch_blob`] fetches the ranges a blob lacks from several peers at once,
+//! verifying each before it is stored; a fetch resumes from what the store holds.
+//!
 //! The protocol is a sans-IO state machine ([`protocol`]) over versioned, length-prefixed
 //! frames ([`wire`]); a peer that breaks it is disconnected and reported
 //! ([`Event::PeerRejected`]), and nothing it sent in the offending message is stored.
@@ -37,6 +42,8 @@
 #![deny(missing_docs)]
 
 mod behaviour;
+mod blob_session;
+pub mod blob_wire;
 mod config;
 mod error;
 mod event;
@@ -47,12 +54,14 @@ mod session;
 mod sink;
 pub mod wire;
 
+pub use blob_session::FetchOutcome;
 pub use config::Config;
-pub use error::{DialError, Error, FrameError, ReceiveError, Violation};
+pub use error::{DialError, Error, FetchError, FrameError, ReceiveError, Violation};
 pub use event::{Event, PeerInfo, Stats};
 pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
 pub use libp2p::{Stream, StreamProtocol};
 pub use libp2p_stream::Control;
+pub use multibee_blobs::{BlobId, Blobs};
 pub use node::{Node, NodeHandle};
 pub use sink::{Sink, StoreSink};

@@ -15,8 +15,9 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::behaviour::{Behaviour, BehaviourEvent, build_swarm};
+use crate::blob_session::{self, FetchOutcome};
 use crate::config::Config;
-use crate::error::{DialError, Error, Violation};
+use crate::error::{DialError, Error, FetchError, Violation};
 use crate::event::{Counters, Event, PeerInfo, Stats};
 use crate::session::{self, Context, Internal, SessionEnd};
 use crate::wire::Refusal;
@@ -43,6 +44,8 @@ enum Command {
     Replicate(Feed),
     StopReplicating(DiscoveryKey, oneshot::Sender<()>),
     Announce(FeedKey),
+    /// The stream opener of a connected peer (`None` if it is not connected).
+    Opener(PeerId, oneshot::Sender<Option<Arc<Semaphore>>>),
     Shutdown,
 }
 
@@ -76,6 +79,7 @@ pub struct NodeHandle {
     counters: Arc<Counters>,
     events: broadcast::Sender<Event>,
     streams: Control,
+    cx: Arc<Context>,
 }
 
 impl Node {
@@ -98,7 +102,7 @@ impl Node {
             internal,
             gone: broadcast::channel(INTERNAL_QUEUE).0,
         });
-        let mut event_loop = EventLoop::new(swarm, cx, commands_rx, internal_rx)?;
+        let mut event_loop = EventLoop::new(swarm, cx.clone(), commands_rx, internal_rx)?;
         let streams = event_loop.control.clone();
         event_loop.listen(&config.listen).await?;
         for addr in &config.dial {
@@ -115,6 +119,7 @@ impl Node {
             counters,
             events,
             streams,
+            cx,
         };
         Ok(Node {
             handle,
@@ -249,6 +254,40 @@ impl NodeHandle {
         self.send(Command::Announce(key)).await
     }
 
+    /// The blob store the node serves and fetches into ([`Config::blobs`]), if any.
+    pub fn blobs(&self) -> Option<&multibee_blobs::Blobs> {
+        self.cx.config.blobs.as_ref()
+    }
+
+    /// Fetches what the blob store lacks of blob `id` from the connected peers among `from`
+    /// (several at once), verifying every range before it is stored, until the blob is
+    /// complete. Resumes from what the store holds (an interrupted fetch keeps every range
+    /// that verified). A peer that refuses or fails a request is asked nothing more in this
+    /// fetch and its request goes to another peer; one whose bytes do not verify is also
+    /// reported ([`Event::BlobPeerRejected`]). Fails with [`FetchError::Incomplete`] when no
+    /// peer given can serve the rest.
+    pub async fn fetch_blob(
+        &self,
+        id: multibee_blobs::BlobId,
+        from: Vec<PeerId>,
+    ) -> Result<FetchOutcome, FetchError> {
+        let blobs = self.cx.config.blobs.clone().ok_or(FetchError::NoStore)?;
+        let mut peers = Vec::new();
+        for peer in from {
+            if peer == self.peer_id || peers.iter().any(|(p, _)| *p == peer) {
+                continue;
+            }
+            let opener = self
+                .ask(|reply| Command::Opener(peer, reply))
+                .await
+                .map_err(|_| FetchError::Stopped)?;
+            if let Some(opener) = opener {
+                peers.push((peer, opener));
+            }
+        }
+        blob_session::fetch(self.streams.clone(), self.cx.clone(), blobs, id, peers).await
+    }
+
     /// A subscription to the node's events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
@@ -339,10 +378,18 @@ impl EventLoop {
         let announce = control
             .accept(session::announce_protocol())
             .map_err(|e| Error::transport("accepting announce streams", e))?;
+        let blobs = control
+            .accept(blob_session::blobs_protocol())
+            .map_err(|e| Error::transport("accepting blob streams", e))?;
         let (stop, stopped) = watch::channel(false);
         let mut accepts = JoinSet::new();
         accepts.spawn(session::accept_replicate(
             replicate,
+            cx.clone(),
+            stopped.clone(),
+        ));
+        accepts.spawn(blob_session::accept_blobs(
+            blobs,
             cx.clone(),
             stopped.clone(),
         ));
@@ -482,6 +529,10 @@ impl EventLoop {
                 let _ = done.send(());
             }
             Command::Announce(key) => self.announce_everywhere(key.discovery_key()),
+            Command::Opener(peer, reply) => {
+                let opener = self.swarm.is_connected(&peer).then(|| self.opener(peer));
+                let _ = reply.send(opener);
+            }
             Command::Shutdown => {}
         }
     }

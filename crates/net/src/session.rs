@@ -69,7 +69,7 @@ pub(crate) struct Context {
 
 impl Context {
     /// Resolves once `peer`'s last connection closed after this call.
-    fn gone(&self, peer: PeerId) -> impl Future<Output = ()> + use<> {
+    pub(crate) fn gone(&self, peer: PeerId) -> impl Future<Output = ()> + use<> {
         let mut gone = self.gone.subscribe();
         async move {
             loop {
@@ -86,11 +86,11 @@ impl Context {
         self.config.limits.max_frame_bytes
     }
 
-    fn frame_timeout(&self) -> Duration {
+    pub(crate) fn frame_timeout(&self) -> Duration {
         self.config.frame_timeout
     }
 
-    async fn report(&self, peer: PeerId, reason: Violation) {
+    pub(crate) async fn report(&self, peer: PeerId, reason: Violation) {
         tracing::warn!(%peer, %reason, "peer broke the protocol");
         let _ = self
             .internal
@@ -194,7 +194,7 @@ pub(crate) async fn accept_replicate(
 }
 
 /// What a peer's serving streams share.
-struct PeerSlots {
+pub(crate) struct PeerSlots {
     /// Streams open.
     count: usize,
     /// Permits to build and write a data frame (see [`FRAMES_IN_FLIGHT_PER_PEER`]).
@@ -202,14 +202,14 @@ struct PeerSlots {
 }
 
 /// One of a peer's stream slots, given back when dropped.
-struct StreamSlot {
+pub(crate) struct StreamSlot {
     open: Arc<Mutex<HashMap<PeerId, PeerSlots>>>,
     peer: PeerId,
-    frames: Arc<Semaphore>,
+    pub(crate) frames: Arc<Semaphore>,
 }
 
 impl StreamSlot {
-    fn take(
+    pub(crate) fn take(
         open: &Arc<Mutex<HashMap<PeerId, PeerSlots>>>,
         peer: PeerId,
         max: usize,
@@ -243,7 +243,7 @@ impl Drop for StreamSlot {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The map holds plain counters: a panic while it was held cannot leave it inconsistent.
     mutex
         .lock()

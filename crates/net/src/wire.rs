@@ -115,6 +115,14 @@ impl Message {
 /// Encodes a message as a whole frame (prefix included). Fails if the frame would be longer
 /// than `max_frame_bytes`, which the receiver would refuse.
 pub fn encode(message: &Message, max_frame_bytes: usize) -> Result<Vec<u8>, FrameError> {
+    encode_value(message, max_frame_bytes)
+}
+
+/// [`encode`] for any postcard value: the frame layout every protocol of this crate shares.
+pub(crate) fn encode_value<T: Serialize>(
+    message: &T,
+    max_frame_bytes: usize,
+) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; PREFIX_BYTES];
     out.push(WIRE_VERSION);
     let mut out = postcard::to_extend(message, out)
@@ -155,14 +163,19 @@ pub fn body_length(
 
 /// Decodes a frame body (what follows the prefix): the version byte, then exactly one message.
 pub fn decode(body: &[u8]) -> Result<Message, FrameError> {
+    decode_value(body)
+}
+
+/// [`decode`] for any postcard value.
+pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     let Some((&version, rest)) = body.split_first() else {
         return Err(FrameError::Malformed("empty frame".into()));
     };
     if version != WIRE_VERSION {
         return Err(FrameError::UnknownVersion(version));
     }
-    let (message, trailing) = postcard::take_from_bytes::<Message>(rest)
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let (message, trailing) =
+        postcard::take_from_bytes::<T>(rest).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !trailing.is_empty() {
         return Err(FrameError::TrailingBytes(trailing.len()));
     }

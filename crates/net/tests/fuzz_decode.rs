@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 
 use multibee_feed::{Batch, FeedKey, Store, proof};
+use multibee_net::blob_wire::{self, BlobLimits, BlobMessage};
 use multibee_net::protocol::{Client, Limits, Server, announce, receive_announce};
 use multibee_net::wire::{self, Data, Have, Message};
 use proptest::prelude::*;
@@ -139,7 +140,36 @@ fn mutated_frames_never_panic() {
     );
 }
 
+/// The blob protocol's decoder and the checks both sides run on what it decodes.
+fn receive_blob_frame(body: &[u8], size: u64) {
+    let limits = BlobLimits::default();
+    if let Ok(BlobMessage::Request(request)) = blob_wire::decode(body)
+        && let Ok((_, ranges)) = blob_wire::check_request(&request, &limits)
+    {
+        let clamped = blob_wire::clamp(&ranges, size);
+        let _ = blob_wire::max_encoded_len(&clamped, size);
+        let _ = blob_wire::max_encoded_len(&ranges, size);
+        // Planning walks the ranges in request-sized steps: only for sizes a test can walk.
+        let _ = blob_wire::plan(&clamped, size % (1 << 30), &limits);
+    }
+}
+
 proptest! {
+    #[test]
+    fn arbitrary_blob_frames_never_panic(
+        bytes in prop::collection::vec(any::<u8>(), 0..512),
+        size in any::<u64>(),
+    ) {
+        let mut versioned = vec![wire::WIRE_VERSION];
+        versioned.extend_from_slice(&bytes);
+        receive_blob_frame(&versioned, size);
+        // A request's layout with arbitrary ranges.
+        let mut request = vec![wire::WIRE_VERSION, 0];
+        request.extend_from_slice(&[9; 32]);
+        request.extend_from_slice(&bytes);
+        receive_blob_frame(&request, size);
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
         receive_frame(&bytes);

@@ -1,0 +1,356 @@
+//! The blob protocol (`/multibee/blobs/1`): its messages, its limits, and the pure parts of
+//! both sides (checking a request, bounding a response, planning a download).
+//!
+//! Frames have the layout of [`crate::wire`]: a 4-byte big-endian length, a version byte
+//! ([`crate::wire::WIRE_VERSION`]) and one [`BlobMessage`] in postcard. On a stream the client
+//! sends a [`BlobRequest`] and reads the answer before it sends the next one: either a
+//! [`BlobMessage::Refused`], or a [`BlobMessage::Response`] with the blob's size and the
+//! length of the bao encoding that follows in [`BlobMessage::Data`] frames. See `PROTOCOL.md`.
+
+// Lists of byte ranges are what requests carry: a list of one range is not a mistake here.
+#![allow(clippy::single_range_in_vec_init)]
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use multibee_blobs::BlobId;
+use serde::{Deserialize, Serialize};
+
+use crate::error::FrameError;
+use crate::wire;
+
+/// The blob protocol: one stream per (fetch, peer), carrying requests one after the other.
+pub const BLOBS_PROTOCOL: &str = "/multibee/blobs/1";
+/// The bytes of a chunk group, the unit of verification (see [`multibee_blobs::BLOCK_SIZE`]).
+pub const GROUP_BYTES: u64 = 16 << 10;
+/// Hash-pair bytes per node of the tree in an encoding.
+const PAIR_BYTES: u64 = 64;
+/// The deepest a tree gets (blobs are at most 2^56 bytes: 42 levels above the groups).
+const MAX_DEPTH: u64 = 64;
+/// Postcard overhead of a data frame around its bytes (version, variant, length varint).
+const DATA_FRAME_OVERHEAD: usize = 16;
+
+/// Sizes of the blob protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BlobLimits {
+    /// Served: the most bytes one request may ask for (the sum of its ranges, before they are
+    /// clamped to the blob's size). A larger request is refused ([`BlobRefusal::TooLarge`]).
+    /// The server holds one request's encoding in memory while it sends it.
+    pub max_request_bytes: u64,
+    /// Served: the most ranges one request may name.
+    pub max_ranges: usize,
+    /// Fetched: the bytes each request of a download asks for (rounded down to whole chunk
+    /// groups, at most `max_request_bytes`).
+    pub request_bytes: u64,
+    /// Both: the most encoded bytes in one data frame.
+    pub data_frame_bytes: usize,
+}
+
+impl Default for BlobLimits {
+    fn default() -> Self {
+        BlobLimits {
+            max_request_bytes: 16 << 20,
+            max_ranges: 64,
+            request_bytes: 1 << 20,
+            data_frame_bytes: 1 << 20,
+        }
+    }
+}
+
+impl BlobLimits {
+    /// The longest frame either side reads: a data frame.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.data_frame_bytes + DATA_FRAME_OVERHEAD
+    }
+
+    /// The longest request frame a server reads.
+    pub fn max_request_frame(&self) -> usize {
+        // id, variant, count, and two varints of at most 10 bytes per range.
+        64 + 20 * self.max_ranges
+    }
+
+    /// [`BlobLimits::request_bytes`] in whole chunk groups, within the served limit.
+    fn request_size(&self) -> u64 {
+        let bytes = self.request_bytes.min(self.max_request_bytes);
+        (bytes / GROUP_BYTES).max(1) * GROUP_BYTES
+    }
+}
+
+/// "Send me these byte ranges of this blob, with their proof."
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BlobRequest {
+    /// The blob's id (its BLAKE3 hash).
+    pub id: [u8; 32],
+    /// Byte ranges, at most [`BlobLimits::max_ranges`] of them, asking for at most
+    /// [`BlobLimits::max_request_bytes`] in all. The server clamps them to the blob's size (so a
+    /// client that does not know the size asks from 0) and rounds them out to whole chunk
+    /// groups, as the client does when it verifies.
+    pub ranges: Vec<Range<u64>>,
+}
+
+/// Why a server does not answer a [`BlobRequest`] with data. The stream stays open for the
+/// next request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum BlobRefusal {
+    /// The server has no such blob.
+    NotFound,
+    /// The server holds only part of the blob, and not every chunk group asked for.
+    NotHeld,
+    /// The server keeps no blob store.
+    NoStore,
+    /// The request names too many ranges, asks for too many bytes, or has an inverted range.
+    TooLarge,
+    /// Too many streams from this peer at once (the stream ends).
+    Busy,
+}
+
+/// Every message of the blob protocol.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum BlobMessage {
+    /// Client to server: a request (the next one only once the previous one is answered).
+    Request(BlobRequest),
+    /// Server to client: the requested ranges follow, `encoded_len` bytes of bao encoding (in
+    /// pre-order, the ranges clamped to `size` and rounded out to chunk groups) in
+    /// [`BlobMessage::Data`] frames.
+    Response {
+        /// The blob's size, as the server holds it (proven by the encoding when it carries the
+        /// last chunk group).
+        size: u64,
+        /// The length of the encoding.
+        encoded_len: u64,
+    },
+    /// Server to client: the next bytes of the encoding (at most
+    /// [`BlobLimits::data_frame_bytes`], never empty).
+    Data(Vec<u8>),
+    /// Server to client: the request is not answered.
+    Refused(BlobRefusal),
+}
+
+impl BlobMessage {
+    /// The message's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BlobMessage::Request(_) => "Request",
+            BlobMessage::Response { .. } => "Response",
+            BlobMessage::Data(_) => "Data",
+            BlobMessage::Refused(_) => "Refused",
+        }
+    }
+}
+
+/// Encodes a message as a whole frame (prefix included), failing over `max_frame_bytes`.
+pub fn encode(message: &BlobMessage, max_frame_bytes: usize) -> Result<Vec<u8>, FrameError> {
+    wire::encode_value(message, max_frame_bytes)
+}
+
+/// Decodes a frame body (what follows the [`crate::wire::PREFIX_BYTES`]-byte prefix).
+pub fn decode(body: &[u8]) -> Result<BlobMessage, FrameError> {
+    wire::decode_value(body)
+}
+
+/// Checks a request against the served limits: the blob and its ranges, or the refusal.
+pub fn check_request(
+    request: &BlobRequest,
+    limits: &BlobLimits,
+) -> Result<(BlobId, Vec<Range<u64>>), BlobRefusal> {
+    if request.ranges.len() > limits.max_ranges {
+        return Err(BlobRefusal::TooLarge);
+    }
+    let mut total: u64 = 0;
+    for r in &request.ranges {
+        if r.start > r.end {
+            return Err(BlobRefusal::TooLarge);
+        }
+        total = total.saturating_add(r.end - r.start);
+    }
+    if total > limits.max_request_bytes {
+        return Err(BlobRefusal::TooLarge);
+    }
+    Ok((BlobId::from_bytes(request.id), request.ranges.clone()))
+}
+
+/// `ranges` cut at `size` (empty ones dropped): what both sides encode and verify.
+pub fn clamp(ranges: &[Range<u64>], size: u64) -> Vec<Range<u64>> {
+    ranges
+        .iter()
+        .map(|r| r.start.min(size)..r.end.min(size))
+        .filter(|r| r.start < r.end)
+        .collect()
+}
+
+/// An upper bound on the encoding of `ranges` (clamped) of a blob of `size` bytes: their chunk
+/// groups, the hash pairs inside them and the ones on their paths to the root. A response
+/// announcing more is a violation, refused before any of it is read.
+pub fn max_encoded_len(ranges: &[Range<u64>], size: u64) -> u64 {
+    ranges
+        .iter()
+        .map(|r| {
+            let start = r.start / GROUP_BYTES * GROUP_BYTES;
+            let end = r.end.div_ceil(GROUP_BYTES).saturating_mul(GROUP_BYTES);
+            let groups = end.saturating_sub(start) / GROUP_BYTES;
+            (end.min(size).saturating_sub(start.min(size)))
+                .saturating_add(PAIR_BYTES.saturating_mul(groups + 2 * MAX_DEPTH))
+        })
+        .fold(0, u64::saturating_add)
+}
+
+/// The requests of a download: `missing` (sorted, disjoint byte ranges of a blob of `size`
+/// bytes, whole chunk groups as [`multibee_blobs::Status::missing`] gives them) cut at
+/// multiples of [`BlobLimits::request_bytes`] and packed into requests of at most that many
+/// bytes and [`BlobLimits::max_ranges`] ranges. The request that carries the last chunk group
+/// comes first: its verification proves the size that the others are imported under.
+pub fn plan(missing: &[Range<u64>], size: u64, limits: &BlobLimits) -> VecDeque<Vec<Range<u64>>> {
+    let step = limits.request_size();
+    let max_ranges = limits.max_ranges.max(1);
+    let mut requests: VecDeque<Vec<Range<u64>>> = VecDeque::new();
+    let mut current: Vec<Range<u64>> = Vec::new();
+    let mut current_bytes = 0;
+    for r in clamp(missing, size) {
+        let mut at = r.start;
+        while at < r.end {
+            let room = step - current_bytes;
+            let end = r.end.min(at.saturating_add(room));
+            current.push(at..end);
+            current_bytes += end - at;
+            at = end;
+            if current_bytes == step || current.len() == max_ranges {
+                requests.push_back(std::mem::take(&mut current));
+                current_bytes = 0;
+            }
+        }
+    }
+    if !current.is_empty() {
+        requests.push_back(current);
+    }
+    if let Some(last) = requests.pop_back() {
+        requests.push_front(last);
+    }
+    requests
+}
+
+/// The first request of a download whose size is not known: the first
+/// [`BlobLimits::request_bytes`] (the answer tells the size).
+pub fn probe(limits: &BlobLimits) -> Vec<Range<u64>> {
+    vec![0..limits.request_size()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::PREFIX_BYTES;
+
+    fn limits(request_bytes: u64) -> BlobLimits {
+        BlobLimits {
+            request_bytes,
+            ..BlobLimits::default()
+        }
+    }
+
+    #[test]
+    fn a_request_is_a_fixed_layout() {
+        let request = BlobMessage::Request(BlobRequest {
+            id: [0xab; 32],
+            ranges: vec![0..300],
+        });
+        let frame = encode(&request, 1 << 20).unwrap();
+        // prefix, version, variant 0, 32 id bytes, 1 range, varint 0, varint 300.
+        assert_eq!(&frame[..6], &[0, 0, 0, 38, 1, 0]);
+        assert_eq!(&frame[frame.len() - 4..], &[1, 0, 0xac, 0x02]);
+        let body = &frame[PREFIX_BYTES..];
+        assert_eq!(decode(body).unwrap(), request);
+        assert!(frame.len() - PREFIX_BYTES <= BlobLimits::default().max_request_frame());
+    }
+
+    #[test]
+    fn a_full_data_frame_fits_the_frame_limit() {
+        let limits = BlobLimits::default();
+        let data = BlobMessage::Data(vec![7; limits.data_frame_bytes]);
+        assert!(encode(&data, limits.max_frame_bytes()).is_ok());
+        let request = BlobMessage::Request(BlobRequest {
+            id: [0xff; 32],
+            ranges: vec![u64::MAX - 1..u64::MAX; limits.max_ranges],
+        });
+        assert!(encode(&request, limits.max_request_frame()).is_ok());
+    }
+
+    #[test]
+    fn requests_over_the_limits_are_refused() {
+        let limits = BlobLimits::default();
+        let ask = |ranges: Vec<Range<u64>>| {
+            check_request(
+                &BlobRequest {
+                    id: [1; 32],
+                    ranges,
+                },
+                &limits,
+            )
+        };
+        assert!(ask(vec![0..limits.max_request_bytes]).is_ok());
+        assert_eq!(
+            ask(vec![0..limits.max_request_bytes + 1]),
+            Err(BlobRefusal::TooLarge)
+        );
+        assert_eq!(
+            ask(vec![Range { start: 5, end: 4 }]),
+            Err(BlobRefusal::TooLarge)
+        );
+        assert_eq!(
+            ask(vec![0..1; limits.max_ranges + 1]),
+            Err(BlobRefusal::TooLarge)
+        );
+        assert_eq!(
+            ask(vec![0..u64::MAX, 0..u64::MAX]),
+            Err(BlobRefusal::TooLarge)
+        );
+    }
+
+    #[test]
+    fn plans_cover_what_is_missing_in_bounded_requests_last_group_first() {
+        let size = 10 * GROUP_BYTES + 5;
+        let missing = vec![0..3 * GROUP_BYTES, 5 * GROUP_BYTES..size];
+        let plan = plan(&missing, size, &limits(4 * GROUP_BYTES));
+        assert_eq!(plan[0].last().unwrap().end, size, "{plan:?}");
+        let mut covered: Vec<Range<u64>> = plan.iter().flatten().cloned().collect();
+        covered.sort_by_key(|r| r.start);
+        let total: u64 = covered.iter().map(|r| r.end - r.start).sum();
+        assert_eq!(total, 3 * GROUP_BYTES + 5 * GROUP_BYTES + 5);
+        for request in &plan {
+            let bytes: u64 = request.iter().map(|r| r.end - r.start).sum();
+            assert!(bytes <= 4 * GROUP_BYTES);
+            for r in request {
+                assert_eq!(r.start % GROUP_BYTES, 0, "{r:?} starts inside a group");
+            }
+        }
+    }
+
+    #[test]
+    fn the_encoding_bound_holds_for_real_encodings() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let blobs = multibee_blobs::Blobs::open(dir.path()).unwrap();
+            let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+            let id = blobs.add_bytes(&bytes).await.unwrap();
+            let size = bytes.len() as u64;
+            for ranges in [
+                vec![0..size],
+                vec![0..1],
+                vec![size - 1..size],
+                vec![1000..2000, 100_000..200_000],
+            ] {
+                let encoded = blobs.export_ranges(id, &ranges).await.unwrap();
+                assert!(
+                    encoded.len() as u64 <= max_encoded_len(&ranges, size),
+                    "{ranges:?}: {} > {}",
+                    encoded.len(),
+                    max_encoded_len(&ranges, size)
+                );
+            }
+        });
+    }
+}
