@@ -183,9 +183,10 @@ async fn an_interrupted_fetch_resumes_without_fetching_again_what_verified() {
     fetch.abort();
     assert!(fetch.await.unwrap_err().is_cancelled());
     // An import already running when the fetch was dropped finishes on the blocking pool:
-    // whatever it stored is held (and not asked for again).
+    // whatever it stored is held (and not asked for again). The fetch may even have finished
+    // before the abort landed: then the resumed fetch must ask for nothing, which the bound
+    // below checks as well.
     let held = b_blobs.status(id).await.unwrap().unwrap();
-    assert!(!held.complete);
 
     let outcome = within(
         "the resumed fetch",
