@@ -534,7 +534,7 @@ async fn a_bound_server_answers_and_shuts_down() {
 }
 
 /// The address (`host:port`) of a node's HTTP API, from its ready line.
-fn http_addr(node: &Node) -> String {
+pub fn http_addr(node: &Node) -> String {
     let url = node.ready["http"]
         .as_str()
         .expect("an http address")
@@ -544,7 +544,7 @@ fn http_addr(node: &Node) -> String {
 
 /// Node A serving HTTP, and node B that joined it with a ticket and serves HTTP too, both
 /// with stdin closed.
-fn http_pair(dir_a: &std::path::Path, dir_b: &std::path::Path) -> (Node, Node) {
+pub fn http_pair(dir_a: &std::path::Path, dir_b: &std::path::Path) -> (Node, Node) {
     let mut a = Node::start(dir_a, &["--http", "127.0.0.1:0"]);
     let ticket = a.ok("invite")["ticket"].as_str().unwrap().to_string();
     a.close_stdin();

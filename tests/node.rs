@@ -348,7 +348,7 @@ fn forget_peers(dir: &Path) {
 }
 
 /// Two nodes, B dialing A, each counting the other's writes.
-fn counting_each_other(dir_a: &Path, dir_b: &Path) -> (Node, Node) {
+pub fn counting_each_other(dir_a: &Path, dir_b: &Path) -> (Node, Node) {
     let mut a = Node::start(dir_a, &[]);
     let b = Node::start(dir_b, &["--dial", &a.addr(), "--writer", &a.diff_key()]);
     a.ok(&format!("writer add {}", b.diff_key()));

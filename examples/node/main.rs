@@ -130,6 +130,7 @@ Commands on stdin, one per line, each answered with one JSON line carrying \"ok\
   dial ADDR   (waits up to 10 s: \"peer_id\", or ok false and the reason, e.g. connection refused)
   conflicts KEY | history KEY | status | quit
   blob add PATH | blob get ID PATH | blob list [AFTER] | blob status ID | blob gc   (DIR/blobs)
+  blob fetch ID   (from the connected peers that hold it: \"size\", \"fetched_bytes\")
 A bad line (not UTF-8, over 16 MiB, unknown) is answered with an error; the node goes on.
 Event lines carry \"event\": ready, change, peer_connected, peer_disconnected, peer_rejected,
 dial_failed (peer_id, address, reason; background dials too), mdns_found_nothing (tried, once),
@@ -308,6 +309,11 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let (identity, new_identity) = load_identity(&args.dir)?;
     config = config.identity(identity.clone());
+    // The blob store lives in the folder: made owner-only here if this is its first start.
+    private_dir(&args.dir)?;
+    let blobs = multibee::blobs::Blobs::open(args.dir.join(BLOBS_DIR))
+        .map_err(|e| format!("cannot open the blob store: {e}"))?;
+    config = config.blobs(blobs.clone());
     let mut options = Options::default().clock(OffsetClock(args.clock_offset_ms));
     if let Some(ms) = settings.max_drift_ms {
         options = options.max_drift_ms(ms);
@@ -333,14 +339,6 @@ async fn run(args: Args) -> Result<(), String> {
     };
     served.remember_peers(args.dir.join(PEERS_FILE));
     let mb = served.multibee().clone();
-    let blobs = match multibee::blobs::Blobs::open(args.dir.join(BLOBS_DIR)) {
-        Ok(blobs) => blobs,
-        Err(e) => {
-            served.shutdown().await;
-            mb.close().await;
-            return Err(format!("cannot open the blob store: {e}"));
-        }
-    };
     if new_identity {
         // The folder exists (and is this process's) once the store is open.
         if let Err(e) = save_identity(&args.dir, &identity) {
@@ -731,7 +729,7 @@ async fn command(
             );
             fields.insert("feeds".into(), Json::Array(feeds));
         }
-        "blob" => blob_command(mb, blobs, rest, &mut fields).await?,
+        "blob" => blob_command(served, blobs, rest, &mut fields).await?,
         other => return Err(format!("unknown command {}", quote(other))),
     }
     Ok(fields)
@@ -740,11 +738,27 @@ async fn command(
 /// The folder (inside the node's) of its blob store.
 const BLOBS_DIR: &str = "blobs";
 
+/// Makes the node's folder, owner-only, if it does not exist yet.
+fn private_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
 /// `blob add PATH`, `blob get ID PATH`, `blob list [AFTER]`, `blob status ID`, `blob gc`
 /// (removes the blobs no document references, except pinned ones, downloads and those added
 /// within the last hour).
 async fn blob_command(
-    mb: &MultiBee,
+    served: &Served,
     blobs: &multibee::blobs::Blobs,
     rest: &str,
     fields: &mut Fields,
@@ -807,12 +821,28 @@ async fn blob_command(
             fields.insert("held_bytes".into(), json!(held));
             fields.insert("pinned".into(), json!(status.pinned));
         }
+        "fetch" => {
+            let id = parse(one_arg(rest, "blob fetch ID")?)?;
+            let peers = served
+                .node()
+                .connected_peers()
+                .await
+                .map_err(|e| e.to_string())?;
+            let outcome = served
+                .node()
+                .fetch_blob(id, peers)
+                .await
+                .map_err(|e| e.to_string())?;
+            fields.insert("id".into(), json!(id.to_hex()));
+            fields.insert("size".into(), json!(outcome.size));
+            fields.insert("fetched_bytes".into(), json!(outcome.bytes_fetched));
+        }
         "gc" => {
             if !rest.is_empty() {
                 return Err(USAGE.into());
             }
-            let referenced =
-                multibee::attachments::referenced_blobs(mb).map_err(|e| e.to_string())?;
+            let referenced = multibee::attachments::referenced_blobs(served.multibee())
+                .map_err(|e| e.to_string())?;
             let done = blobs
                 .collect(referenced, multibee::blobs::DEFAULT_GRACE)
                 .await

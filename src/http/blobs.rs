@@ -1,7 +1,8 @@
 //! Blobs (`/blobs`): content-addressed files next to the documents. `PUT /blobs` streams an
 //! upload into the store (any size, bounded memory) and answers its id; `GET /blobs/{id}`
 //! streams it back, whole or one byte range (`Range: bytes=a-b`, `a-`, `-n`), with its media
-//! type; `HEAD`, `DELETE`, and `GET /blobs` (ids in order, paged with `after`).
+//! type, fetching it first from the connected peers when this node lacks it (a read on
+//! demand); `HEAD`, `DELETE`, and `GET /blobs` (ids in order, paged with `after`).
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -121,7 +122,12 @@ pub(super) async fn get(
 ) -> ApiResult {
     let blobs = store(&api)?;
     let id = parse_id(&id)?;
-    let size = blobs.size(id).await?;
+    let size = match blobs.size(id).await {
+        Err(BlobError::NotFound(_) | BlobError::Incomplete(_)) if api.node.is_some() => {
+            fetch_on_read(&api, id).await?
+        }
+        other => other?,
+    };
     let etag = format!("\"{}\"", id.to_hex());
     let media_type = blobs
         .media_type(id)
@@ -174,6 +180,38 @@ pub(super) async fn get(
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_TYPE, header_value(&media_type)?);
     Ok(response)
+}
+
+/// How long a read of a blob this node lacks waits for it to be fetched from its peers.
+const FETCH_ON_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Fetches a blob this node lacks from the peers connected now (a read on demand); its size
+/// once held.
+async fn fetch_on_read(api: &HttpApi, id: BlobId) -> Result<u64, ApiError> {
+    let not_here = |why: String| ApiError::new(StatusCode::NOT_FOUND, "not_found", why);
+    let Some(node) = &api.node else {
+        return Err(not_here(format!("blob {id} not found")));
+    };
+    let peers = node
+        .connected_peers()
+        .await
+        .map_err(|e| not_here(format!("blob {id} not found here ({e})")))?;
+    if peers.is_empty() {
+        return Err(not_here(format!(
+            "blob {id} not found here, and no peer is connected to fetch it from"
+        )));
+    }
+    match tokio::time::timeout(FETCH_ON_READ_TIMEOUT, node.fetch_blob(id, peers)).await {
+        Ok(Ok(outcome)) => Ok(outcome.size),
+        Ok(Err(e)) => Err(not_here(format!(
+            "blob {id} not found here, nor fetched from the connected peers: {e}"
+        ))),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("blob {id} is being fetched: ask again later"),
+        )),
+    }
 }
 
 fn header_value(text: &str) -> Result<HeaderValue, ApiError> {
