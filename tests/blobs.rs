@@ -343,3 +343,53 @@ fn a_blob_read_over_http_on_a_peer_that_lacks_it_is_fetched_on_demand() {
     });
     drop((a, b));
 }
+
+/// Waits for B's `blob_arrived` line for `id`.
+fn wait_arrival(node: &mut Node, id: &str) {
+    node.next_matching(&format!("blob {id} to arrive"), |l| {
+        l["event"] == "blob_arrived" && l["id"] == id
+    });
+}
+
+#[test]
+fn blobs_referenced_by_merged_documents_are_fetched_by_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = Node::start(&dir_a, &[]);
+    // B fetches only what documents under photos/ reference.
+    let mut b = Node::start(
+        &dir_b,
+        &[
+            "--dial",
+            &a.addr(),
+            "--writer",
+            &a.diff_key(),
+            "--blob-fetch",
+            "photos/",
+        ],
+    );
+    a.ok(&format!("writer add {}", b.diff_key()));
+    let add = |a: &mut Node, name: &str, bytes: &[u8]| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, bytes).unwrap();
+        a.ok(&format!("blob add {}", file.display()))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let draft = add(&mut a, "draft.bin", &[7u8; 50_000]);
+    let photo = add(&mut a, "photo.bin", &[9u8; 70_000]);
+    a.ok(&format!(r#"put other/x {{"file":{{"$blob":"{draft}"}}}}"#));
+    a.ok(&format!(
+        r#"put photos/y {{"title":"beach","img":{{"$blob":"{photo}","size":70000,"type":"image/png"}}}}"#
+    ));
+    // B merges both documents in order; it fetches the photo, and passed over the draft.
+    wait_arrival(&mut b, &photo);
+    let out = dir.path().join("copy.png");
+    b.ok(&format!("blob get {photo} {}", out.display()));
+    assert_eq!(std::fs::read(&out).unwrap(), vec![9u8; 70_000]);
+    let draft_on_b = b.cmd(&format!("blob status {draft}"));
+    assert_eq!(draft_on_b["ok"], false, "{draft_on_b}");
+    a.stop();
+    b.stop();
+}

@@ -11,6 +11,7 @@
 //! max_drift_ms = 60000
 //! sync = "durable"        # or "relaxed"
 //! cache_mb = 64           # or cache_bytes = 67108864
+//! blob_fetch = "all"      # or "none", or key prefixes: ["photos/", "docs/"]
 //! ```
 //!
 //! An unknown key, a value of the wrong type or a bad address is an error naming the file and
@@ -60,6 +61,15 @@ struct File {
     sync: Option<Sync>,
     cache_mb: Option<u64>,
     cache_bytes: Option<u64>,
+    blob_fetch: Option<OneOrMany>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// What the node runs with: the file's settings under the command line's.
@@ -74,6 +84,7 @@ pub struct Settings {
     pub max_drift_ms: Option<u64>,
     pub sync: Option<SyncMode>,
     pub cache_bytes: Option<usize>,
+    pub blob_fetch: crate::fetch::BlobFetch,
 }
 
 /// Reads the configuration file (`--config`, or `multibee.toml` in the folder if there is
@@ -133,7 +144,15 @@ fn merge(args: &Args, file: File) -> Result<Settings, String> {
         (false, Some(on)) => on,
         (false, None) => file.mdns.unwrap_or(true),
     };
+    let blob_fetch = match (&args.blob_fetch, file.blob_fetch) {
+        (flags, _) if !flags.is_empty() => flags.clone(),
+        (_, Some(OneOrMany::One(v))) => vec![v],
+        (_, Some(OneOrMany::Many(v))) => v,
+        _ => Vec::new(),
+    };
+    let blob_fetch = crate::fetch::BlobFetch::parse(&blob_fetch)?;
     Ok(Settings {
+        blob_fetch,
         listen,
         http: args.http.or(file.http),
         http_token: args.http_token.clone().or(file.http_token),

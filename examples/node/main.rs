@@ -39,9 +39,9 @@
 //!
 //! Settings can also come from a TOML file: `multibee.toml` in the folder, or `--config PATH`
 //! (keys `listen`, `http`, `http_token`, `bootstrap`, `dial`, `mdns`, `max_drift_ms`, `sync`,
-//! `cache_mb` or `cache_bytes`; see `config.rs`). Flags override the file. A bad file (an unknown key, a
-//! wrong value) stops the node with an error naming the file and the problem, before the folder
-//! is touched.
+//! `cache_mb` or `cache_bytes`, `blob_fetch`; see `config.rs`). Flags override the file. A bad
+//! file (an unknown key, a wrong value) stops the node with an error naming the file and the
+//! problem, before the folder is touched.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 mod config;
+mod fetch;
 use multibee::db::{Clock, Event as DbEvent, SystemClock};
 use multibee::net::Event as NetEvent;
 use multibee::{ChangesOptions, Config, FeedKey, MultiBee, Multiaddr, Options, Served, serve};
@@ -94,6 +95,10 @@ struct Args {
     /// The store's page cache, in MiB [default: the library's]
     #[arg(long, value_name = "MB")]
     cache_mb: Option<u64>,
+    /// Which blobs referenced by documents this node fetches by itself: `all`, `none`, or a
+    /// key prefix (repeatable) [default: all]
+    #[arg(long, value_name = "all|none|PREFIX")]
+    blob_fetch: Vec<String>,
     /// A Kademlia bootstrap peer's multiaddr (repeatable).
     #[arg(long, value_name = "ADDR")]
     bootstrap: Vec<Multiaddr>,
@@ -137,7 +142,8 @@ dial_failed (peer_id, address, reason; background dials too), mdns_found_nothing
 future_timestamp, invalid_diff, writer_frozen, merged, blob_arrived (id, size).
 Peers are remembered in DIR/peers.json and dialed again at start and when they disconnect.
 Settings may come from DIR/multibee.toml or --config PATH (keys: listen, http, http_token,
-bootstrap, dial, mdns, max_drift_ms, sync, cache_mb or cache_bytes); flags override the file.
+bootstrap, dial, mdns, max_drift_ms, sync, cache_mb or cache_bytes, blob_fetch); flags override
+the file.
 HTTP beyond loopback needs a bearer token: --http-token, or DIR/http.token (made on first start).";
 
 /// The system clock moved by a fixed offset.
@@ -321,6 +327,7 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(sync) = settings.sync {
         options = options.sync(sync);
     }
+    let blob_fetch = settings.blob_fetch.clone();
     if let Some(bytes) = settings.cache_bytes {
         options = options.cache_bytes(bytes);
     }
@@ -417,6 +424,12 @@ async fn run(args: Args) -> Result<(), String> {
         tokio::spawn(print_node_events(served.subscribe(), out.clone())),
         tokio::spawn(print_db_events(mb.events(), out.clone())),
         tokio::spawn(print_blob_arrivals(blobs.arrivals(), out.clone())),
+        tokio::spawn(fetch::fetch_referenced(
+            mb.clone(),
+            served.node(),
+            blobs.clone(),
+            blob_fetch,
+        )),
     ];
     let result = commands(
         &served,
