@@ -11,9 +11,12 @@
 //! `{"name","unit","value","baseline_name","baseline","ratio"}`. Values are operations per
 //! second unless the unit says otherwise. `load/...` runs four served peers under sustained
 //! writes (60 s; 10 s with `--quick`). `net/...` replicates between two nodes on loopback
-//! (TCP and QUIC) against the same batches moved in-process.
+//! (TCP and QUIC) against the same batches moved in-process. `blobs/...` replicates a 1 GiB
+//! blob (128 MiB with `--quick`) between two nodes, with the memory it adds and the time to
+//! finish a download from 90% against a whole one.
 #![allow(clippy::unwrap_used)]
 
+mod blobs;
 mod figures;
 mod load;
 mod net;
@@ -45,6 +48,7 @@ const MEASURES: &[Measure] = &[
     ("multibee/merge-in-order", figures::multibee_merge),
     ("multibee/offline-merge-2x10000", figures::multibee_offline),
     ("net/replicate", net::figures),
+    ("blobs/replicate", blobs::figures),
     ("load/4-peers-durable", load_durable),
 ];
 
