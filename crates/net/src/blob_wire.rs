@@ -52,7 +52,7 @@ impl Default for BlobLimits {
         BlobLimits {
             max_request_bytes: 16 << 20,
             max_ranges: 64,
-            request_bytes: 1 << 20,
+            request_bytes: 2 << 20,
             data_frame_bytes: 1 << 20,
         }
     }
