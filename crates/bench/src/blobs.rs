@@ -175,13 +175,11 @@ pub fn figures(s: &Scale) -> Vec<Figure> {
             at = range.end;
         }
         let (took, _) = fetch(&a, &b, id).await;
-        out.push(
-            Figure::new(
-                "blobs/resume-from-90pct-ratio",
-                "of a whole fetch",
-                took.as_secs_f64() / full_tcp.as_secs_f64(),
-            ),
-        );
+        out.push(Figure::new(
+            "blobs/resume-from-90pct-ratio",
+            "of a whole fetch",
+            took.as_secs_f64() / full_tcp.as_secs_f64(),
+        ));
         b.node.shutdown().await;
         a.node.shutdown().await;
         out

@@ -35,15 +35,22 @@ async fn hold_writer(
     (held, release)
 }
 
+/// `from` puts `remote`; the batch `to` lacks of `from`'s diff feed, with that put.
+async fn remote_put(
+    from: &crate::support::Peer,
+    to: &crate::support::Peer,
+) -> multibee_feed::Batch {
+    let start = to.holds(&from.key());
+    from.mb.put("remote", json!({"from": "b"})).await.unwrap();
+    let feed = from.mb.feed_store().feed(&from.key()).unwrap();
+    feed.proof(start..feed.length()).unwrap()
+}
+
 #[test]
 fn local_writes_and_remote_batches_waiting_together_share_one_commit() {
     run(async {
         let peers = cluster(2).await;
-        let (a, b) = (&peers[0], &peers[1]);
-        let from = a.holds(&b.key());
-        b.mb.put("remote", json!({"from": "b"})).await.unwrap();
-        let feed = b.mb.feed_store().feed(&b.key()).unwrap();
-        let batch = feed.proof(from..feed.length()).unwrap();
+        let (a, batch) = (&peers[0], remote_put(&peers[1], &peers[0]).await);
 
         // Hold A's writer in a job of its own until both writes wait behind it.
         let store = a.mb.feed_store().clone();
@@ -80,11 +87,7 @@ fn local_writes_and_remote_batches_waiting_together_share_one_commit() {
 fn a_remote_batch_queued_among_local_writes_is_served_in_its_turn() {
     run(async {
         let peers = cluster(2).await;
-        let (a, b) = (&peers[0], &peers[1]);
-        let from = a.holds(&b.key());
-        b.mb.put("remote", json!({"from": "b"})).await.unwrap();
-        let feed = b.mb.feed_store().feed(&b.key()).unwrap();
-        let batch = feed.proof(from..feed.length()).unwrap();
+        let (a, batch) = (&peers[0], remote_put(&peers[1], &peers[0]).await);
 
         let store = a.mb.feed_store().clone();
         let (held, release) = hold_writer(&store).await;

@@ -221,6 +221,34 @@ async fn write_message(stream: &mut Stream, message: &BlobMessage) {
     stream.flush().await.unwrap();
 }
 
+/// A bare peer holding `data` that connects to `to` and answers its blob requests with a bit
+/// flipped ([`serve_lies`]); its id, and the folder of its store (keep it alive).
+async fn start_liar(to: &mut Peer, data: &[u8]) -> (libp2p::PeerId, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = Blobs::open(dir.path()).unwrap();
+    blobs.add_bytes(data).await.unwrap();
+    let mut swarm = bare_swarm();
+    let liar = *swarm.local_peer_id();
+    let incoming = swarm
+        .behaviour()
+        .new_control()
+        .accept(StreamProtocol::new(BLOBS_PROTOCOL))
+        .unwrap();
+    assert!(dial_bare(&mut swarm, to.addr(Transport::Tcp).await).await);
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    tokio::spawn(serve_lies(incoming, blobs));
+    to.event(|e| match e {
+        Event::PeerConnected { peer, .. } if *peer == liar => Some(()),
+        _ => None,
+    })
+    .await;
+    (liar, dir)
+}
+
 /// A peer that speaks the blob protocol but flips a bit of every encoding it sends.
 async fn serve_lies(mut incoming: libp2p_stream::IncomingStreams, blobs: Blobs) {
     while let Some((_, mut stream)) = incoming.next().await {
@@ -255,28 +283,7 @@ async fn a_peer_whose_bytes_do_not_verify_is_rejected_and_an_honest_one_complete
     let id = a_blobs.add_bytes(&data).await.unwrap();
     let a_id = connect(&c, &a).await;
 
-    let liar_dir = tempfile::tempdir().unwrap();
-    let liar_blobs = Blobs::open(liar_dir.path()).unwrap();
-    assert_eq!(liar_blobs.add_bytes(&data).await.unwrap(), id);
-    let mut swarm = bare_swarm();
-    let liar = *swarm.local_peer_id();
-    let incoming = swarm
-        .behaviour()
-        .new_control()
-        .accept(StreamProtocol::new(BLOBS_PROTOCOL))
-        .unwrap();
-    assert!(dial_bare(&mut swarm, c.addr(Transport::Tcp).await).await);
-    tokio::spawn(async move {
-        loop {
-            swarm.select_next_some().await;
-        }
-    });
-    tokio::spawn(serve_lies(incoming, liar_blobs));
-    c.event(|e| match e {
-        Event::PeerConnected { peer, .. } if *peer == liar => Some(()),
-        _ => None,
-    })
-    .await;
+    let (liar, _liar_dir) = start_liar(&mut c, &data).await;
 
     // The liar first: it is asked first.
     let outcome = within(
@@ -302,28 +309,7 @@ async fn a_peer_whose_bytes_do_not_verify_is_rejected_and_an_honest_one_complete
 
     // With the liar alone, nothing that does not verify is stored.
     let (mut d, d_blobs) = peer().await;
-    let mut swarm = bare_swarm();
-    let liar = *swarm.local_peer_id();
-    let incoming = swarm
-        .behaviour()
-        .new_control()
-        .accept(StreamProtocol::new(BLOBS_PROTOCOL))
-        .unwrap();
-    assert!(dial_bare(&mut swarm, d.addr(Transport::Tcp).await).await);
-    tokio::spawn(async move {
-        loop {
-            swarm.select_next_some().await;
-        }
-    });
-    let lies_dir = tempfile::tempdir().unwrap();
-    let lies = Blobs::open(lies_dir.path()).unwrap();
-    lies.add_bytes(&data).await.unwrap();
-    tokio::spawn(serve_lies(incoming, lies));
-    d.event(|e| match e {
-        Event::PeerConnected { peer, .. } if *peer == liar => Some(()),
-        _ => None,
-    })
-    .await;
+    let (liar, _liar_dir) = start_liar(&mut d, &data).await;
     let alone = within("the fetch", d.node.handle().fetch_blob(id, vec![liar])).await;
     assert!(
         matches!(alone, Err(FetchError::Incomplete { .. })),
