@@ -388,6 +388,17 @@ fn blobs_referenced_by_merged_documents_are_fetched_by_policy() {
     let out = dir.path().join("copy.png");
     b.ok(&format!("blob get {photo} {}", out.display()));
     assert_eq!(std::fs::read(&out).unwrap(), vec![9u8; 70_000]);
+    // The reference's media type comes with it (kept just after the blob arrives: no event
+    // says when, so ask until it shows, within the patience).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let photo_on_b = b.ok(&format!("blob status {photo}"));
+        if photo_on_b["type"] == "image/png" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{photo_on_b}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let draft_on_b = b.cmd(&format!("blob status {draft}"));
     assert_eq!(draft_on_b["ok"], false, "{draft_on_b}");
     a.stop();

@@ -2,7 +2,8 @@
 //! or only documents under given key prefixes. A background task reads the changes stream
 //! (and, once at start, the documents already held) and fetches each referenced blob the
 //! node lacks from the peers connected at that moment, one after another, in change order.
-//! A blob no connected peer can serve is left for a read on demand or a later reference.
+//! A blob no connected peer can serve is left for a read on demand or a later reference. The
+//! media type the reference gives (`"type"`) is kept with the fetched blob.
 
 use std::time::Duration;
 
@@ -102,7 +103,13 @@ async fn fetch_refs(
         };
         match tokio::time::timeout(FETCH_TIMEOUT, node.fetch_blob(blob.id, peers)).await {
             Ok(Ok(outcome)) => {
-                tracing::debug!(id = %blob.id, bytes = outcome.bytes_fetched, "fetched a referenced blob")
+                tracing::debug!(id = %blob.id, bytes = outcome.bytes_fetched, "fetched a referenced blob");
+                // The document says what the blob is: kept for reads over HTTP.
+                if let Some(t) = &blob.media_type
+                    && let Err(e) = blobs.set_media_type(blob.id, Some(t)).await
+                {
+                    tracing::debug!(id = %blob.id, "the reference's media type is not kept: {e}");
+                }
             }
             Ok(Err(e)) => tracing::warn!(id = %blob.id, "cannot fetch a referenced blob: {e}"),
             Err(_) => tracing::warn!(id = %blob.id, "fetching a referenced blob timed out"),

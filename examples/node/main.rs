@@ -833,6 +833,8 @@ async fn blob_command(
             fields.insert("complete".into(), json!(status.complete));
             fields.insert("held_bytes".into(), json!(held));
             fields.insert("pinned".into(), json!(status.pinned));
+            let media_type = blobs.media_type(id).await.map_err(|e| e.to_string())?;
+            fields.insert("type".into(), json!(media_type));
         }
         "fetch" => {
             let id = parse(one_arg(rest, "blob fetch ID")?)?;
