@@ -13,12 +13,11 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::AsyncWriteExt;
 use libp2p::{PeerId, Stream, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams};
 use multibee_blobs::{BlobId, Blobs};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
-use tokio::task::JoinSet;
 
 use crate::blob_wire::{
     self, BLOBS_PROTOCOL, BlobMessage, BlobRefusal, BlobRequest, check_request, clamp,
@@ -27,7 +26,7 @@ use crate::blob_wire::{
 use crate::error::{FetchError, Violation};
 use crate::event::{Counters, Event};
 use crate::io::{StreamError, read_frame, write_frame};
-use crate::session::{Context, PeerSlots, SessionEnd, StreamSlot, lock};
+use crate::session::{Context, SessionEnd, lock};
 
 /// The blob protocol's name.
 pub(crate) fn blobs_protocol() -> StreamProtocol {
@@ -58,42 +57,22 @@ pub struct FetchOutcome {
 /// Accepts blob streams and serves each in its own task, at most `max_streams_per_peer` at
 /// once per peer. Stops like [`crate::session::accept_replicate`].
 pub(crate) async fn accept_blobs(
-    mut incoming: IncomingStreams,
+    incoming: IncomingStreams,
     cx: Arc<Context>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let open: Arc<Mutex<std::collections::HashMap<PeerId, PeerSlots>>> = Arc::default();
-    let mut tasks = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            next = incoming.next() => {
-                let Some((peer, stream)) = next else { break };
-                let slot = StreamSlot::take(&open, peer, cx.config.max_streams_per_peer);
-                let cx = cx.clone();
-                tasks.spawn(async move {
-                    let Some(slot) = slot else {
-                        let mut stream = stream;
-                        let _ = refuse(&mut stream, BlobRefusal::Busy, &cx).await;
-                        let _ = stream.close().await;
-                        return;
-                    };
-                    let gone = cx.gone(peer);
-                    let served = tokio::select! {
-                        served = serve(stream, &cx, &slot.frames) => served,
-                        () = gone => Ok(()),
-                    };
-                    match served {
-                        Err(SessionEnd::Violation(reason)) => cx.report(peer, reason).await,
-                        Err(other) => tracing::debug!(%peer, ?other, "serving blobs ended"),
-                        Ok(()) => {}
-                    }
-                });
-            }
-            Some(_) = tasks.join_next() => {}
-        }
-    }
-    tasks.shutdown().await;
+    crate::session::accept_streams(
+        incoming,
+        cx,
+        stop,
+        "serving blobs",
+        |_peer, stream, cx, frames| async move { serve(stream, &cx, &frames).await },
+        |mut stream, cx| async move {
+            let _ = refuse(&mut stream, BlobRefusal::Busy, &cx).await;
+            let _ = stream.close().await;
+        },
+    )
+    .await;
 }
 
 /// Serves one blob stream: answers requests one by one until the client closes the stream or

@@ -156,10 +156,38 @@ impl From<multibee_feed::Error> for SessionEnd {
 /// `max_streams_per_peer` at once per peer. Once `stop` changes (or its sender is gone), ends
 /// every serving task and waits for them, so that none holds the store after this returns.
 pub(crate) async fn accept_replicate(
+    incoming: IncomingStreams,
+    cx: Arc<Context>,
+    stop: watch::Receiver<bool>,
+) {
+    accept_streams(
+        incoming,
+        cx,
+        stop,
+        "serving",
+        |peer, stream, cx, frames| async move { serve(peer, stream, &cx, &frames).await },
+        |stream, cx| async move { refuse_busy(stream, &cx).await },
+    )
+    .await;
+}
+
+/// The accept loop of a stream protocol: serves each stream with `serve` in its own task, at
+/// most `max_streams_per_peer` at once per peer (a stream beyond is handed to `busy`). A
+/// violation reports (and blocks) the peer; a serving task ends when its peer disconnects.
+/// Once `stop` changes (or its sender is gone), ends every serving task and waits for them.
+pub(crate) async fn accept_streams<S, SF, B, BF>(
     mut incoming: IncomingStreams,
     cx: Arc<Context>,
     mut stop: watch::Receiver<bool>,
-) {
+    what: &'static str,
+    serve: S,
+    busy: B,
+) where
+    S: Fn(PeerId, Stream, Arc<Context>, Arc<Semaphore>) -> SF + Clone + Send + 'static,
+    SF: Future<Output = Result<(), SessionEnd>> + Send + 'static,
+    B: Fn(Stream, Arc<Context>) -> BF + Clone + Send + 'static,
+    BF: Future<Output = ()> + Send + 'static,
+{
     let open: Arc<Mutex<HashMap<PeerId, PeerSlots>>> = Arc::default();
     let mut tasks = JoinSet::new();
     loop {
@@ -169,20 +197,21 @@ pub(crate) async fn accept_replicate(
                 let Some((peer, stream)) = next else { break };
                 let slot = StreamSlot::take(&open, peer, cx.config.max_streams_per_peer);
                 let cx = cx.clone();
+                let (serve, busy) = (serve.clone(), busy.clone());
                 tasks.spawn(async move {
                     let Some(slot) = slot else {
-                        refuse_busy(stream, &cx).await;
+                        busy(stream, cx).await;
                         return;
                     };
                     let gone = cx.gone(peer);
                     let served = tokio::select! {
-                        served = serve(peer, stream, &cx, &slot.frames) => served,
+                        served = serve(peer, stream, cx.clone(), slot.frames.clone()) => served,
                         () = gone => Err(SessionEnd::Closed("the peer disconnected".into())),
                     };
                     if let Err(end) = served {
                         match end {
                             SessionEnd::Violation(reason) => cx.report(peer, reason).await,
-                            other => tracing::debug!(%peer, ?other, "serving ended"),
+                            other => tracing::debug!(%peer, ?other, "{what} ended"),
                         }
                     }
                 });
@@ -194,7 +223,7 @@ pub(crate) async fn accept_replicate(
 }
 
 /// What a peer's serving streams share.
-pub(crate) struct PeerSlots {
+struct PeerSlots {
     /// Streams open.
     count: usize,
     /// Permits to build and write a data frame (see [`FRAMES_IN_FLIGHT_PER_PEER`]).
@@ -202,7 +231,7 @@ pub(crate) struct PeerSlots {
 }
 
 /// One of a peer's stream slots, given back when dropped.
-pub(crate) struct StreamSlot {
+struct StreamSlot {
     open: Arc<Mutex<HashMap<PeerId, PeerSlots>>>,
     peer: PeerId,
     pub(crate) frames: Arc<Semaphore>,
