@@ -56,6 +56,7 @@
 mod error;
 mod gc;
 mod id;
+mod pending;
 mod store;
 mod stream;
 mod tables;
@@ -63,6 +64,7 @@ mod tables;
 pub use error::{Error, ParseIdError, Result, StorageError, VerifyError};
 pub use gc::{Collected, DEFAULT_GRACE};
 pub use id::BlobId;
+pub use pending::SYNC_BYTES;
 pub use store::{
     Arrival, BLOCK_SIZE, BlobReader, Blobs, DATA_DIR, DB_FILE, Imported, MAX_SIZE, Status, TMP_DIR,
 };

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::error::{Error, Result};
 use crate::id::BlobId;
+use crate::pending::Pending;
 use crate::tables::{self, BLOBS, META, Record, TYPES};
 
 /// The metadata database inside a store's folder.
@@ -75,6 +76,16 @@ pub(crate) struct Inner {
     pub(crate) fresh: Mutex<std::collections::HashMap<BlobId, std::time::Instant>>,
     /// Told of every blob that becomes complete ([`Blobs::arrivals`]).
     arrivals: tokio::sync::broadcast::Sender<Arrival>,
+    /// Downloads' progress not synced yet (see `pending.rs`).
+    pub(crate) pending: Mutex<std::collections::HashMap<BlobId, Pending>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_pending() {
+            tracing::warn!(%e, "the progress of unfinished downloads was not saved");
+        }
+    }
 }
 
 /// A blob that became complete in the store: added, or its download finished
@@ -184,6 +195,7 @@ impl Blobs {
             next_tmp: AtomicU64::new(0),
             fresh: Mutex::new(std::collections::HashMap::new()),
             arrivals: tokio::sync::broadcast::channel(ARRIVALS_BUFFERED).0,
+            pending: Mutex::default(),
         };
         Ok(Blobs {
             inner: Arc::new(inner),
@@ -469,14 +481,24 @@ impl Inner {
         }
     }
 
+    /// What the store holds of `id`, with a download's progress not synced yet.
     pub(crate) fn record(&self, id: BlobId) -> Result<Option<Record>> {
+        if let Some(pending) = self.pending().get(&id) {
+            return Ok(Some(pending.record.clone()));
+        }
         let txn = self.db.begin_read()?;
         let table = txn.open_table(BLOBS)?;
         let row = table.get(id.as_bytes())?;
         row.map(|v| Record::decode(v.value())).transpose()
     }
 
+    /// Records `record` durably. Progress pending for `id` is replaced; when the new record
+    /// is partial, it keeps that progress, whose files are synced first.
     pub(crate) fn write_record(&self, id: BlobId, record: &Record) -> Result<()> {
+        let pending = self.pending().remove(&id);
+        if pending.is_some() && !record.is_complete() {
+            self.sync_files(id)?;
+        }
         let txn = self.db.begin_write()?;
         txn.open_table(BLOBS)?
             .insert(id.as_bytes(), record.encode().as_slice())?;
@@ -658,8 +680,9 @@ impl Inner {
 
     /// [`Blobs::delete`], with the id's lock held by the caller.
     pub(crate) fn delete_locked(&self, id: BlobId) -> Result<()> {
+        let was_pending = self.pending().remove(&id).is_some();
         let txn = self.db.begin_write()?;
-        let removed = txn.open_table(BLOBS)?.remove(id.as_bytes())?.is_some();
+        let removed = txn.open_table(BLOBS)?.remove(id.as_bytes())?.is_some() || was_pending;
         if !removed {
             return Err(Error::NotFound(id));
         }

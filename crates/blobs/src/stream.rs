@@ -17,6 +17,7 @@ use crate::id::BlobId;
 use crate::store::{
     BLOCK_SIZE, Blobs, Imported, Inner, byte_ranges, check_size, open_rw, sync_dir,
 };
+use crate::pending::{Pending, SYNC_BYTES};
 use crate::tables::Record;
 
 impl Blobs {
@@ -40,6 +41,9 @@ impl Blobs {
     /// held. Everything is verified before anything is written: corrupted data or proof bytes
     /// are [`Error::Rejected`] and nothing of them is stored. When every chunk group is held
     /// the blob becomes complete in the same transaction that records the last ones.
+    ///
+    /// A partial download is made durable every [`SYNC_BYTES`] and when it completes, not at
+    /// every import (see [`Blobs::flush`]); what a crash loses of it is fetched again.
     ///
     /// `size` is the size claimed by the sender; the tree proves it once the last chunk group
     /// is verified (so a download should ask for the last group early). An import claiming
@@ -108,17 +112,23 @@ fn decode_error(e: DecodeError) -> VerifyError {
     }
 }
 
-/// Checks every hash of `encoded` against the id, and that nothing follows the encoding.
-fn verify(id: BlobId, tree: BaoTree, groups: &ChunkRanges, encoded: &[u8]) -> Result<()> {
+/// Checks every hash of `encoded` against the id, and that nothing follows the encoding:
+/// the proof hash pairs and chunk groups it carries, verified.
+fn decode(
+    id: BlobId,
+    tree: BaoTree,
+    groups: &ChunkRanges,
+    encoded: &[u8],
+) -> Result<Vec<BaoContentItem>> {
     let mut cursor = std::io::Cursor::new(encoded);
-    for item in DecodeResponseIter::new(id.hash(), tree, &mut cursor, groups) {
-        item.map_err(|e| Error::rejected(id, decode_error(e)))?;
-    }
+    let items = DecodeResponseIter::new(id.hash(), tree, &mut cursor, groups)
+        .map(|item| item.map_err(|e| Error::rejected(id, decode_error(e))))
+        .collect::<Result<Vec<_>>>()?;
     let rest = (encoded.len() as u64).saturating_sub(cursor.position());
     if rest != 0 {
         return Err(Error::rejected(id, VerifyError::TrailingBytes(rest)));
     }
-    Ok(())
+    Ok(items)
 }
 
 impl Inner {
@@ -173,7 +183,8 @@ impl Inner {
             return self.import_empty(id, encoded);
         }
         let tree = BaoTree::new(size, BLOCK_SIZE);
-        verify(id, tree, &groups, encoded)?;
+        // Everything is verified before anything is written.
+        let items = decode(id, tree, &groups, encoded)?;
         let _lock = self.lock(id);
         self.touch(id);
         let existing = self.record(id)?;
@@ -226,12 +237,9 @@ impl Inner {
             Some(record) if !fresh => record.held.clone().unwrap_or_else(ChunkRanges::empty),
             _ => ChunkRanges::empty(),
         };
-        // Verified already; decoding verifies again as it writes. Groups already held are
-        // not rewritten.
-        let items =
-            DecodeResponseIter::new(id.hash(), tree, std::io::Cursor::new(encoded), &groups);
+        // Groups already held are not rewritten.
         for item in items {
-            match item.map_err(|e| Error::rejected(id, decode_error(e)))? {
+            match item {
                 BaoContentItem::Parent(Parent { node, pair }) => outboard.save(node, &pair),
                 BaoContentItem::Leaf(Leaf {
                     offset,
@@ -245,13 +253,6 @@ impl Inner {
             }
             .map_err(|e| Error::io(format!("writing blob {id}"), e))?;
         }
-        for (file, path) in [(&data, &data_path), (&outboard.data, &obao_path)] {
-            file.sync_all()
-                .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
-        }
-        if fresh {
-            sync_dir(data_path.parent().unwrap_or(&data_path))?;
-        }
         held |= groups;
         let all = ChunkRanges::from(ChunkNum(0)..tree.chunks());
         let complete = all.is_subset(&held);
@@ -260,7 +261,23 @@ impl Inner {
             pinned: existing.is_some_and(|r| r.pinned),
             held: (!complete).then(|| held.clone()),
         };
-        self.write_record(id, &record)?;
+        // Synced and recorded when the blob completes, when its download starts (the files
+        // were created or truncated: a record from before must not outlive them), and every
+        // SYNC_BYTES; in between the progress is pending (see `pending.rs`).
+        let pending = self.pending().remove(&id);
+        let unsynced = pending.map_or(0, |p| p.unsynced) + encoded.len() as u64;
+        if complete || fresh || unsynced >= SYNC_BYTES {
+            for (file, path) in [(&data, &data_path), (&outboard.data, &obao_path)] {
+                file.sync_all()
+                    .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
+            }
+            if fresh {
+                sync_dir(data_path.parent().unwrap_or(&data_path))?;
+            }
+            self.write_record(id, &record)?;
+        } else {
+            self.pending().insert(id, Pending { record, unsynced });
+        }
         if complete {
             tracing::debug!(%id, size, "blob download complete");
             self.arrived(id, size);

@@ -304,6 +304,8 @@ struct Fetch {
     bytes: std::sync::atomic::AtomicU64,
     requests: std::sync::atomic::AtomicU64,
     rejected: Mutex<Vec<PeerId>>,
+    /// Peers asked nothing more in this fetch (by any of their workers).
+    dropped: Mutex<std::collections::HashSet<PeerId>>,
     /// The first failure of the local store, reported if the blob is not completed.
     local: Mutex<Option<multibee_blobs::Error>>,
 }
@@ -341,13 +343,22 @@ pub(crate) async fn fetch(
         bytes: Default::default(),
         requests: Default::default(),
         rejected: Mutex::default(),
+        dropped: Mutex::default(),
         local: Mutex::default(),
     };
-    let workers = peers
-        .into_iter()
-        .map(|(peer, opener)| fetch.worker(control.clone(), peer, opener));
+    let in_flight = limits.requests_in_flight.max(1);
+    let workers = peers.into_iter().flat_map(|(peer, opener)| {
+        (0..in_flight).map(move |_| (peer, opener.clone()))
+    });
+    let workers = workers.map(|(peer, opener)| fetch.worker(control.clone(), peer, opener));
     futures::future::join_all(workers).await;
     let status = blobs.status(id).await?;
+    if !status.as_ref().is_some_and(|s| s.complete) {
+        // What was imported is kept for the next fetch, even across a restart.
+        if let Err(e) = blobs.flush().await {
+            tracing::warn!(%e, %id, "cannot save an unfinished download's progress");
+        }
+    }
     match status {
         Some(status) if status.complete => Ok(FetchOutcome {
             id,
@@ -381,6 +392,9 @@ impl Fetch {
     async fn work(&self, mut control: Control, peer: PeerId, opener: Arc<Semaphore>) {
         let mut stream: Option<Stream> = None;
         while let Some((taken, waited)) = self.queue.next().await {
+            if lock(&self.dropped).contains(&peer) {
+                return;
+            }
             if waited {
                 // The server closes streams idle for a frame deadline.
                 stream = None;
@@ -449,6 +463,9 @@ impl Fetch {
                 tracing::warn!(%peer, %e, id = %self.id, "storing a blob failed");
                 lock(&self.local).get_or_insert(e);
                 return;
+            }
+            _ if !lock(&self.dropped).insert(peer) => {
+                return; // another request to the peer failed first
             }
             Fault::Rejected(reason) => reason,
             Fault::Violation(violation) => {

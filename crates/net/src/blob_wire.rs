@@ -45,6 +45,9 @@ pub struct BlobLimits {
     pub request_bytes: u64,
     /// Both: the most encoded bytes in one data frame.
     pub data_frame_bytes: usize,
+    /// Fetched: requests in flight to one peer at once, each on its own stream, so that the
+    /// peer encodes and sends the next answers while this node verifies and stores one.
+    pub requests_in_flight: usize,
 }
 
 impl Default for BlobLimits {
@@ -54,6 +57,7 @@ impl Default for BlobLimits {
             max_ranges: 64,
             request_bytes: 2 << 20,
             data_frame_bytes: 1 << 20,
+            requests_in_flight: 4,
         }
     }
 }
