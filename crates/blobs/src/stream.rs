@@ -14,10 +14,10 @@ use bao_tree::{BaoTree, ChunkNum, ChunkRanges};
 
 use crate::error::{Error, Result, VerifyError};
 use crate::id::BlobId;
+use crate::pending::{Pending, SYNC_BYTES};
 use crate::store::{
     BLOCK_SIZE, Blobs, Imported, Inner, byte_ranges, check_size, open_rw, sync_dir,
 };
-use crate::pending::{Pending, SYNC_BYTES};
 use crate::tables::Record;
 
 impl Blobs {

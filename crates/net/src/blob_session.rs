@@ -169,8 +169,7 @@ async fn send(
     let frame = blob_wire::encode(&header, limits.max_frame_bytes())?;
     write_frame(stream, &frame, cx.frame_timeout()).await?;
     for chunk in encoded.chunks(limits.data_frame_bytes.max(1)) {
-        let frame =
-            blob_wire::encode(&BlobMessage::Data(chunk.to_vec()), limits.max_frame_bytes())?;
+        let frame = blob_wire::encode_data(chunk, limits.max_frame_bytes())?;
         // Counted before it is written: the client may hold it before the write returns.
         Counters::add(&cx.counters.blob_bytes_sent, chunk.len() as u64);
         write_frame(stream, &frame, cx.frame_timeout()).await?;
@@ -347,9 +346,9 @@ pub(crate) async fn fetch(
         local: Mutex::default(),
     };
     let in_flight = limits.requests_in_flight.max(1);
-    let workers = peers.into_iter().flat_map(|(peer, opener)| {
-        (0..in_flight).map(move |_| (peer, opener.clone()))
-    });
+    let workers = peers
+        .into_iter()
+        .flat_map(|(peer, opener)| (0..in_flight).map(move |_| (peer, opener.clone())));
     let workers = workers.map(|(peer, opener)| fetch.worker(control.clone(), peer, opener));
     futures::future::join_all(workers).await;
     let status = blobs.status(id).await?;
@@ -553,13 +552,19 @@ impl Fetch {
         // encoded_len is bounded by the request's ranges (checked by the caller).
         let mut encoded = Vec::with_capacity(encoded_len as usize);
         while (encoded.len() as u64) < encoded_len {
-            match self.read(stream, buf).await? {
-                BlobMessage::Data(bytes)
+            self.read_frame(stream, buf).await?;
+            let message = match blob_wire::data_of(buf) {
+                // Most frames: their bytes are taken from the frame without decoding a copy.
+                Some(bytes)
                     if !bytes.is_empty() && (encoded.len() + bytes.len()) as u64 <= encoded_len =>
                 {
                     Counters::add(&self.cx.counters.blob_bytes_received, bytes.len() as u64);
-                    encoded.extend_from_slice(&bytes);
+                    encoded.extend_from_slice(bytes);
+                    continue;
                 }
+                _ => blob_wire::decode(buf).map_err(|e| Fault::Violation(e.into()))?,
+            };
+            match message {
                 BlobMessage::Data(_) => {
                     return Err(unexpected(
                         "Data",
@@ -574,15 +579,21 @@ impl Fetch {
 
     /// Reads one message, which must begin within a frame deadline.
     async fn read(&self, stream: &mut Stream, buf: &mut Vec<u8>) -> Result<BlobMessage, Fault> {
+        self.read_frame(stream, buf).await?;
+        blob_wire::decode(buf).map_err(|e| Fault::Violation(e.into()))
+    }
+
+    /// Reads one frame's body into `buf`; it must begin within a frame deadline.
+    async fn read_frame(&self, stream: &mut Stream, buf: &mut Vec<u8>) -> Result<(), Fault> {
         let (limits, deadline) = (&self.cx.config.blob_limits, self.cx.frame_timeout());
         let read = read_frame(stream, limits.max_frame_bytes(), buf, deadline);
         let read = tokio::time::timeout(deadline, read)
             .await
             .map_err(|_| Fault::Closed(format!("no answer within {deadline:?}")))?;
-        if !read? {
-            return Err(Fault::Closed("closed by the peer".into()));
+        match read? {
+            true => Ok(()),
+            false => Err(Fault::Closed("closed by the peer".into())),
         }
-        blob_wire::decode(buf).map_err(|e| Fault::Violation(e.into()))
     }
 }
 

@@ -128,7 +128,7 @@ pub enum BlobMessage {
     },
     /// Server to client: the next bytes of the encoding (at most
     /// [`BlobLimits::data_frame_bytes`], never empty).
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Server to client: the request is not answered.
     Refused(BlobRefusal),
 }
@@ -153,6 +153,48 @@ pub fn encode(message: &BlobMessage, max_frame_bytes: usize) -> Result<Vec<u8>, 
 /// Decodes a frame body (what follows the [`crate::wire::PREFIX_BYTES`]-byte prefix).
 pub fn decode(body: &[u8]) -> Result<BlobMessage, FrameError> {
     wire::decode_value(body)
+}
+
+/// Postcard's index of [`BlobMessage::Data`].
+const DATA_VARIANT: u8 = 2;
+
+/// The frame of `BlobMessage::Data(bytes)`, byte for byte what [`encode`] makes of it, with
+/// `bytes` copied once (a data frame is most of what the protocol sends).
+pub fn encode_data(bytes: &[u8], max_frame_bytes: usize) -> Result<Vec<u8>, FrameError> {
+    let mut header = [0u8; 1 + 1 + 10];
+    header[0] = wire::WIRE_VERSION;
+    header[1] = DATA_VARIANT;
+    let len = 2 + postcard::to_slice(&(bytes.len() as u64), &mut header[2..])
+        .map_err(|e| FrameError::Malformed(format!("cannot encode: {e}")))?
+        .len();
+    let body = len + bytes.len();
+    if body > max_frame_bytes {
+        return Err(FrameError::TooLarge {
+            length: body as u64,
+            limit: max_frame_bytes,
+        });
+    }
+    let prefix = u32::try_from(body).map_err(|_| FrameError::TooLarge {
+        length: body as u64,
+        limit: max_frame_bytes,
+    })?;
+    let mut frame = Vec::with_capacity(wire::PREFIX_BYTES + body);
+    frame.extend_from_slice(&prefix.to_be_bytes());
+    frame.extend_from_slice(&header[..len]);
+    frame.extend_from_slice(bytes);
+    Ok(frame)
+}
+
+/// The bytes of a frame body holding a [`BlobMessage::Data`], borrowed from it; `None` for
+/// any other body (to be decoded with [`decode`], which also reports what is wrong with it).
+pub fn data_of(body: &[u8]) -> Option<&[u8]> {
+    match body {
+        [wire::WIRE_VERSION, DATA_VARIANT, rest @ ..] => {
+            let (len, bytes) = postcard::take_from_bytes::<u64>(rest).ok()?;
+            (bytes.len() as u64 == len).then_some(bytes)
+        }
+        _ => None,
+    }
 }
 
 /// Checks a request against the served limits: the blob and its ranges, or the refusal.
@@ -243,6 +285,27 @@ pub fn probe(limits: &BlobLimits) -> Vec<Range<u64>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn data_frames_encode_and_borrow_as_postcard_does() {
+        for len in [1usize, 127, 128, 16_383, 16_384, 300_000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let frame = encode_data(&bytes, 1 << 20).unwrap();
+            assert_eq!(
+                frame,
+                encode(&BlobMessage::Data(bytes.clone()), 1 << 20).unwrap()
+            );
+            let body = &frame[wire::PREFIX_BYTES..];
+            assert_eq!(data_of(body), Some(&bytes[..]));
+            assert_eq!(decode(body).unwrap(), BlobMessage::Data(bytes));
+        }
+        assert!(encode_data(&[0; 100], 50).is_err());
+        let other = encode(&BlobMessage::Refused(BlobRefusal::Busy), 1 << 20).unwrap();
+        assert_eq!(data_of(&other[wire::PREFIX_BYTES..]), None);
+        let mut truncated = encode_data(&[1, 2, 3], 1 << 20).unwrap();
+        truncated.pop();
+        assert_eq!(data_of(&truncated[wire::PREFIX_BYTES..]), None);
+    }
+
     use super::*;
     use crate::wire::PREFIX_BYTES;
 

@@ -61,6 +61,7 @@ pub struct Data {
     /// The index of the first entry.
     pub start: u64,
     /// The entries `start..start + entries.len()`.
+    #[serde(with = "byte_strings")]
     pub entries: Vec<Vec<u8>>,
     /// The merkle proof and signature covering them.
     pub proof: Proof,
@@ -197,8 +198,51 @@ pub fn decode_frame(frame: &[u8], max_frame_bytes: usize) -> Result<Message, Fra
     decode(body)
 }
 
+/// Serde for a list of byte strings, each as one byte string (serde would otherwise write and
+/// read a `Vec<u8>` one element at a time; postcard's bytes on the wire are the same).
+mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(entries: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(entries.iter().map(|e| Bytes::new(e)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let bufs = Vec::<ByteBuf>::deserialize(d)?;
+        Ok(bufs.into_iter().map(ByteBuf::into_vec).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn entries_are_byte_strings_with_the_bytes_of_a_plain_list() {
+        #[derive(Serialize)]
+        struct Plain {
+            entries: Vec<Vec<u8>>,
+        }
+        #[derive(Serialize, Deserialize)]
+        struct Fast {
+            #[serde(with = "super::byte_strings")]
+            entries: Vec<Vec<u8>>,
+        }
+        let entries = vec![vec![], vec![1, 2, 3], vec![7; 300]];
+        let plain = postcard::to_allocvec(&Plain {
+            entries: entries.clone(),
+        })
+        .unwrap();
+        let fast = postcard::to_allocvec(&Fast {
+            entries: entries.clone(),
+        })
+        .unwrap();
+        assert_eq!(plain, fast);
+        assert_eq!(
+            postcard::from_bytes::<Fast>(&plain).unwrap().entries,
+            entries
+        );
+    }
+
     use super::*;
     use multibee_feed::Signature;
 
