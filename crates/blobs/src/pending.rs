@@ -57,6 +57,18 @@ impl Inner {
         Ok(())
     }
 
+    /// Records `synced`, a partial record whose files were synced after it was taken, while
+    /// imports of the blob may have gone on: unless the blob completed, was deleted or was
+    /// flushed meanwhile (its pending progress is gone then, and its record is newer), the
+    /// durable record catches up to `synced` and the pending progress stays.
+    pub(crate) fn record_synced(&self, id: BlobId, synced: &Record) -> Result<()> {
+        let _lock = self.lock(id);
+        if !self.pending().contains_key(&id) {
+            return Ok(());
+        }
+        self.put_record(id, synced)
+    }
+
     /// [`Blobs::flush`].
     pub(crate) fn flush_pending(&self) -> Result<()> {
         let ids: Vec<BlobId> = self.pending().keys().copied().collect();

@@ -499,6 +499,11 @@ impl Inner {
         if pending.is_some() && !record.is_complete() {
             self.sync_files(id)?;
         }
+        self.put_record(id, record)
+    }
+
+    /// Writes `record` to the database, and nothing else.
+    pub(crate) fn put_record(&self, id: BlobId, record: &Record) -> Result<()> {
         let txn = self.db.begin_write()?;
         txn.open_table(BLOBS)?
             .insert(id.as_bytes(), record.encode().as_slice())?;

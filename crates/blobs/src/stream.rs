@@ -185,7 +185,7 @@ impl Inner {
         let tree = BaoTree::new(size, BLOCK_SIZE);
         // Everything is verified before anything is written.
         let items = decode(id, tree, &groups, encoded)?;
-        let _lock = self.lock(id);
+        let lock = self.lock(id);
         self.touch(id);
         let existing = self.record(id)?;
         // Verifying the last chunk group proves the size (the tree's shape and the last
@@ -266,15 +266,30 @@ impl Inner {
         // SYNC_BYTES; in between the progress is pending (see `pending.rs`).
         let pending = self.pending().remove(&id);
         let unsynced = pending.map_or(0, |p| p.unsynced) + encoded.len() as u64;
-        if complete || fresh || unsynced >= SYNC_BYTES {
+        if complete || fresh {
             for (file, path) in [(&data, &data_path), (&outboard.data, &obao_path)] {
-                file.sync_all()
-                    .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
+                sync(file, path)?;
             }
             if fresh {
                 sync_dir(data_path.parent().unwrap_or(&data_path))?;
             }
             self.write_record(id, &record)?;
+        } else if unsynced >= SYNC_BYTES {
+            // Synced without the lock, so that other imports of the blob write meanwhile;
+            // what is recorded then is what was written before the sync began.
+            let synced = record.clone();
+            self.pending().insert(
+                id,
+                Pending {
+                    record,
+                    unsynced: 0,
+                },
+            );
+            drop(lock);
+            for (file, path) in [(&data, &data_path), (&outboard.data, &obao_path)] {
+                sync(file, path)?;
+            }
+            self.record_synced(id, &synced)?;
         } else {
             self.pending().insert(id, Pending { record, unsynced });
         }
@@ -301,6 +316,11 @@ impl Inner {
             held_bytes: 0,
         })
     }
+}
+
+fn sync(file: &std::fs::File, path: &std::path::Path) -> Result<()> {
+    file.sync_all()
+        .map_err(|e| Error::io(format!("syncing {}", path.display()), e))
 }
 
 fn imported(held: &ChunkRanges, size: u64, complete: bool) -> Imported {

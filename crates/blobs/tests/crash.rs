@@ -119,3 +119,110 @@ async fn check(dir: &std::path::Path, round: usize) {
     }
     eprintln!("round {round}: {complete} complete and {partial} partial blobs after the kill");
 }
+
+const DOWNLOAD_VAR: &str = "BLOBS_DOWNLOAD_DIR";
+/// A download of this many bytes passes two syncs (every `SYNC_BYTES`).
+const DOWNLOAD_BYTES: usize = 80 << 20;
+/// It stops (and waits to be killed) after this many bytes.
+const STOP_AT: u64 = 76 << 20;
+const REQUEST: u64 = 2 << 20;
+
+/// With `BLOBS_DOWNLOAD_DIR` set: downloads most of a blob in 2 MiB requests, flushes if
+/// `BLOBS_DOWNLOAD_FLUSH` is set, prints how much it holds and waits to be killed.
+#[test]
+fn download_child() {
+    let Some(dir) = std::env::var_os(DOWNLOAD_VAR) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    crate::common::runtime().block_on(async {
+        let source = Blobs::open(dir.join("source")).unwrap();
+        let target = Blobs::open(dir.join("target")).unwrap();
+        let data = bytes(DOWNLOAD_BYTES, 77);
+        let id = source.add_bytes(&data).await.unwrap();
+        let size = data.len() as u64;
+        let mut held = 0;
+        for start in (0..STOP_AT).step_by(REQUEST as usize) {
+            let range = [start..start + REQUEST];
+            let encoded = source.export_ranges(id, &range).await.unwrap();
+            held = target
+                .import_ranges(id, size, &range, &encoded)
+                .await
+                .unwrap()
+                .held_bytes;
+        }
+        if std::env::var_os("BLOBS_DOWNLOAD_FLUSH").is_some() {
+            target.flush().await.unwrap();
+        }
+        println!("held {held}");
+    });
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// A download killed between syncs keeps what was synced (at least every `SYNC_BYTES`), which
+/// verifies, and resumes from it; after `flush`, it keeps everything it imported.
+#[test]
+fn a_killed_download_keeps_what_was_synced_and_a_flushed_one_everything() {
+    use std::io::BufRead;
+    for flush in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .args(["--exact", "crash::download_child", "--nocapture"])
+            .args(["--test-threads=1"])
+            .env(DOWNLOAD_VAR, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if flush {
+            command.env("BLOBS_DOWNLOAD_FLUSH", "1");
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        // The child prints its line only once the imports (and the flush) returned.
+        let line = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| Some(l.split_once("held ")?.1.to_string()));
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+        // The harness prints the test's name first, on the same line.
+        let imported: u64 = line.expect("the child stopped early").parse().unwrap();
+        assert_eq!(imported, STOP_AT);
+
+        crate::common::runtime().block_on(async {
+            let source = Blobs::open(dir.path().join("source")).unwrap();
+            let target = Blobs::open(dir.path().join("target")).unwrap();
+            let data = bytes(DOWNLOAD_BYTES, 77);
+            let id = BlobId::of(&data);
+            let status = target.status(id).await.unwrap().unwrap();
+            let held: u64 = status.held.iter().map(|r| r.end - r.start).sum();
+            assert_eq!(status.held, [0..held], "held from the start");
+            if flush {
+                assert_eq!(held, imported);
+            } else {
+                // Synced when the download started and at least every SYNC_BYTES after.
+                assert!(
+                    held + multibee_blobs::SYNC_BYTES >= imported,
+                    "{held} of {imported}"
+                );
+                assert!(held >= multibee_blobs::SYNC_BYTES, "{held} of {imported}");
+                assert!(held < imported, "{held} of {imported}");
+            }
+            let verifier = Blobs::open(dir.path().join("verifier")).unwrap();
+            let encoded = target.export_ranges(id, &status.held).await.unwrap();
+            let size = data.len() as u64;
+            verifier
+                .import_ranges(id, size, &status.held, &encoded)
+                .await
+                .unwrap();
+            let missing = status.missing();
+            let encoded = source.export_ranges(id, &missing).await.unwrap();
+            let done = target
+                .import_ranges(id, size, &missing, &encoded)
+                .await
+                .unwrap();
+            assert!(done.complete);
+            assert_eq!(target.read(id).await.unwrap(), data);
+        });
+    }
+}
