@@ -451,12 +451,23 @@ impl Fetcher {
         }
     }
 
-    /// Starts syncing every connected peer not synced yet.
+    /// Starts syncing every connected peer not synced yet, and forgets the others (after
+    /// missed node events, a disconnection may have gone unseen).
     async fn sync_connected(&mut self) {
-        if let Ok(peers) = self.node.connected_peers().await {
-            for peer in peers {
-                self.sync_peer(peer);
-            }
+        let Ok(peers) = self.node.connected_peers().await else {
+            return;
+        };
+        let gone: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|p| !peers.contains(p))
+            .copied()
+            .collect();
+        for peer in gone {
+            self.forget_peer(peer);
+        }
+        for peer in peers {
+            self.sync_peer(peer);
         }
     }
 
