@@ -566,3 +566,22 @@ async fn list_peer(node: &NodeHandle, peer: PeerId, news: &mpsc::Sender<News>) -
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_and_cover_keys() {
+        let parse =
+            |v: &[&str]| FetchPolicy::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(parse(&[]), Ok(FetchPolicy::All));
+        assert_eq!(parse(&["all"]), Ok(FetchPolicy::All));
+        assert_eq!(parse(&["none"]), Ok(FetchPolicy::None));
+        assert!(parse(&["photos/", "none"]).is_err());
+        let prefixes = parse(&["photos/", "docs/"]).unwrap();
+        assert!(prefixes.covers(b"photos/a") && prefixes.covers(b"docs/x"));
+        assert!(!prefixes.covers(b"other/photos/a"));
+        assert!(FetchPolicy::All.covers(b"") && !FetchPolicy::None.covers(b"x"));
+    }
+}
