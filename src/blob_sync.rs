@@ -319,10 +319,11 @@ impl Fetcher {
             if r.media_type.is_some() {
                 entry.media_type = r.media_type;
             }
-            if covered
-                && !self.wanted.contains(&r.id)
-                && !self.blobs.has(r.id).await.unwrap_or(false)
-            {
+            if !covered {
+                continue;
+            }
+            // A new reference to a blob still wanted is a reason to try again.
+            if self.wanted.contains(&r.id) || !self.blobs.has(r.id).await.unwrap_or(false) {
                 self.wanted.insert(r.id);
                 self.enqueue(r.id);
             }
