@@ -1,6 +1,6 @@
 //! The library's blob fetcher: a blob referenced by a document merged while no holder was
-//! connected is fetched once a holder connects (policy `all`) and not under `none`; arrivals
-//! carry the keys that reference the blob.
+//! connected is fetched once a holder connects (policy `all`), or once a connected peer
+//! completes it, and not under `none`; arrivals carry the keys that reference the blob.
 
 use multibee::blob_sync::{BlobFetcher, FetchPolicy, FetcherStatus};
 use multibee::blobs::{BlobId, Blobs};
@@ -17,6 +17,7 @@ struct Scene {
     a: multibee::Served,
     b: multibee::Served,
     b_blobs: Blobs,
+    c_blobs: Blobs,
     fetcher: BlobFetcher,
     c: multibee::net::Node,
     id: BlobId,
@@ -44,7 +45,7 @@ async fn scene(policy: FetchPolicy) -> Scene {
     let data: Vec<u8> = (0..400_000u32).map(|i| (i % 249) as u8).collect();
     let id = c_blobs.add_bytes(&data).await.unwrap();
     let c_store = multibee::feed::Store::open(dir.path().join("c")).unwrap();
-    let c = multibee::net::Node::start(c_store, config().blobs(c_blobs))
+    let c = multibee::net::Node::start(c_store, config().blobs(c_blobs.clone()))
         .await
         .unwrap();
 
@@ -87,6 +88,7 @@ async fn scene(policy: FetchPolicy) -> Scene {
         a,
         b,
         b_blobs,
+        c_blobs,
         fetcher,
         c,
         id,
@@ -137,6 +139,38 @@ async fn a_wanted_blob_is_fetched_when_a_holder_connects_with_its_referencing_ke
     waiting("nothing to be wanted", status.wait_for(|s| s.wanted == 0))
         .await
         .unwrap();
+
+    // A document references a blob nobody holds yet: B tries (C is connected now) and fails.
+    let later: Vec<u8> = (0..50_000u32).map(|i| (i % 7) as u8).collect();
+    let later_id = BlobId::of(&later);
+    let failed = status.borrow().failed;
+    let doc = json!({"file": {"$blob": later_id.to_hex()}});
+    scene
+        .a
+        .multibee()
+        .put("docs/later", Value::Json(doc))
+        .await
+        .unwrap();
+    let tried = |s: &FetcherStatus| s.wanted == 1 && s.fetching == 0 && s.failed > failed;
+    waiting(
+        "the fetch of the later blob to fail",
+        status.wait_for(tried),
+    )
+    .await
+    .unwrap();
+    // Once C completes it, C's live queue tells B, which fetches it.
+    scene.c_blobs.add_bytes(&later).await.unwrap();
+    let arrival = waiting("the later blob to arrive", async {
+        loop {
+            let arrival = arrivals.recv().await.unwrap();
+            if arrival.id == later_id {
+                return arrival;
+            }
+        }
+    })
+    .await;
+    assert_eq!(arrival.keys, vec![b"docs/later".to_vec()]);
+    assert!(scene.b_blobs.read(later_id).await.unwrap() == later);
 
     // A blob added on B and referenced later: its arrival names no key (none referenced it).
     let local = scene.b_blobs.add_bytes(b"a note").await.unwrap();
