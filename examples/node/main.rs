@@ -860,6 +860,10 @@ async fn blob_command(
                 .collect(referenced, multibee::blobs::DEFAULT_GRACE)
                 .await
                 .map_err(|e| e.to_string())?;
+            for id in &done.removed {
+                // No longer held: no longer announced in the DHT.
+                let _ = served.node().stop_providing_blob(*id).await;
+            }
             let removed: Vec<String> = done.removed.iter().map(|id| id.to_hex()).collect();
             fields.insert("removed".into(), json!(removed));
             fields.insert("removed_bytes".into(), json!(done.removed_bytes));

@@ -230,7 +230,18 @@ pub(super) async fn delete(State(api): State<HttpApi>, Path(id): Path<String>) -
     let blobs = store(&api)?;
     let id = parse_id(&id)?;
     blobs.delete(id).await?;
+    stop_providing(&api, &[id]).await;
     ok(json!({"ok": true, "id": id.to_hex()}))
+}
+
+/// Tells the node (if any) to stop providing deleted blobs in the DHT.
+async fn stop_providing(api: &HttpApi, ids: &[BlobId]) {
+    let Some(node) = &api.node else { return };
+    for id in ids {
+        if let Err(e) = node.stop_providing_blob(*id).await {
+            tracing::debug!(%id, "cannot stop providing a deleted blob: {e}");
+        }
+    }
 }
 
 /// The parameters of `GET /blobs`.
@@ -297,6 +308,7 @@ pub(super) async fn gc(
     );
     let referenced = crate::attachments::referenced_blobs(&api.mb)?;
     let done = blobs.collect(referenced, grace).await?;
+    stop_providing(&api, &done.removed).await;
     let removed: Vec<String> = done.removed.iter().map(BlobId::to_hex).collect();
     ok(json!({
         "ok": true,

@@ -8,8 +8,10 @@
 //! one DHT query each, and the record store holds 1024 provided keys in all, feeds included):
 //! the first ones in id order among those held at the start, then those that become complete,
 //! until the cap. Blobs beyond it are still served and found through store sync
-//! ([`NodeHandle::list_peer_blobs`]). A deleted blob stays provided until the node restarts
-//! (its record then expires from the DHT; asked for it, the node answers `NotFound`).
+//! ([`NodeHandle::list_peer_blobs`]). The blob store does not tell deletions: whoever deletes
+//! a blob calls [`NodeHandle::stop_providing_blob`] (the HTTP API and the node's `blob gc` do);
+//! records other nodes hold expire with their TTL, and a node asked for a blob it no longer
+//! holds answers `NotFound`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -67,6 +69,19 @@ impl Providers {
                 self.provided.insert(id);
             }
             Err(e) => tracing::debug!(%id, %e, "cannot record a provided blob"),
+        }
+    }
+
+    /// Stops providing `id` (a slot under the cap is free again).
+    pub(crate) fn unprovide(
+        &mut self,
+        kad: Option<&mut kad::Behaviour<kad::store::MemoryStore>>,
+        id: BlobId,
+    ) {
+        if self.provided.remove(&id)
+            && let Some(kad) = kad
+        {
+            kad.stop_providing(&blob_record_key(id));
         }
     }
 
@@ -154,6 +169,12 @@ impl NodeHandle {
     pub async fn find_blob_providers(&self, id: BlobId) -> Result<Vec<PeerId>, crate::Error> {
         self.ask(|reply| Command::FindBlobProviders(id, reply))
             .await
+    }
+
+    /// Stops announcing blob `id` in the DHT (call it when the blob is deleted): this node no
+    /// longer answers as its provider; the records other nodes hold expire with their TTL.
+    pub async fn stop_providing_blob(&self, id: BlobId) -> Result<(), crate::Error> {
+        self.ask(|done| Command::StopProvidingBlob(id, done)).await
     }
 
     /// Connects to `peer` at the addresses the node knows for it (from Kademlia), waiting at

@@ -53,6 +53,8 @@ pub(crate) enum Command {
     /// Dials a peer by id: `Ok(true)` if it is connected already, `Ok(false)` once the dial
     /// started.
     DialPeer(PeerId, oneshot::Sender<Result<bool, String>>),
+    /// Stops providing a blob in the DHT.
+    StopProvidingBlob(BlobId, oneshot::Sender<()>),
     Shutdown,
 }
 
@@ -557,6 +559,11 @@ impl EventLoop {
                 let local = *self.swarm.local_peer_id();
                 let kad = self.swarm.behaviour_mut().kad.as_mut();
                 self.blob_providers.find(kad, local, id, reply);
+            }
+            Command::StopProvidingBlob(id, done) => {
+                let kad = self.swarm.behaviour_mut().kad.as_mut();
+                self.blob_providers.unprovide(kad, id);
+                let _ = done.send(());
             }
             Command::DialPeer(peer, reply) => {
                 let dialed = if self.swarm.is_connected(&peer) {

@@ -225,3 +225,21 @@ fn blob_record_keys_are_not_discovery_keys() {
     assert_ne!(key.as_ref(), id.as_bytes());
     assert_ne!(key, multibee_net::blob_record_key(BlobId::of(b"y")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_no_longer_provided_is_not_found_in_the_dht() {
+    let _watchdog = Watchdog::arm("blob_sync::a_blob_no_longer_provided_is_not_found_in_the_dht");
+    let a_dir = tempfile::tempdir().unwrap();
+    let a_blobs = Blobs::open(a_dir.path().join("blobs")).unwrap();
+    let id = a_blobs.add_bytes(b"provided, then deleted").await.unwrap();
+    let a = Peer::start_in(a_dir, config().blobs(a_blobs.clone())).await;
+    let b = Peer::start(config()).await;
+    let a_id = connect(&b, &a).await;
+    let found = within("the providers", b.node.handle().find_blob_providers(id)).await;
+    assert_eq!(found.unwrap(), vec![a_id]);
+
+    a_blobs.delete(id).await.unwrap();
+    a.node.handle().stop_providing_blob(id).await.unwrap();
+    let found = within("the providers", b.node.handle().find_blob_providers(id)).await;
+    assert_eq!(found.unwrap(), vec![]);
+}
