@@ -13,7 +13,8 @@
 //!   ([`NodeHandle::list_peer_blobs`], in pages) and intersects them with what is wanted.
 //!
 //! At most [`MAX_FETCHES`] fetches run at once; a blob that no one can serve stays wanted
-//! until a holder shows up (nothing is retried on a timer). Every blob that becomes complete
+//! until a holder shows up or a document references it again (nothing is retried on a
+//! timer). Every blob that becomes complete
 //! in the store, fetched or added locally, is published as a [`BlobArrival`] with the keys
 //! that reference it ([`BlobFetcher::arrivals`]).
 //!
@@ -155,6 +156,7 @@ impl BlobFetcher {
             wanted: HashSet::new(),
             holders: HashMap::new(),
             queue: VecDeque::new(),
+            queued: HashSet::new(),
             in_flight: HashSet::new(),
             again: HashSet::new(),
             fetches: JoinSet::new(),
@@ -222,6 +224,8 @@ struct Fetcher {
     holders: HashMap<BlobId, HashSet<PeerId>>,
     /// Wanted blobs waiting for a fetch slot (each at most once, none in flight).
     queue: VecDeque<BlobId>,
+    /// The blobs in `queue`.
+    queued: HashSet<BlobId>,
     in_flight: HashSet<BlobId>,
     /// Blobs in flight that a holder was learned of meanwhile: fetched again if they fail.
     again: HashSet<BlobId>,
@@ -343,7 +347,6 @@ impl Fetcher {
     /// A blob became complete in the store.
     async fn on_arrival(&mut self, arrival: Arrival) {
         let was_wanted = self.wanted.remove(&arrival.id);
-        self.queue.retain(|id| *id != arrival.id);
         let refs = self.refs.get(&arrival.id);
         if was_wanted && let Some(media_type) = refs.and_then(|r| r.media_type.as_deref()) {
             // The document says what the blob is: kept for reads over HTTP.
@@ -394,7 +397,7 @@ impl Fetcher {
     fn enqueue(&mut self, id: BlobId) {
         if self.in_flight.contains(&id) {
             self.again.insert(id);
-        } else if !self.queue.contains(&id) {
+        } else if self.queued.insert(id) {
             self.queue.push_back(id);
         }
     }
@@ -405,6 +408,7 @@ impl Fetcher {
             let Some(id) = self.queue.pop_front() else {
                 return;
             };
+            self.queued.remove(&id);
             if !self.wanted.contains(&id) {
                 continue;
             }
