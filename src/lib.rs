@@ -62,6 +62,7 @@ pub use multibee_net::{Config, Multiaddr, PeerId};
 pub use ticket::{Ticket, TicketError};
 
 pub mod attachments;
+pub mod blob_sync;
 pub mod http;
 mod join;
 mod peers;

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! End-to-end tests of multibee peers served over the network (loopback only).
 
+mod blob_sync;
 mod blobs;
 mod browser;
 mod common;

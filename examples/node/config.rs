@@ -84,7 +84,7 @@ pub struct Settings {
     pub max_drift_ms: Option<u64>,
     pub sync: Option<SyncMode>,
     pub cache_bytes: Option<usize>,
-    pub blob_fetch: crate::fetch::BlobFetch,
+    pub blob_fetch: multibee::blob_sync::FetchPolicy,
 }
 
 /// Reads the configuration file (`--config`, or `multibee.toml` in the folder if there is
@@ -150,7 +150,7 @@ fn merge(args: &Args, file: File) -> Result<Settings, String> {
         (_, Some(OneOrMany::Many(v))) => v,
         _ => Vec::new(),
     };
-    let blob_fetch = crate::fetch::BlobFetch::parse(&blob_fetch)?;
+    let blob_fetch = multibee::blob_sync::FetchPolicy::parse(&blob_fetch)?;
     Ok(Settings {
         blob_fetch,
         listen,

@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 mod config;
-mod fetch;
+use multibee::blob_sync::BlobFetcher;
 use multibee::db::{Clock, Event as DbEvent, SystemClock};
 use multibee::net::Event as NetEvent;
 use multibee::{ChangesOptions, Config, FeedKey, MultiBee, Multiaddr, Options, Served, serve};
@@ -135,11 +135,11 @@ Commands on stdin, one per line, each answered with one JSON line carrying \"ok\
   dial ADDR   (waits up to 10 s: \"peer_id\", or ok false and the reason, e.g. connection refused)
   conflicts KEY | history KEY | status | quit
   blob add PATH | blob get ID PATH | blob list [AFTER] | blob status ID | blob gc   (DIR/blobs)
-  blob fetch ID   (from the connected peers that hold it: \"size\", \"fetched_bytes\")
+  blob fetch ID   (from the connected peers, else DHT providers: \"size\", \"fetched_bytes\")
 A bad line (not UTF-8, over 16 MiB, unknown) is answered with an error; the node goes on.
 Event lines carry \"event\": ready, change, peer_connected, peer_disconnected, peer_rejected,
 dial_failed (peer_id, address, reason; background dials too), mdns_found_nothing (tried, once),
-future_timestamp, invalid_diff, writer_frozen, merged, blob_arrived (id, size).
+future_timestamp, invalid_diff, writer_frozen, merged, blob_arrived (id, size, keys).
 Peers are remembered in DIR/peers.json and dialed again at start and when they disconnect.
 Settings may come from DIR/multibee.toml or --config PATH (keys: listen, http, http_token,
 bootstrap, dial, mdns, max_drift_ms, sync, cache_mb or cache_bytes, blob_fetch); flags override
@@ -419,17 +419,20 @@ async fn run(args: Args) -> Result<(), String> {
     );
     out.send(ready).await;
 
+    // Fetches referenced blobs by policy, and tells arrivals with their referencing keys.
+    let fetcher = match BlobFetcher::start(mb.clone(), served.node(), blobs.clone(), blob_fetch) {
+        Ok(fetcher) => fetcher,
+        Err(e) => {
+            served.shutdown().await;
+            mb.close().await;
+            return Err(format!("cannot follow the documents' blobs: {e}"));
+        }
+    };
     let background = [
         tokio::spawn(print_changes(mb.clone(), out.clone())),
         tokio::spawn(print_node_events(served.subscribe(), out.clone())),
         tokio::spawn(print_db_events(mb.events(), out.clone())),
-        tokio::spawn(print_blob_arrivals(blobs.arrivals(), out.clone())),
-        tokio::spawn(fetch::fetch_referenced(
-            mb.clone(),
-            served.node(),
-            blobs.clone(),
-            blob_fetch,
-        )),
+        tokio::spawn(print_blob_arrivals(fetcher.arrivals(), out.clone())),
     ];
     let result = commands(
         &served,
@@ -838,14 +841,9 @@ async fn blob_command(
         }
         "fetch" => {
             let id = parse(one_arg(rest, "blob fetch ID")?)?;
-            let peers = served
-                .node()
-                .connected_peers()
-                .await
-                .map_err(|e| e.to_string())?;
             let outcome = served
                 .node()
-                .fetch_blob(id, peers)
+                .fetch_blob_anywhere(id)
                 .await
                 .map_err(|e| e.to_string())?;
             fields.insert("id".into(), json!(id.to_hex()));
@@ -862,6 +860,10 @@ async fn blob_command(
                 .collect(referenced, multibee::blobs::DEFAULT_GRACE)
                 .await
                 .map_err(|e| e.to_string())?;
+            for id in &done.removed {
+                // No longer held: no longer announced in the DHT.
+                let _ = served.node().stop_providing_blob(*id).await;
+            }
             let removed: Vec<String> = done.removed.iter().map(|id| id.to_hex()).collect();
             fields.insert("removed".into(), json!(removed));
             fields.insert("removed_bytes".into(), json!(done.removed_bytes));
@@ -1031,16 +1033,22 @@ async fn print_node_events(mut events: tokio::sync::broadcast::Receiver<NetEvent
 }
 
 /// Prints what merging reports (future timestamps, invalid diffs, frozen writers).
-/// `{"event":"blob_arrived","id","size"}` for every blob that becomes complete in the store.
+/// `{"event":"blob_arrived","id","size","keys"}` for every blob that becomes complete in the
+/// store, with the keys of the documents that reference it.
 async fn print_blob_arrivals(
-    mut arrivals: tokio::sync::broadcast::Receiver<multibee::blobs::Arrival>,
+    mut arrivals: tokio::sync::broadcast::Receiver<multibee::blob_sync::BlobArrival>,
     out: Out,
 ) {
     loop {
         match arrivals.recv().await {
             Ok(a) => {
-                out.send(json!({"event": "blob_arrived", "id": a.id.to_hex(), "size": a.size}))
-                    .await
+                let keys: Vec<String> = a
+                    .keys
+                    .iter()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect();
+                let line = json!({"event": "blob_arrived", "id": a.id.to_hex(), "size": a.size, "keys": keys});
+                out.send(line).await
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "blob arrival lines were dropped");

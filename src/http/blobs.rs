@@ -1,8 +1,8 @@
 //! Blobs (`/blobs`): content-addressed files next to the documents. `PUT /blobs` streams an
 //! upload into the store (any size, bounded memory) and answers its id; `GET /blobs/{id}`
 //! streams it back, whole or one byte range (`Range: bytes=a-b`, `a-`, `-n`), with its media
-//! type, fetching it first from the connected peers when this node lacks it (a read on
-//! demand); `HEAD`, `DELETE`, and `GET /blobs` (ids in order, paged with `after`).
+//! type, fetching it first from the connected peers, or else its DHT providers, when this node
+//! lacks it (a read on demand); `HEAD`, `DELETE`, and `GET /blobs` (ids in order, paged with `after`).
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -185,8 +185,8 @@ pub(super) async fn get(
 /// How long a read of a blob this node lacks waits for it to be fetched from its peers.
 const FETCH_ON_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Fetches a blob this node lacks from the peers connected now (a read on demand); its size
-/// once held.
+/// Fetches a blob this node lacks from the peers connected now, or else from its providers in
+/// the DHT (a read on demand); its size once held.
 async fn fetch_on_read(api: &HttpApi, id: BlobId) -> Result<u64, ApiError> {
     let not_here = |why: String| ApiError::new(StatusCode::NOT_FOUND, "not_found", why);
     let Some(node) = &api.node else {
@@ -201,10 +201,11 @@ async fn fetch_on_read(api: &HttpApi, id: BlobId) -> Result<u64, ApiError> {
             "blob {id} not found here, and no peer is connected to fetch it from"
         )));
     }
-    match tokio::time::timeout(FETCH_ON_READ_TIMEOUT, node.fetch_blob(id, peers)).await {
+    let fetch = node.fetch_blob_anywhere(id);
+    match tokio::time::timeout(FETCH_ON_READ_TIMEOUT, fetch).await {
         Ok(Ok(outcome)) => Ok(outcome.size),
         Ok(Err(e)) => Err(not_here(format!(
-            "blob {id} not found here, nor fetched from the connected peers: {e}"
+            "blob {id} not found here, nor fetched from the peers: {e}"
         ))),
         Err(_) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -229,7 +230,18 @@ pub(super) async fn delete(State(api): State<HttpApi>, Path(id): Path<String>) -
     let blobs = store(&api)?;
     let id = parse_id(&id)?;
     blobs.delete(id).await?;
+    stop_providing(&api, &[id]).await;
     ok(json!({"ok": true, "id": id.to_hex()}))
+}
+
+/// Tells the node (if any) to stop providing deleted blobs in the DHT.
+async fn stop_providing(api: &HttpApi, ids: &[BlobId]) {
+    let Some(node) = &api.node else { return };
+    for id in ids {
+        if let Err(e) = node.stop_providing_blob(*id).await {
+            tracing::debug!(%id, "cannot stop providing a deleted blob: {e}");
+        }
+    }
 }
 
 /// The parameters of `GET /blobs`.
@@ -296,6 +308,7 @@ pub(super) async fn gc(
     );
     let referenced = crate::attachments::referenced_blobs(&api.mb)?;
     let done = blobs.collect(referenced, grace).await?;
+    stop_providing(&api, &done.removed).await;
     let removed: Vec<String> = done.removed.iter().map(BlobId::to_hex).collect();
     ok(json!({
         "ok": true,

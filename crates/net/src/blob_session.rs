@@ -19,6 +19,7 @@ use libp2p_stream::{Control, IncomingStreams};
 use multibee_blobs::{BlobId, Blobs};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
+use crate::blob_sync::{self, WatchSlots};
 use crate::blob_wire::{
     self, BLOBS_PROTOCOL, BlobMessage, BlobRefusal, BlobRequest, check_request, clamp,
     max_encoded_len,
@@ -61,12 +62,16 @@ pub(crate) async fn accept_blobs(
     cx: Arc<Context>,
     stop: watch::Receiver<bool>,
 ) {
+    let watches = Arc::new(WatchSlots::default());
     crate::session::accept_streams(
         incoming,
         cx,
         stop,
         "serving blobs",
-        |_peer, stream, cx, frames| async move { serve(stream, &cx, &frames).await },
+        move |peer, stream, cx, frames| {
+            let watches = watches.clone();
+            async move { serve(peer, stream, &cx, &frames, &watches).await }
+        },
         |mut stream, cx| async move {
             let _ = refuse(&mut stream, BlobRefusal::Busy, &cx).await;
             let _ = stream.close().await;
@@ -76,8 +81,15 @@ pub(crate) async fn accept_blobs(
 }
 
 /// Serves one blob stream: answers requests one by one until the client closes the stream or
-/// sends nothing for a frame deadline.
-async fn serve(mut stream: Stream, cx: &Context, frames: &Semaphore) -> Result<(), SessionEnd> {
+/// sends nothing for a frame deadline; a `Watch` turns it into a watch stream
+/// ([`blob_sync::serve_watch`]).
+async fn serve(
+    peer: PeerId,
+    mut stream: Stream,
+    cx: &Context,
+    frames: &Semaphore,
+    watches: &Arc<WatchSlots>,
+) -> Result<(), SessionEnd> {
     let limits = &cx.config.blob_limits;
     let mut buf = Vec::new();
     loop {
@@ -93,10 +105,18 @@ async fn serve(mut stream: Stream, cx: &Context, frames: &Semaphore) -> Result<(
         let message = blob_wire::decode(&buf).map_err(|e| SessionEnd::Violation(e.into()))?;
         let request = match message {
             BlobMessage::Request(request) => request,
+            BlobMessage::List { after, limit } => {
+                let answer = blob_sync::answer_list(cx, after, limit).await?;
+                let frame = blob_wire::encode(&answer, limits.max_frame_bytes())
+                    .map_err(|e| SessionEnd::Closed(format!("cannot encode ids: {e}")))?;
+                write_frame(&mut stream, &frame, cx.frame_timeout()).await?;
+                continue;
+            }
+            BlobMessage::Watch => return blob_sync::serve_watch(stream, peer, cx, watches).await,
             other => {
                 return Err(SessionEnd::Violation(Violation::Unexpected {
                     message: other.name(),
-                    detail: "a blob client sends only requests",
+                    detail: "a blob client sends only Request, List or Watch",
                 }));
             }
         };
@@ -602,7 +622,7 @@ fn unexpected(message: &'static str, detail: &'static str) -> Fault {
 }
 
 /// Opens a blob stream to `peer`, holding its opener's permit (kept until the first answer).
-async fn open(
+pub(crate) async fn open(
     control: &mut Control,
     peer: PeerId,
     opener: &Arc<Semaphore>,

@@ -5,7 +5,11 @@
 //! ([`crate::wire::WIRE_VERSION`]) and one [`BlobMessage`] in postcard. On a stream the client
 //! sends a [`BlobRequest`] and reads the answer before it sends the next one: either a
 //! [`BlobMessage::Refused`], or a [`BlobMessage::Response`] with the blob's size and the
-//! length of the bao encoding that follows in [`BlobMessage::Data`] frames. See `PROTOCOL.md`.
+//! length of the bao encoding that follows in [`BlobMessage::Data`] frames. Store sync (the
+//! coffer way: sorted id lists once, then a live queue of new ids) uses [`BlobMessage::List`]
+//! (answered by [`BlobMessage::Ids`]) and [`BlobMessage::Watch`] (answered by
+//! [`BlobMessage::Watching`], then [`BlobMessage::Arrived`] and [`BlobMessage::Lagged`]
+//! frames until the client closes the stream). See `PROTOCOL.md`.
 
 // Lists of byte ranges are what requests carry: a list of one range is not a mistake here.
 #![allow(clippy::single_range_in_vec_init)]
@@ -48,6 +52,12 @@ pub struct BlobLimits {
     /// Fetched: requests in flight to one peer at once, each on its own stream, so that the
     /// peer encodes and sends the next answers while this node verifies and stores one.
     pub requests_in_flight: usize,
+    /// Served: the most ids one [`BlobMessage::Ids`] answer carries; a [`BlobMessage::List`]
+    /// asking for more is clamped to it (not refused: the answer says `more`).
+    pub max_list_ids: usize,
+    /// Served: the most watch streams ([`BlobMessage::Watch`]) one peer may hold open at once
+    /// (beyond, [`BlobRefusal::Busy`]).
+    pub max_watches_per_peer: usize,
 }
 
 impl Default for BlobLimits {
@@ -58,6 +68,8 @@ impl Default for BlobLimits {
             request_bytes: 2 << 20,
             data_frame_bytes: 1 << 20,
             requests_in_flight: 4,
+            max_list_ids: 1024,
+            max_watches_per_peer: 2,
         }
     }
 }
@@ -80,6 +92,10 @@ impl BlobLimits {
         (bytes / GROUP_BYTES).max(1) * GROUP_BYTES
     }
 }
+
+/// The most ids in one [`BlobMessage::Arrived`] frame (a protocol constant: a client rejects
+/// a frame with more).
+pub const MAX_ARRIVED_IDS: usize = 256;
 
 /// "Send me these byte ranges of this blob, with their proof."
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -131,6 +147,33 @@ pub enum BlobMessage {
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Server to client: the request is not answered.
     Refused(BlobRefusal),
+    /// Client to server: "your complete blobs' ids after `after` (from the first if `None`),
+    /// in order, at most `limit` of them" (clamped to [`BlobLimits::max_list_ids`]). Answered
+    /// by [`BlobMessage::Ids`]; the stream stays open for the next request.
+    List {
+        /// The last id of the previous page, if any.
+        after: Option<[u8; 32]>,
+        /// The most ids wanted.
+        limit: u32,
+    },
+    /// Server to client: ids of complete blobs, sorted, strictly after the `List`'s `after`.
+    Ids {
+        /// The ids, at most the (clamped) limit asked for.
+        ids: Vec<[u8; 32]>,
+        /// Whether more ids follow the last one (ask again with it as `after`).
+        more: bool,
+    },
+    /// Client to server: "tell me the id of every blob that becomes complete from now on".
+    /// The last request of a stream: the client then only reads, and closes the stream to
+    /// stop.
+    Watch,
+    /// Server to client: the watch is in place (every blob complete after this is told).
+    Watching,
+    /// Server to client: ids of blobs that became complete, in order (1 to
+    /// [`MAX_ARRIVED_IDS`]).
+    Arrived(Vec<[u8; 32]>),
+    /// Server to client: the watcher fell behind and ids were skipped: list again.
+    Lagged,
 }
 
 impl BlobMessage {
@@ -141,6 +184,12 @@ impl BlobMessage {
             BlobMessage::Response { .. } => "Response",
             BlobMessage::Data(_) => "Data",
             BlobMessage::Refused(_) => "Refused",
+            BlobMessage::List { .. } => "List",
+            BlobMessage::Ids { .. } => "Ids",
+            BlobMessage::Watch => "Watch",
+            BlobMessage::Watching => "Watching",
+            BlobMessage::Arrived(_) => "Arrived",
+            BlobMessage::Lagged => "Lagged",
         }
     }
 }
@@ -216,6 +265,31 @@ pub fn check_request(
         return Err(BlobRefusal::TooLarge);
     }
     Ok((BlobId::from_bytes(request.id), request.ranges.clone()))
+}
+
+/// How many ids a server answers a `List` asking for `limit` with.
+pub fn list_size(limit: u32, limits: &BlobLimits) -> usize {
+    (limit as usize).min(limits.max_list_ids)
+}
+
+/// Checks an `Ids` answer to a `List { after, limit }`: at most `limit` ids, strictly
+/// increasing, all after `after`. The ids, or what is wrong.
+pub fn check_ids(
+    after: Option<BlobId>,
+    limit: usize,
+    ids: &[[u8; 32]],
+) -> Result<Vec<BlobId>, &'static str> {
+    if ids.len() > limit {
+        return Err("no more ids than asked for");
+    }
+    let mut last = after.map(|a| *a.as_bytes());
+    for id in ids {
+        if last.is_some_and(|l| *id <= l) {
+            return Err("sorted ids after the one asked for");
+        }
+        last = Some(*id);
+    }
+    Ok(ids.iter().map(|id| BlobId::from_bytes(*id)).collect())
 }
 
 /// `ranges` cut at `size` (empty ones dropped): what both sides encode and verify.
@@ -372,6 +446,34 @@ mod tests {
             ask(vec![0..u64::MAX, 0..u64::MAX]),
             Err(BlobRefusal::TooLarge)
         );
+    }
+
+    #[test]
+    fn a_full_id_list_fits_the_frame_limit_and_bad_lists_are_caught() {
+        let limits = BlobLimits::default();
+        let ids = BlobMessage::Ids {
+            ids: vec![[0xff; 32]; limits.max_list_ids],
+            more: true,
+        };
+        assert!(encode(&ids, limits.max_frame_bytes()).is_ok());
+        let arrived = BlobMessage::Arrived(vec![[0xff; 32]; MAX_ARRIVED_IDS]);
+        assert!(encode(&arrived, limits.max_frame_bytes()).is_ok());
+        let list = BlobMessage::List {
+            after: Some([0xff; 32]),
+            limit: u32::MAX,
+        };
+        assert!(encode(&list, limits.max_request_frame()).is_ok());
+        assert_eq!(list_size(u32::MAX, &limits), limits.max_list_ids);
+        assert_eq!(list_size(3, &limits), 3);
+
+        let (a, b) = ([1; 32], [2; 32]);
+        let after = Some(BlobId::from_bytes(a));
+        assert!(check_ids(None, 2, &[a, b]).is_ok());
+        assert!(check_ids(after, 2, &[b]).is_ok());
+        assert!(check_ids(after, 2, &[a, b]).is_err(), "not after");
+        assert!(check_ids(None, 2, &[b, a]).is_err(), "not sorted");
+        assert!(check_ids(None, 2, &[a, a]).is_err(), "repeated");
+        assert!(check_ids(None, 1, &[a, b]).is_err(), "too many");
     }
 
     #[test]

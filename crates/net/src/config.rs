@@ -60,6 +60,11 @@ pub struct Config {
     pub blobs: Option<multibee_blobs::Blobs>,
     /// Request and frame sizes of the blob protocol.
     pub blob_limits: BlobLimits,
+    /// The most blobs announced as provided in the Kademlia DHT (256): those held at the
+    /// start, in id order, then those that become complete, until the cap (see
+    /// [`crate::NodeHandle::find_blob_providers`]). Every blob is served whether provided or
+    /// not.
+    pub max_provided_blobs: usize,
 }
 
 impl Default for Config {
@@ -85,6 +90,7 @@ impl Default for Config {
             sink: None,
             blobs: None,
             blob_limits: BlobLimits::default(),
+            max_provided_blobs: 256,
         }
     }
 }

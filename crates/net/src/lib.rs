@@ -42,7 +42,9 @@
 #![deny(missing_docs)]
 
 mod behaviour;
+mod blob_providers;
 mod blob_session;
+mod blob_sync;
 pub mod blob_wire;
 mod config;
 mod error;
@@ -54,7 +56,9 @@ mod session;
 mod sink;
 pub mod wire;
 
+pub use blob_providers::blob_record_key;
 pub use blob_session::FetchOutcome;
+pub use blob_sync::{BlobList, BlobWatch, PeerBlobsError, WatchEvent};
 pub use config::Config;
 pub use error::{DialError, Error, FetchError, FrameError, ReceiveError, Violation};
 pub use event::{Event, PeerInfo, Stats};

@@ -10,11 +10,13 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
 use libp2p_stream::Control;
+use multibee_blobs::BlobId;
 use multibee_feed::{DiscoveryKey, Feed, FeedKey, Store};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::behaviour::{Behaviour, BehaviourEvent, build_swarm};
+use crate::blob_providers::{self, Providers};
 use crate::blob_session::{self, FetchOutcome};
 use crate::config::Config;
 use crate::error::{DialError, Error, FetchError, Violation};
@@ -34,7 +36,7 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the outcome of a [`NodeHandle::connect`] goes.
 type DialReply = oneshot::Sender<Result<PeerId, DialError>>;
 
-enum Command {
+pub(crate) enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     Dial(Multiaddr, oneshot::Sender<Result<(), Error>>),
@@ -46,6 +48,13 @@ enum Command {
     Announce(FeedKey),
     /// The stream opener of a connected peer (`None` if it is not connected).
     Opener(PeerId, oneshot::Sender<Option<Arc<Semaphore>>>),
+    /// Looks up a blob's providers in the DHT.
+    FindBlobProviders(BlobId, oneshot::Sender<Vec<PeerId>>),
+    /// Dials a peer by id: `Ok(true)` if it is connected already, `Ok(false)` once the dial
+    /// started.
+    DialPeer(PeerId, oneshot::Sender<Result<bool, String>>),
+    /// Stops providing a blob in the DHT.
+    StopProvidingBlob(BlobId, oneshot::Sender<()>),
     Shutdown,
 }
 
@@ -79,7 +88,7 @@ pub struct NodeHandle {
     counters: Arc<Counters>,
     events: broadcast::Sender<Event>,
     streams: Control,
-    cx: Arc<Context>,
+    pub(crate) cx: Arc<Context>,
 }
 
 impl Node {
@@ -110,6 +119,16 @@ impl Node {
         }
         for key in store.feeds() {
             event_loop.provide(key.discovery_key());
+        }
+        if let Some(blobs) = config.blobs.as_ref().filter(|_| config.kademlia) {
+            // Subscribed before the listing: a blob completed meanwhile is provided too.
+            let arrivals = blobs.arrivals();
+            match blobs.list(None, config.max_provided_blobs).await {
+                Ok(held) => held.into_iter().for_each(|id| event_loop.provide_blob(id)),
+                Err(e) => tracing::warn!(%e, "cannot list the blobs to provide"),
+            }
+            let internal = event_loop.cx.internal.clone();
+            (event_loop.tasks).spawn(blob_providers::provide_arrivals(arrivals, internal));
         }
         let task = tokio::spawn(event_loop.run());
         let handle = NodeHandle {
@@ -305,7 +324,7 @@ impl NodeHandle {
             .map_err(|_| Error::Stopped)
     }
 
-    async fn ask<T>(
+    pub(crate) async fn ask<T>(
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, Error> {
@@ -361,6 +380,8 @@ struct EventLoop {
     tasks: JoinSet<()>,
     /// The tasks accepting streams (they end their own stream tasks when told to stop).
     accepts: JoinSet<()>,
+    /// The blobs provided in the DHT and the lookups of blob providers.
+    blob_providers: Providers,
     stop: watch::Sender<bool>,
 }
 
@@ -414,6 +435,7 @@ impl EventLoop {
             retries: JoinSet::new(),
             tasks: JoinSet::new(),
             accepts,
+            blob_providers: Providers::default(),
             stop,
         })
     }
@@ -533,8 +555,37 @@ impl EventLoop {
                 let opener = self.swarm.is_connected(&peer).then(|| self.opener(peer));
                 let _ = reply.send(opener);
             }
+            Command::FindBlobProviders(id, reply) => {
+                let local = *self.swarm.local_peer_id();
+                let kad = self.swarm.behaviour_mut().kad.as_mut();
+                self.blob_providers.find(kad, local, id, reply);
+            }
+            Command::StopProvidingBlob(id, done) => {
+                let kad = self.swarm.behaviour_mut().kad.as_mut();
+                self.blob_providers.unprovide(kad, id);
+                let _ = done.send(());
+            }
+            Command::DialPeer(peer, reply) => {
+                let dialed = if self.swarm.is_connected(&peer) {
+                    Ok(true)
+                } else {
+                    let opts = DialOpts::peer_id(peer).build();
+                    self.swarm
+                        .dial(opts)
+                        .map(|()| false)
+                        .map_err(|e| e.to_string())
+                };
+                let _ = reply.send(dialed);
+            }
             Command::Shutdown => {}
         }
+    }
+
+    /// Provides blob `id` in the DHT (within [`Config::max_provided_blobs`]).
+    fn provide_blob(&mut self, id: BlobId) {
+        let max = self.cx.config.max_provided_blobs;
+        let kad = self.swarm.behaviour_mut().kad.as_mut();
+        self.blob_providers.provide(kad, id, max);
     }
 
     fn dial(&mut self, addr: Multiaddr) -> Result<(), Error> {
@@ -839,6 +890,7 @@ impl EventLoop {
     fn on_internal(&mut self, message: Internal) {
         match message {
             Internal::Violation { peer, reason } => self.reject(peer, reason),
+            Internal::ProvideBlob(id) => self.provide_blob(id),
             Internal::Unblock { peer } => {
                 self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             }
@@ -982,13 +1034,19 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
-                result:
-                    kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
-                        providers,
-                        ..
-                    })),
-                ..
+                id, result, step, ..
             }) => {
+                let kad = self.swarm.behaviour_mut().kad.as_mut();
+                if self.blob_providers.on_progress(kad, id, &result, step.last) {
+                    return;
+                }
+                let kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                    providers,
+                    ..
+                })) = result
+                else {
+                    return;
+                };
                 let local = *self.swarm.local_peer_id();
                 for peer in providers {
                     if peer != local

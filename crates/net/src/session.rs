@@ -52,6 +52,8 @@ pub(crate) enum Internal {
     },
     /// A peer blocked for being too slow has served its time.
     Unblock { peer: PeerId },
+    /// A blob became complete: provide it in the DHT.
+    ProvideBlob(multibee_blobs::BlobId),
 }
 
 /// What every stream task shares.

@@ -17,7 +17,7 @@ use crate::common::{Peer, Transport, Watchdog, bare_swarm, config, dial_bare, wi
 const SIZE: usize = 8 << 20;
 
 /// `len` bytes that do not compress or repeat in chunk groups.
-fn bytes(len: usize) -> Vec<u8> {
+pub(crate) fn bytes(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     (0..len)
         .map(|_| {
@@ -30,7 +30,7 @@ fn bytes(len: usize) -> Vec<u8> {
 }
 
 /// A node with a blob store (in `DIR/blobs`), Kademlia off.
-async fn peer_with(limits: BlobLimits) -> (Peer, Blobs) {
+pub(crate) async fn peer_with(limits: BlobLimits) -> (Peer, Blobs) {
     let dir = tempfile::tempdir().unwrap();
     let blobs = Blobs::open(dir.path().join("blobs")).unwrap();
     let config = config()
@@ -40,7 +40,7 @@ async fn peer_with(limits: BlobLimits) -> (Peer, Blobs) {
     (Peer::start_in(dir, config).await, blobs)
 }
 
-async fn peer() -> (Peer, Blobs) {
+pub(crate) async fn peer() -> (Peer, Blobs) {
     peer_with(BlobLimits::default()).await
 }
 
@@ -51,7 +51,7 @@ fn small_requests() -> BlobLimits {
     limits
 }
 
-async fn connect(from: &Peer, to: &Peer) -> PeerId {
+pub(crate) async fn connect(from: &Peer, to: &Peer) -> PeerId {
     let addr = to.addr(Transport::Tcp).await;
     within(
         "a connection",

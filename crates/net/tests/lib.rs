@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! The net crate's integration tests: real nodes on loopback, ports from the OS, mDNS off.
 
+mod blob_sync;
 mod blobs;
 mod common;
 mod dial;
