@@ -66,5 +66,6 @@ pub use gc::{Collected, DEFAULT_GRACE};
 pub use id::BlobId;
 pub use pending::SYNC_BYTES;
 pub use store::{
-    Arrival, BLOCK_SIZE, BlobReader, Blobs, DATA_DIR, DB_FILE, Imported, MAX_SIZE, Status, TMP_DIR,
+    Arrival, BLOCK_SIZE, BlobReader, Blobs, DATA_DIR, DB_FILE, Imported, MAX_SIZE, Options, Status,
+    TMP_DIR,
 };

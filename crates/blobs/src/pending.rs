@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::store::{Blobs, Inner};
 use crate::tables::Record;
+use multibee_feed::faults::Fault;
 
 /// Bytes of a download imported between two syncs of its files and record.
 pub const SYNC_BYTES: u64 = 32 << 20;
@@ -50,7 +51,8 @@ impl Inner {
     /// Syncs a blob's data file and outboard.
     pub(crate) fn sync_files(&self, id: BlobId) -> Result<()> {
         for path in [self.data_path(id), self.obao_path(id)] {
-            std::fs::File::open(&path)
+            self.inject(Fault::FailSync)
+                .and_then(|()| std::fs::File::open(&path))
                 .and_then(|f| f.sync_all())
                 .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
         }

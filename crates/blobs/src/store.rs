@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::pending::Pending;
 use crate::tables::{self, BLOBS, META, Record, TYPES};
+use multibee_feed::faults::{Fault, Faults};
 
 /// The metadata database inside a store's folder.
 pub const DB_FILE: &str = "blobs.redb";
@@ -50,6 +51,23 @@ const PARALLEL_SYNC: u64 = 4 << 20;
 /// add, an import and a delete of the same blob never interleave their files and rows.
 const LOCK_STRIPES: usize = 64;
 
+/// How a store is opened ([`Blobs::open_with`]).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Options {
+    faults: Option<Faults>,
+}
+
+impl Options {
+    /// Injects `faults` ([`multibee_feed::faults::Faults`]) into the writes and syncs of downloads ([`Blobs::import_ranges`]):
+    /// a full disk, a failing write or a failing fsync, for testing what an application does
+    /// then. The metadata database and adds are not affected.
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+}
+
 /// A content-addressed blob store on a folder. Cheap to clone (a handle); every clone is the
 /// same store. Async methods need a tokio runtime (they run file and database IO on the
 /// blocking pool).
@@ -78,6 +96,7 @@ pub(crate) struct Inner {
     arrivals: tokio::sync::broadcast::Sender<Arrival>,
     /// Downloads' progress not synced yet (see `pending.rs`).
     pub(crate) pending: Mutex<std::collections::HashMap<BlobId, Pending>>,
+    faults: Option<Faults>,
 }
 
 impl Drop for Inner {
@@ -175,6 +194,11 @@ impl Blobs {
     /// under `dir/data/`, and `dir/tmp/` for adds in progress, which is emptied (what a crash
     /// left there was never recorded). Only one `Blobs` may have a folder open.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir, Options::default())
+    }
+
+    /// [`Blobs::open`] with options.
+    pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         for sub in [dir.clone(), dir.join(DATA_DIR), dir.join(TMP_DIR)] {
             std::fs::create_dir_all(&sub)
@@ -196,6 +220,7 @@ impl Blobs {
             fresh: Mutex::new(std::collections::HashMap::new()),
             arrivals: tokio::sync::broadcast::channel(ARRIVALS_BUFFERED).0,
             pending: Mutex::default(),
+            faults: options.faults,
         };
         Ok(Blobs {
             inner: Arc::new(inner),
@@ -425,6 +450,14 @@ impl Drop for TempFiles {
 }
 
 impl Inner {
+    /// The fault injected into writes or syncs of blob files, if any (see [`Options::faults`]).
+    pub(crate) fn inject(&self, when: Fault) -> std::io::Result<()> {
+        match &self.faults {
+            Some(faults) => faults.check(when),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn data_path(&self, id: BlobId) -> PathBuf {
         self.dir.join(DATA_DIR).join(id.to_hex())
     }

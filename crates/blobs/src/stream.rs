@@ -19,6 +19,7 @@ use crate::store::{
     BLOCK_SIZE, Blobs, Imported, Inner, byte_ranges, check_size, open_rw, sync_dir,
 };
 use crate::tables::Record;
+use multibee_feed::faults::Fault;
 
 impl Blobs {
     /// The verified-streaming encoding of byte `ranges` of a blob: for every chunk group
@@ -248,7 +249,9 @@ impl Inner {
                     if held.contains(&ChunkNum::full_chunks(offset)) {
                         continue;
                     }
-                    data.write_all_at(offset, &bytes)
+                    self.inject(Fault::FailWrite)
+                        .and_then(|()| self.inject(Fault::DiskFull))
+                        .and_then(|()| data.write_all_at(offset, &bytes))
                 }
             }
             .map_err(|e| Error::io(format!("writing blob {id}"), e))?;
@@ -268,7 +271,7 @@ impl Inner {
         let unsynced = pending.map_or(0, |p| p.unsynced) + encoded.len() as u64;
         if complete || fresh {
             for (file, path) in [(&data, &data_path), (&outboard.data, &obao_path)] {
-                sync(file, path)?;
+                self.sync(file, path)?;
             }
             if fresh {
                 sync_dir(data_path.parent().unwrap_or(&data_path))?;
@@ -287,7 +290,7 @@ impl Inner {
             );
             drop(lock);
             for (file, path) in [(&data, &data_path), (&outboard.data, &obao_path)] {
-                sync(file, path)?;
+                self.sync(file, path)?;
             }
             self.record_synced(id, &synced)?;
         } else {
@@ -298,6 +301,12 @@ impl Inner {
             self.arrived(id, size);
         }
         Ok(imported(&held, size, complete))
+    }
+
+    fn sync(&self, file: &std::fs::File, path: &std::path::Path) -> Result<()> {
+        self.inject(Fault::FailSync)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(format!("syncing {}", path.display()), e))
     }
 
     /// The empty blob has no tree to send: it verifies when its id is the hash of nothing.
@@ -316,11 +325,6 @@ impl Inner {
             held_bytes: 0,
         })
     }
-}
-
-fn sync(file: &std::fs::File, path: &std::path::Path) -> Result<()> {
-    file.sync_all()
-        .map_err(|e| Error::io(format!("syncing {}", path.display()), e))
 }
 
 fn imported(held: &ChunkRanges, size: u64, complete: bool) -> Imported {

@@ -58,7 +58,10 @@ impl Faults {
         }))
     }
 
-    fn check(&self, when: Fault) -> std::io::Result<()> {
+    /// Fails as an operation that `when` affects would fail now: `Err` when `when` is the
+    /// fault being injected. For code that writes its own files beside a database (a blob
+    /// store's files), so that one `Faults` breaks both.
+    pub fn check(&self, when: Fault) -> std::io::Result<()> {
         match self.0.load(Ordering::SeqCst) {
             f if f == when as u8 && when == Fault::DiskFull => {
                 Err(std::io::ErrorKind::StorageFull.into())

@@ -412,3 +412,57 @@ async fn bad_requests_are_refused_and_the_node_keeps_serving() {
         .unwrap();
     assert_eq!(b_blobs.read(id).await.unwrap(), data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_during_a_fetch_is_a_clear_error_and_keeps_what_verified() {
+    use multibee_feed::faults::{Fault, Faults};
+    let _watchdog = Watchdog::arm("blobs::a_full_disk_during_a_fetch");
+    let data = bytes(SIZE);
+    let (a, a_blobs) = peer().await;
+    let faults = Faults::new();
+    let dir = tempfile::tempdir().unwrap();
+    let options = multibee_blobs::Options::default().faults(faults.clone());
+    let b_blobs = Blobs::open_with(dir.path().join("blobs"), options).unwrap();
+    let config = config().kademlia(false).blobs(b_blobs.clone());
+    let b = Peer::start_in(dir, config).await;
+    let id = a_blobs.add_bytes(&data).await.unwrap();
+    let a_id = connect(&b, &a).await;
+
+    // A first part is held; then the disk fills up.
+    let first = [0..SIZE as u64 / 4];
+    let encoded = a_blobs.export_ranges(id, &first).await.unwrap();
+    b_blobs
+        .import_ranges(id, SIZE as u64, &first, &encoded)
+        .await
+        .unwrap();
+    faults.set(Fault::DiskFull);
+    let err = within("the fetch", b.node.handle().fetch_blob(id, vec![a_id]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Store(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("writing blob"), "{message}");
+    assert!(message.contains("no storage space"), "{message}");
+    // The peer is not blamed, and what was held still is, and verifies.
+    let status = b_blobs.status(id).await.unwrap().unwrap();
+    assert_eq!(status.held, [0..SIZE as u64 / 4]);
+    let verifier_dir = tempfile::tempdir().unwrap();
+    let verifier = Blobs::open(verifier_dir.path()).unwrap();
+    let held = b_blobs.export_ranges(id, &status.held).await.unwrap();
+    verifier
+        .import_ranges(id, SIZE as u64, &status.held, &held)
+        .await
+        .unwrap();
+
+    // Space again: the fetch completes from what was held.
+    faults.set(Fault::None);
+    let outcome = within("the fetch", b.node.handle().fetch_blob(id, vec![a_id]))
+        .await
+        .unwrap();
+    assert!(outcome.rejected.is_empty());
+    assert!(
+        outcome.bytes_fetched < SIZE as u64 * 3 / 4 * 1005 / 1000,
+        "{outcome:?}"
+    );
+    assert_eq!(b_blobs.read(id).await.unwrap(), data);
+}
