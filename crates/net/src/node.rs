@@ -19,6 +19,7 @@ use crate::behaviour::{Behaviour, BehaviourEvent, build_swarm};
 use crate::blob_providers::{self, Providers};
 use crate::blob_session::{self, FetchOutcome};
 use crate::config::Config;
+use crate::downloads::{BlobDownload, Downloads};
 use crate::error::{DialError, Error, FetchError, Violation};
 use crate::event::{Counters, Event, PeerInfo, Stats};
 use crate::session::{self, Context, Internal, SessionEnd};
@@ -89,6 +90,7 @@ pub struct NodeHandle {
     events: broadcast::Sender<Event>,
     streams: Control,
     pub(crate) cx: Arc<Context>,
+    downloads: Downloads,
 }
 
 impl Node {
@@ -139,6 +141,7 @@ impl Node {
             events,
             streams,
             cx,
+            downloads: Downloads::default(),
         };
         Ok(Node {
             handle,
@@ -304,7 +307,20 @@ impl NodeHandle {
                 peers.push((peer, opener));
             }
         }
+        // Listed by `blob_downloads` until it ends (or is dropped).
+        let _running = self.downloads.start(id, peers.iter().map(|(p, _)| *p));
         blob_session::fetch(self.streams.clone(), self.cx.clone(), blobs, id, peers).await
+    }
+
+    /// The blob downloads in progress ([`NodeHandle::fetch_blob`]s running now, by whoever
+    /// started them), in id order: each blob's size once known, the bytes of it held and
+    /// verified, and the peers asked. A download leaves the list when its fetch ends, complete
+    /// or not. Empty without a blob store.
+    pub async fn blob_downloads(&self) -> Result<Vec<BlobDownload>, FetchError> {
+        match &self.cx.config.blobs {
+            Some(blobs) => Ok(self.downloads.list(blobs).await?),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// A subscription to the node's events from now on.
