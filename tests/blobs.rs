@@ -223,7 +223,32 @@ fn the_node_adds_gets_lists_and_reports_blobs_on_stdin() {
             format!("blob add {}", dir.path().join("missing").display()),
             "missing",
         ),
-        ("blob status".to_string(), "usage"),
+        ("blob status a b".to_string(), "usage"),
+        ("blob".to_string(), "usage"),
+        ("blob add".to_string(), "usage: blob add PATH"),
+        (format!("blob get {id}"), "usage: blob get ID PATH"),
+        (format!("blob get {}", "0".repeat(64)), "usage"),
+        (
+            format!("blob get {} {}", "0".repeat(64), out.display()),
+            "blob fetch",
+        ),
+        (
+            format!(
+                "blob get {id} {}",
+                dir.path().join("no/such/dir/x").display()
+            ),
+            "cannot write",
+        ),
+        (format!("blob add {}", dir.path().display()), "regular file"),
+        ("blob status nothex".to_string(), "bad blob id"),
+        (format!("blob status {}", id.to_uppercase()), "uppercase"),
+        ("blob list nothex".to_string(), "bad blob id"),
+        ("blob fetch".to_string(), "usage: blob fetch ID"),
+        ("blob fetch nothex".to_string(), "bad blob id"),
+        (
+            format!("blob fetch {}", "0".repeat(64)),
+            "no peer is connected",
+        ),
         ("blob frobnicate".to_string(), "unknown blob action"),
         ("blob gc now".to_string(), "usage"),
     ] {
@@ -232,6 +257,9 @@ fn the_node_adds_gets_lists_and_reports_blobs_on_stdin() {
         let error = answer["error"].as_str().unwrap();
         assert!(error.contains(says), "{line}: {error}");
     }
+    // Held: fetching it needs no peer; nothing is being downloaded.
+    assert_eq!(node.ok(&format!("blob fetch {id}"))["fetched_bytes"], 0);
+    assert_eq!(node.ok("blob status")["downloads"], json!([]));
     // Just added: a collection keeps it.
     assert_eq!(node.ok("blob gc")["removed"], json!([]));
     node.stop();
@@ -311,6 +339,8 @@ fn a_node_fetches_a_blob_from_the_peer_that_added_it() {
     assert_eq!(b.ok(&format!("blob fetch {id}"))["fetched_bytes"], 0);
     let unknown = b.cmd(&format!("blob fetch {}", "0".repeat(64)));
     assert_eq!(unknown["ok"], false, "{unknown}");
+    let error = unknown["error"].as_str().unwrap();
+    assert!(error.contains("no connected peer holds blob"), "{error}");
     a.stop();
     b.stop();
 }
@@ -396,4 +426,199 @@ fn blobs_referenced_by_merged_documents_are_fetched_by_policy() {
     assert_eq!(draft_on_b["ok"], false, "{draft_on_b}");
     a.stop();
     b.stop();
+}
+
+/// How long a transfer of hundreds of MiB may take in a debug build on a loaded 2-core machine.
+const LONG: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// SplitMix64: a small seeded generator, for test data and random choices that replay.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0; the modulo bias is irrelevant here).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The seed of a test's random choices: `MULTIBEE_TEST_SEED` if set (to replay a failure),
+/// else `default`. Printed either way.
+fn seed(default: u64) -> u64 {
+    let seed = std::env::var("MULTIBEE_TEST_SEED")
+        .ok()
+        .map(|s| s.parse().expect("MULTIBEE_TEST_SEED is a number"))
+        .unwrap_or(default);
+    eprintln!("seed {seed} (set MULTIBEE_TEST_SEED to replay)");
+    seed
+}
+
+/// Writes `size` bytes from a generator seeded with `seed` to `path`; their BLAKE3 hash.
+fn write_random_file(path: &std::path::Path, size: u64, seed: u64) -> blake3::Hash {
+    use std::io::Write;
+    let mut rng = SplitMix64(seed);
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut hasher = blake3::Hasher::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        for word in chunk[..n].chunks_mut(8) {
+            let bytes = rng.next().to_le_bytes();
+            word.copy_from_slice(&bytes[..word.len()]);
+        }
+        hasher.update(&chunk[..n]);
+        file.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    file.into_inner().unwrap().sync_all().unwrap();
+    hasher.finalize()
+}
+
+/// The BLAKE3 hash of the file at `path`, read a MiB at a time.
+fn hash_file(path: &std::path::Path) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(std::fs::File::open(path).unwrap())
+        .unwrap();
+    hasher.finalize()
+}
+
+/// Whether two files hold the same bytes (compared a MiB at a time).
+fn same_bytes(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::io::Read;
+    let (mut a, mut b) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    if a.metadata().unwrap().len() != b.metadata().unwrap().len() {
+        return false;
+    }
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = a.read(&mut x).unwrap();
+        if n == 0 {
+            return true;
+        }
+        b.read_exact(&mut y[..n]).unwrap();
+        if x[..n] != y[..n] {
+            return false;
+        }
+    }
+}
+
+/// The most a fetch of `missing` bytes may receive: the bytes and their proofs (about 0.4%),
+/// with room for the chunk groups at the edges of what was held.
+fn fetch_bound(missing: u64) -> u64 {
+    missing + missing / 100 + (64 << 10)
+}
+
+/// `blob status ID`'s held bytes on `node` (0 when it holds nothing of the blob).
+fn held_bytes(node: &mut Node, id: &str) -> u64 {
+    let status = node.cmd(&format!("blob status {id}"));
+    match status["ok"].as_bool() {
+        Some(true) => status["held_bytes"].as_u64().unwrap(),
+        _ => {
+            let error = status["error"].as_str().unwrap();
+            assert!(error.contains("not found"), "{status}");
+            0
+        }
+    }
+}
+
+#[test]
+fn a_download_in_progress_is_listed_with_the_bytes_held_of_its_size() {
+    const SIZE: u64 = 24 << 20;
+    const HELD: u64 = 8 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.bin");
+    let hash = write_random_file(&file, SIZE, 24);
+    let id = hash.to_hex().to_string();
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    // B starts with the first 8 MiB of the blob, verified, as an interrupted download leaves
+    // it (exported with their proofs from a copy of the blob in another store).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let source = Blobs::open(dir.path().join("source")).unwrap();
+        let blob = source.add_file(&file).await.unwrap();
+        let encoded = source.export_ranges(blob, &[0..HELD]).await.unwrap();
+        let b = Blobs::open(dir_b.join("blobs")).unwrap();
+        b.import_ranges(blob, SIZE, &[0..HELD], &encoded)
+            .await
+            .unwrap();
+    });
+    let mut a = Node::start(&dir_a, &[]);
+    assert_eq!(
+        a.ok(&format!("blob add {}", file.display()))["id"],
+        json!(id)
+    );
+    let mut b = Node::start(&dir_b, &["--http", "127.0.0.1:0"]);
+    b.ok(&format!("dial {}", a.addr()));
+    let partial = b.ok(&format!("blob status {id}"));
+    assert_eq!(
+        (&partial["complete"], &partial["held_bytes"]),
+        (&json!(false), &json!(HELD)),
+        "{partial}"
+    );
+    // Held in part, but nothing is being fetched.
+    assert_eq!(b.ok("blob status")["downloads"], json!([]));
+
+    // A stops answering (SIGSTOP): a download B starts now cannot advance until A continues.
+    // A read over HTTP starts one (a read on demand) and waits for it.
+    a.signal("STOP");
+    let b_http = crate::http::http_addr(&b);
+    let reader = {
+        let (addr, path) = (b_http.clone(), format!("/blobs/{id}"));
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(raw(&addr, "GET", &path, &[], b""))
+        })
+    };
+    // Listed once the read has started it (nothing says when: ask until it shows).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let listed = loop {
+        let downloads = b.ok("blob status")["downloads"].clone();
+        if downloads != json!([]) {
+            break downloads;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the read on demand never showed as a download"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let want = json!([{"id": id, "size": SIZE, "held_bytes": HELD, "peers": [a.peer_id()]}]);
+    assert_eq!(listed, want);
+    let (status, _, body) = runtime.block_on(raw(&b_http, "GET", "/blobs/_downloads", &[], b""));
+    assert_eq!(status, 200);
+    assert_eq!(json_of(&body), json!({"downloads": want}));
+
+    // A continues: the read gets the whole blob, and the download has left the list.
+    a.signal("CONT");
+    let (status, _, body) = reader.join().unwrap();
+    assert_eq!(status, 200, "{}", json_of(&body));
+    assert_eq!(blake3::hash(&body), hash, "other bytes");
+    assert_eq!(b.ok("blob status")["downloads"], json!([]));
+    // A download that fails (no peer holds the blob) leaves it too.
+    let nobody = format!("/blobs/{}", "0".repeat(64));
+    let (status, _, _) = runtime.block_on(raw(&b_http, "GET", &nobody, &[], b""));
+    assert_eq!(status, 404);
+    assert_eq!(b.ok("blob status")["downloads"], json!([]));
+    a.stop();
+    // With --http, B keeps running when its stdin closes: `quit` stops it.
+    b.send("quit").unwrap();
+    b.wait_exit("quit");
 }

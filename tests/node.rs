@@ -183,7 +183,17 @@ impl Node {
     /// The next stdout line `matches` accepts (skipping others, but remembering what change
     /// and merge events they reported), within the patience; `what` names it if none comes.
     pub fn next_matching(&mut self, what: &str, matches: impl Fn(&Json) -> bool) -> Json {
-        let deadline = Instant::now() + PATIENCE;
+        self.next_matching_within(what, PATIENCE, matches)
+    }
+
+    /// [`Node::next_matching`] with another patience (for a long transfer).
+    pub fn next_matching_within(
+        &mut self,
+        what: &str,
+        patience: Duration,
+        matches: impl Fn(&Json) -> bool,
+    ) -> Json {
+        let deadline = Instant::now() + patience;
         loop {
             let line = self.next_line(deadline, what);
             if matches(&line) {
@@ -196,7 +206,7 @@ impl Node {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = match self.lines.recv_timeout(left) {
             Ok(line) => line,
-            Err(e) => panic!("waiting for {what} from the node: {e} (patience {PATIENCE:?})"),
+            Err(e) => panic!("waiting for {what} from the node: {e} (until {deadline:?})"),
         };
         match line["event"].as_str() {
             Some("change") => {
@@ -274,6 +284,17 @@ impl Node {
         self.answer()
     }
 
+    /// Sends a command that must succeed, waiting up to `patience` for its answer (for a long
+    /// transfer).
+    pub fn ok_within(&mut self, line: &str, patience: Duration) -> Json {
+        self.send(line).unwrap();
+        let answer = self.next_matching_within(&format!("the answer to {line}"), patience, |l| {
+            l.get("ok").is_some()
+        });
+        assert_eq!(answer["ok"], true, "{line} -> {answer}");
+        answer
+    }
+
     /// Sends a command that must succeed.
     pub fn ok(&mut self, line: &str) -> Json {
         let answer = self.cmd(line);
@@ -329,6 +350,22 @@ impl Node {
         let status = self.child.wait().unwrap();
         let _ = done.send(());
         assert!(status.success(), "the node exited with {status} on {cause}");
+    }
+
+    /// Sends the signal `name` (`STOP`, `CONT`, ...) to the process. A process stopped with
+    /// `STOP` is still killed when the guard drops.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
+    /// The process's peer id (from its ready line).
+    pub fn peer_id(&self) -> String {
+        self.ready["peer_id"].as_str().unwrap().to_string()
     }
 
     /// Kills the process with SIGKILL.

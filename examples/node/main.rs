@@ -18,7 +18,8 @@
 //! up to 10 s for the connection: `{"ok":true,"peer_id":..}`, or `{"ok":false,"error":..}`
 //! saying why, e.g. `connection refused`, `timed out`, `wrong peer: ...`, `unreachable: ...`),
 //! `conflicts KEY`, `history KEY`, `status`, `blob add PATH`, `blob get ID PATH`,
-//! `blob list [AFTER]`, `blob status ID`, `blob gc` (the blob store in `DIR/blobs`), `quit`.
+//! `blob list [AFTER]`, `blob status ID`, `blob status` (the downloads in progress),
+//! `blob fetch ID`, `blob gc` (the blob store in `DIR/blobs`), `quit`.
 //! Answers
 //! carry `"ok"`; other
 //! lines carry `"event"` (a change to the merged store, a peer connected or rejected, a failed
@@ -136,10 +137,13 @@ Commands on stdin, one per line, each answered with one JSON line carrying \"ok\
   conflicts KEY | history KEY | status | quit
   blob add PATH | blob get ID PATH | blob list [AFTER] | blob status ID | blob gc   (DIR/blobs)
   blob fetch ID   (from the connected peers, else DHT providers: \"size\", \"fetched_bytes\")
+  blob status     (the downloads in progress: \"downloads\":[{id, size, held_bytes, peers}])
 A bad line (not UTF-8, over 16 MiB, unknown) is answered with an error; the node goes on.
 Event lines carry \"event\": ready, change, peer_connected, peer_disconnected, peer_rejected,
 dial_failed (peer_id, address, reason; background dials too), mdns_found_nothing (tried, once),
-future_timestamp, invalid_diff, writer_frozen, merged, blob_arrived (id, size, keys).
+future_timestamp, invalid_diff, writer_frozen, merged, blob_arrived (id, size, keys),
+blob_progress (id, peer_id, held_bytes, size: every 1% or 4 MiB, whichever is more),
+blob_peer_rejected (id, peer_id, reason).
 Peers are remembered in DIR/peers.json and dialed again at start and when they disconnect.
 Settings may come from DIR/multibee.toml or --config PATH (keys: listen, http, http_token,
 bootstrap, dial, mdns, max_drift_ms, sync, cache_mb or cache_bytes, blob_fetch); flags override
@@ -770,9 +774,9 @@ fn private_dir(dir: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))
 }
 
-/// `blob add PATH`, `blob get ID PATH`, `blob list [AFTER]`, `blob status ID`, `blob gc`
-/// (removes the blobs no document references, except pinned ones, downloads and those added
-/// within the last hour).
+/// `blob add PATH`, `blob get ID PATH`, `blob list [AFTER]`, `blob status ID`, `blob status`
+/// (the downloads in progress), `blob fetch ID`, `blob gc` (removes the blobs no document
+/// references, except pinned ones, downloads and those added within the last hour).
 async fn blob_command(
     served: &Served,
     blobs: &multibee::blobs::Blobs,
@@ -780,8 +784,8 @@ async fn blob_command(
     fields: &mut Fields,
 ) -> Result<(), String> {
     use multibee::blobs::BlobId;
-    const USAGE: &str =
-        "usage: blob add PATH | blob get ID PATH | blob list [AFTER] | blob status ID";
+    const USAGE: &str = "usage: blob add PATH | blob get ID PATH | blob list [AFTER] | \
+                         blob status [ID] | blob fetch ID | blob gc";
     let parse = |id: &str| {
         id.parse::<BlobId>()
             .map_err(|e| format!("bad blob id {}: {e}", quote(id)))
@@ -791,7 +795,7 @@ async fn blob_command(
     match action {
         "add" => {
             if rest.is_empty() {
-                return Err(USAGE.into());
+                return Err("usage: blob add PATH".into());
             }
             let id = blobs.add_file(rest).await.map_err(|e| e.to_string())?;
             let size = blobs.size(id).await.map_err(|e| e.to_string())?;
@@ -799,7 +803,7 @@ async fn blob_command(
             fields.insert("size".into(), json!(size));
         }
         "get" => {
-            let (id, path) = rest.split_once(' ').ok_or(USAGE)?;
+            let (id, path) = rest.split_once(' ').ok_or("usage: blob get ID PATH")?;
             let (id, path) = (parse(id)?, std::path::Path::new(path.trim()));
             let size = copy_blob(blobs, id, path).await?;
             fields.insert("id".into(), json!(id.to_hex()));
@@ -823,8 +827,20 @@ async fn blob_command(
             fields.insert("more".into(), json!(ids.len() > LIST_LIMIT));
             fields.insert("blobs".into(), Json::Array(list));
         }
+        "status" if rest.is_empty() => {
+            let downloads = served
+                .node()
+                .blob_downloads()
+                .await
+                .map_err(|e| e.to_string())?;
+            let list = downloads
+                .iter()
+                .map(multibee::http::download_json)
+                .collect();
+            fields.insert("downloads".into(), Json::Array(list));
+        }
         "status" => {
-            let id = parse(one_arg(rest, "blob status ID")?)?;
+            let id = parse(one_arg(rest, "blob status [ID]")?)?;
             let status = blobs
                 .status(id)
                 .await
@@ -841,11 +857,18 @@ async fn blob_command(
         }
         "fetch" => {
             let id = parse(one_arg(rest, "blob fetch ID")?)?;
+            // Said in the error if nobody could serve it.
+            let alone = served
+                .node()
+                .connected_peers()
+                .await
+                .map_err(|e| e.to_string())?
+                .is_empty();
             let outcome = served
                 .node()
                 .fetch_blob_anywhere(id)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| fetch_error(id, e, alone))?;
             fields.insert("id".into(), json!(id.to_hex()));
             fields.insert("size".into(), json!(outcome.size));
             fields.insert("fetched_bytes".into(), json!(outcome.bytes_fetched));
@@ -868,9 +891,29 @@ async fn blob_command(
             fields.insert("removed".into(), json!(removed));
             fields.insert("removed_bytes".into(), json!(done.removed_bytes));
         }
+        "" => return Err(USAGE.into()),
         other => return Err(format!("unknown blob action {}: {USAGE}", quote(other))),
     }
     Ok(())
+}
+
+/// What a failed `blob fetch` of `id` answers (`alone`: no peer was connected): the fetch's
+/// error, said for a user (a blob nobody holds is not "0 bytes missing").
+fn fetch_error(id: multibee::blobs::BlobId, e: multibee::net::FetchError, alone: bool) -> String {
+    match e {
+        multibee::net::FetchError::Incomplete { missing: 0, .. } if alone => format!(
+            "blob {id} is not held here, no peer is connected to fetch it from, and the DHT \
+             found no provider of it (dial a peer that holds it first)"
+        ),
+        multibee::net::FetchError::Incomplete { missing: 0, .. } => {
+            format!("no connected peer holds blob {id}, nor any provider found in the DHT")
+        }
+        multibee::net::FetchError::Incomplete { missing, .. } => format!(
+            "no peer found could serve the rest of blob {id} ({missing} bytes missing; what \
+             arrived is kept, and a later fetch resumes from it)"
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// Writes the held, complete blob `id` to `path` (through a temporary file beside it, renamed
@@ -880,7 +923,15 @@ async fn copy_blob(
     id: multibee::blobs::BlobId,
     path: &std::path::Path,
 ) -> Result<u64, String> {
-    let mut reader = blobs.reader(id).await.map_err(|e| e.to_string())?;
+    let mut reader = blobs.reader(id).await.map_err(|e| match e {
+        multibee::blobs::Error::NotFound(_) => {
+            format!("{e} (`blob fetch {id}` gets it from the connected peers)")
+        }
+        multibee::blobs::Error::Incomplete(_) => {
+            format!("{e}: `blob fetch {id}` resumes its download")
+        }
+        e => e.to_string(),
+    })?;
     let temp = path.with_file_name(format!(
         ".{}.part",
         path.file_name()
@@ -974,9 +1025,18 @@ async fn print_changes(mb: MultiBee, out: Out) {
     }
 }
 
-/// Prints peers connecting, disconnecting and rejected; logs replication progress to stderr.
+/// The least a blob download advances between two of its `blob_progress` lines: 1% of its
+/// size, and at least this (so a download prints at most 100 lines).
+const PROGRESS_STEP: u64 = 4 << 20;
+
+/// Prints peers connecting, disconnecting and rejected, blob downloads progressing
+/// (`blob_progress`, rate-limited) and peers rejected by one; logs replication progress to
+/// stderr.
 async fn print_node_events(mut events: tokio::sync::broadcast::Receiver<NetEvent>, out: Out) {
     let mut last_progress = Instant::now();
+    // The bytes held each download's last line reported.
+    let mut blob_lines: std::collections::HashMap<multibee::blobs::BlobId, u64> =
+        std::collections::HashMap::new();
     let terminal = std::io::stderr().is_terminal();
     loop {
         let event = match events.recv().await {
@@ -1015,6 +1075,40 @@ async fn print_node_events(mut events: tokio::sync::broadcast::Receiver<NetEvent
             NetEvent::MdnsFoundNothing { tried } => {
                 out.send(json!({"event": "mdns_found_nothing", "tried": tried}))
                     .await
+            }
+            NetEvent::BlobProgress {
+                id,
+                peer,
+                held_bytes,
+                size,
+            } => {
+                if held_bytes >= size {
+                    // Complete: `blob_arrived` says so.
+                    blob_lines.remove(&id);
+                    continue;
+                }
+                let last = blob_lines.get(&id).copied().unwrap_or(0);
+                if held_bytes < last.saturating_add(PROGRESS_STEP.max(size / 100)) {
+                    continue;
+                }
+                blob_lines.insert(id, held_bytes);
+                out.send(json!({
+                    "event": "blob_progress",
+                    "id": id.to_hex(),
+                    "peer_id": peer.to_string(),
+                    "held_bytes": held_bytes,
+                    "size": size,
+                }))
+                .await
+            }
+            NetEvent::BlobPeerRejected { peer, id, reason } => {
+                out.send(json!({
+                    "event": "blob_peer_rejected",
+                    "id": id.to_hex(),
+                    "peer_id": peer.to_string(),
+                    "reason": reason,
+                }))
+                .await
             }
             NetEvent::FeedProgressed { key, length, peer } if terminal => {
                 // A one-line progress display, rewritten in place.

@@ -2,7 +2,8 @@
 //! upload into the store (any size, bounded memory) and answers its id; `GET /blobs/{id}`
 //! streams it back, whole or one byte range (`Range: bytes=a-b`, `a-`, `-n`), with its media
 //! type, fetching it first from the connected peers, or else its DHT providers, when this node
-//! lacks it (a read on demand); `HEAD`, `DELETE`, and `GET /blobs` (ids in order, paged with `after`).
+//! lacks it (a read on demand); `HEAD`, `DELETE`, and `GET /blobs` (ids in order, paged with
+//! `after`); `GET /blobs/_downloads`: the downloads in progress, bytes held of total.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -242,6 +243,35 @@ async fn stop_providing(api: &HttpApi, ids: &[BlobId]) {
             tracing::debug!(%id, "cannot stop providing a deleted blob: {e}");
         }
     }
+}
+
+/// A blob download in progress as JSON: `{"id","size","held_bytes","peers":[..]}` (`size`
+/// is `null` until a peer has answered with it). The node example's `blob status` lists these
+/// too.
+pub fn download_json(download: &multibee_net::BlobDownload) -> serde_json::Value {
+    let peers: Vec<String> = download.peers.iter().map(|p| p.to_string()).collect();
+    json!({
+        "id": download.id.to_hex(),
+        "size": download.size,
+        "held_bytes": download.held_bytes,
+        "peers": peers,
+    })
+}
+
+/// `GET /blobs/_downloads`: the blobs being fetched from peers now (by a read on demand, the
+/// node's own fetches of referenced blobs, or any other), in id order:
+/// `{"downloads":[{"id","size","held_bytes","peers"}]}`. A finished or failed download has
+/// left the list. Empty on an API without a node.
+pub(super) async fn downloads(State(api): State<HttpApi>) -> ApiResult {
+    store(&api)?;
+    let list = match &api.node {
+        Some(node) => node.blob_downloads().await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
+        })?,
+        None => Vec::new(),
+    };
+    let rows: Vec<serde_json::Value> = list.iter().map(download_json).collect();
+    ok(json!({"downloads": rows}))
 }
 
 /// The parameters of `GET /blobs`.

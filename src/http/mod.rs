@@ -28,6 +28,8 @@
 //!   `DELETE /_writers/{key}[?expel=true]`: the membership.
 //! - `GET /_peers`: the connected peers. `GET /_status`: per writer the entries held, merged,
 //!   behind and the merge rate. `GET /_metrics`: Prometheus (OpenMetrics) text.
+//! - `PUT /blobs`, `GET`/`HEAD`/`DELETE /blobs/{id}`, `GET /blobs`, `POST /blobs/_gc` and
+//!   `GET /blobs/_downloads` (the downloads in progress): see `blobs.rs`.
 //! - `GET /_ui`: a small page for people. `POST /_shutdown`: asks the server's owner to stop.
 //!
 //! With a token ([`HttpApi::token`]) every request needs `Authorization: Bearer <token>`
@@ -48,6 +50,7 @@ pub use changes::{
     MIN_HEARTBEAT_MS,
 };
 
+pub use blobs::download_json;
 pub use docs::{change_json, value_json};
 
 use std::net::SocketAddr;
@@ -163,6 +166,7 @@ pub fn router(api: HttpApi) -> Router {
         // not apply to it.
         .route("/blobs", get(blobs::list).put(blobs::put))
         .route("/blobs/_gc", post(blobs::gc))
+        .route("/blobs/_downloads", get(blobs::downloads))
         .route("/blobs/{id}", get(blobs::get).delete(blobs::delete))
         .route("/_changes", get(changes::changes))
         .route("/_writers", get(admin::writers).post(admin::add_writer))
