@@ -622,3 +622,150 @@ fn a_download_in_progress_is_listed_with_the_bytes_held_of_its_size() {
     b.send("quit").unwrap();
     b.wait_exit("quit");
 }
+
+#[test]
+fn a_256_mib_blob_added_on_a_reaches_c_through_b_byte_identical() {
+    const SIZE: u64 = 256 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("input.bin");
+    let started = std::time::Instant::now();
+    let hash = write_random_file(&file, SIZE, 256);
+    let id = hash.to_hex().to_string();
+    let mut a = Node::start(&dir.path().join("a"), &[]);
+    let added = a.ok_within(&format!("blob add {}", file.display()), LONG);
+    assert_eq!((&added["id"], &added["size"]), (&json!(id), &json!(SIZE)));
+    let after_add = started.elapsed();
+
+    // B, connected to A, fetches it.
+    let mut b = Node::start(&dir.path().join("b"), &[]);
+    b.ok(&format!("dial {}", a.addr()));
+    let fetched = b.ok_within(&format!("blob fetch {id}"), LONG);
+    assert_eq!(fetched["size"], SIZE);
+    let bytes = fetched["fetched_bytes"].as_u64().unwrap();
+    assert!((SIZE..=fetch_bound(SIZE)).contains(&bytes), "{fetched}");
+    let after_b = started.elapsed();
+
+    // C, connected only to B, fetches it from B.
+    let mut c = Node::start(&dir.path().join("c"), &[]);
+    c.ok(&format!("dial {}", b.addr()));
+    // The fetch asks the peers connected when it starts: B alone. (C may meet A later, through
+    // the DHT; the progress lines say where every range came from.)
+    assert_eq!(c.ok("status")["peers"], json!([b.peer_id()]));
+    c.send(&format!("blob fetch {id}")).unwrap();
+    let from = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let fetched = c.next_matching_within("the answer to blob fetch", LONG, |l| {
+        if l["event"] == "blob_progress" {
+            from.borrow_mut()
+                .insert(l["peer_id"].as_str().unwrap().to_string());
+        }
+        l.get("ok").is_some()
+    });
+    assert_eq!(fetched["ok"], true, "{fetched}");
+    let bytes = fetched["fetched_bytes"].as_u64().unwrap();
+    assert!((SIZE..=fetch_bound(SIZE)).contains(&bytes), "{fetched}");
+    let after_c = started.elapsed();
+    assert_eq!(
+        from.into_inner(),
+        [b.peer_id()].into(),
+        "C's ranges came from B"
+    );
+
+    let out = dir.path().join("output.bin");
+    let got = c.ok_within(&format!("blob get {id} {}", out.display()), LONG);
+    assert_eq!(got["size"], SIZE);
+    assert_eq!(hash_file(&out), hash, "C's copy hashes to another id");
+    assert!(same_bytes(&file, &out), "C's copy differs from the input");
+    eprintln!(
+        "256 MiB: generated and added on A in {after_add:?}, A -> B in {:?}, B -> C in {:?}, \
+         written out and compared in {:?}",
+        after_b - after_add,
+        after_c - after_b,
+        started.elapsed() - after_c
+    );
+    c.stop();
+    b.stop();
+    a.stop();
+}
+
+#[test]
+fn a_receiver_killed_at_random_points_resumes_without_fetching_verified_ranges_again() {
+    const SIZE: u64 = 64 << 20;
+    /// Kills no closer to the end than this: a progress line comes before the fetch ends.
+    const MARGIN: u64 = 8 << 20;
+    const KILLS: usize = 4;
+    let mut rng = SplitMix64(seed(0x5eed_b10b));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("input.bin");
+    let hash = write_random_file(&file, SIZE, rng.next());
+    let id = hash.to_hex().to_string();
+    let mut a = Node::start(&dir.path().join("a"), &[]);
+    assert_eq!(
+        a.ok(&format!("blob add {}", file.display()))["id"],
+        json!(id)
+    );
+    let dir_b = dir.path().join("b");
+
+    // Each round: B (re)starts on its folder, resumes the fetch, and is SIGKILLed once its
+    // progress shows a random point between what it held and the end.
+    let (mut held_before, mut reported, mut stored_by_killed) = (0, 0, 0);
+    let mut kills = Vec::new();
+    for round in 0..KILLS {
+        let mut b = Node::start(&dir_b, &[]);
+        b.ok(&format!("dial {}", a.addr()));
+        let held = held_bytes(&mut b, &id);
+        // Every range B reported verified before it was killed is still held.
+        assert!(held >= reported, "round {round}: held {held} < {reported}");
+        stored_by_killed += held - held_before;
+        held_before = held;
+        if held + MARGIN >= SIZE {
+            b.kill();
+            break;
+        }
+        // Spread over the rounds left: each kills somewhere in its share of what remains.
+        let share = (SIZE - MARGIN - held) / (KILLS - round) as u64;
+        let point = held + 1 + rng.below(share.max(1));
+        b.send(&format!("blob fetch {id}")).unwrap();
+        let line = b.next_matching_within(&format!("B to hold {point} bytes"), LONG, |l| {
+            l.get("ok").is_some()
+                || (l["event"] == "blob_progress"
+                    && l["id"] == id.as_str()
+                    && l["held_bytes"].as_u64().is_some_and(|h| h >= point))
+        });
+        assert_eq!(
+            line["event"], "blob_progress",
+            "the fetch ended first: {line}"
+        );
+        assert_eq!(line["peer_id"], json!(a.peer_id()));
+        reported = line["held_bytes"].as_u64().unwrap();
+        b.kill();
+        kills.push((point, reported));
+    }
+    eprintln!("killed at (point, held reported): {kills:?}");
+    assert!(kills.len() >= 3, "too few kills: {kills:?}");
+
+    // The last round completes, fetching only what is missing.
+    let mut b = Node::start(&dir_b, &[]);
+    b.ok(&format!("dial {}", a.addr()));
+    let held = held_bytes(&mut b, &id);
+    assert!(held >= reported, "held {held} < {reported}");
+    stored_by_killed += held - held_before;
+    let fetched = b.ok_within(&format!("blob fetch {id}"), LONG);
+    let last = fetched["fetched_bytes"].as_u64().unwrap();
+    let missing = SIZE - held;
+    assert!(
+        (missing..=fetch_bound(missing)).contains(&last),
+        "{missing} bytes missing: {fetched}"
+    );
+    let total = stored_by_killed + last;
+    eprintln!("{total} bytes fetched in all for {SIZE}");
+    assert!(
+        total <= fetch_bound(SIZE),
+        "{total} bytes fetched for {SIZE}"
+    );
+    let out = dir.path().join("output.bin");
+    b.ok_within(&format!("blob get {id} {}", out.display()), LONG);
+    assert_eq!(hash_file(&out), hash);
+    assert!(same_bytes(&file, &out), "B's copy differs from the input");
+    b.stop();
+    a.stop();
+}
