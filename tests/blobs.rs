@@ -153,6 +153,10 @@ async fn blobs_upload_stream_range_list_and_delete_over_http() {
         assert!(answer["reason"].is_string(), "{method} {path}: {answer}");
     }
 
+    // No node behind this API: nothing is ever downloading.
+    let (status, _, body) = raw(&addr, "GET", "/blobs/_downloads", &[], b"").await;
+    assert_eq!((status, json_of(&body)), (200, json!({"downloads": []})));
+
     let (status, _, _) = raw(&addr, "DELETE", &path, &[], b"").await;
     assert_eq!(status, 200);
     let (status, _, body) = raw(&addr, "GET", &path, &[], b"").await;
@@ -170,6 +174,8 @@ async fn without_a_blob_store_the_blob_routes_answer_404() {
     let mb = MultiBee::open(dir.path()).await.unwrap();
     let (server, addr) = serve_on_loopback(HttpApi::new(mb.clone())).await;
     let (status, _, body) = raw(&addr, "PUT", "/blobs", &[], b"x").await;
+    assert_eq!(status, 404, "{}", json_of(&body));
+    let (status, _, body) = raw(&addr, "GET", "/blobs/_downloads", &[], b"").await;
     assert_eq!(status, 404, "{}", json_of(&body));
     within(server.shutdown()).await;
     mb.close().await;
@@ -205,6 +211,13 @@ fn the_node_adds_gets_lists_and_reports_blobs_on_stdin() {
     let got = node.ok(&format!("blob get {id} {}", out.display()));
     assert_eq!(got["size"], 100_000);
     assert!(std::fs::read(&out).unwrap() == data);
+    // Into a folder: a file named after the id; nothing else is left in it.
+    let folder = dir.path().join("out");
+    std::fs::create_dir(&folder).unwrap();
+    let got = node.ok(&format!("blob get {id} {}", folder.display()));
+    assert_eq!(got["path"], json!(folder.join(&id).display().to_string()));
+    assert!(std::fs::read(folder.join(&id)).unwrap() == data);
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 1);
     let listed = node.ok("blob list");
     assert_eq!(listed["blobs"], json!([{"id": id, "size": 100_000}]));
     assert_eq!(listed["more"], false);
@@ -551,11 +564,10 @@ fn a_download_in_progress_is_listed_with_the_bytes_held_of_its_size() {
     runtime.block_on(async {
         let source = Blobs::open(dir.path().join("source")).unwrap();
         let blob = source.add_file(&file).await.unwrap();
-        let encoded = source.export_ranges(blob, &[0..HELD]).await.unwrap();
+        let prefix = std::slice::from_ref(&(0..HELD));
+        let encoded = source.export_ranges(blob, prefix).await.unwrap();
         let b = Blobs::open(dir_b.join("blobs")).unwrap();
-        b.import_ranges(blob, SIZE, &[0..HELD], &encoded)
-            .await
-            .unwrap();
+        b.import_ranges(blob, SIZE, prefix, &encoded).await.unwrap();
     });
     let mut a = Node::start(&dir_a, &[]);
     assert_eq!(

@@ -805,6 +805,13 @@ async fn blob_command(
         "get" => {
             let (id, path) = rest.split_once(' ').ok_or("usage: blob get ID PATH")?;
             let (id, path) = (parse(id)?, std::path::Path::new(path.trim()));
+            // Into a folder: a file named after the id (as `cp` does).
+            let path = if path.is_dir() {
+                path.join(id.to_hex())
+            } else {
+                path.to_path_buf()
+            };
+            let path = path.as_path();
             let size = copy_blob(blobs, id, path).await?;
             fields.insert("id".into(), json!(id.to_hex()));
             fields.insert("size".into(), json!(size));
@@ -917,7 +924,7 @@ fn fetch_error(id: multibee::blobs::BlobId, e: multibee::net::FetchError, alone:
 }
 
 /// Writes the held, complete blob `id` to `path` (through a temporary file beside it, renamed
-/// into place once whole); its size.
+/// into place once whole, and removed if anything fails); its size.
 async fn copy_blob(
     blobs: &multibee::blobs::Blobs,
     id: multibee::blobs::BlobId,
@@ -946,16 +953,14 @@ async fn copy_blob(
         Err(e) => Err(e),
     };
     drop(file);
-    match done {
-        Ok(n) => {
-            tokio::fs::rename(&temp, path).await.map_err(failed)?;
-            Ok(n)
-        }
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&temp).await;
-            Err(failed(e))
-        }
+    let done = match done {
+        Ok(n) => tokio::fs::rename(&temp, path).await.map(|()| n),
+        Err(e) => Err(e),
+    };
+    if done.is_err() {
+        let _ = tokio::fs::remove_file(&temp).await;
     }
+    done.map_err(failed)
 }
 
 /// How many entries `list` answers unless `--limit` says.
