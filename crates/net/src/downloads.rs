@@ -98,3 +98,36 @@ impl Drop for Guard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn a_download_is_listed_while_any_fetch_of_it_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
+        let downloads = Downloads::default();
+        let id = BlobId::from_bytes([7; 32]);
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let first = downloads.start(id, [p]);
+        let second = downloads.start(id, [q]);
+        let listed = downloads.list(&blobs).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        // Nothing of it held yet: its size is not known.
+        assert_eq!((listed[0].size, listed[0].held_bytes), (None, 0));
+        let mut peers = vec![p, q];
+        peers.sort();
+        assert_eq!(listed[0].peers, peers);
+        drop(first);
+        assert_eq!(downloads.list(&blobs).await.unwrap().len(), 1);
+        drop(second);
+        assert!(downloads.list(&blobs).await.unwrap().is_empty());
+
+        // A blob held whole is not listed even while a fetch of it runs.
+        let held = blobs.add_bytes(b"here").await.unwrap();
+        let _running = downloads.start(held, [p]);
+        assert!(downloads.list(&blobs).await.unwrap().is_empty());
+    }
+}
