@@ -1,41 +1,49 @@
-//! Download progress that is verified and written but not durable yet.
+//! Download progress whose bytes are not synced yet.
 //!
-//! An import writes its chunk groups to the blob's files at once, but syncs those files and
-//! records the groups held in redb only every [`SYNC_BYTES`] of a download (and when the blob
-//! completes, when a download starts, and on [`Blobs::flush`]): an fsync per request would
-//! bound a download by the disk's latency (on the development VM, 2 MiB synced writes run at
-//! 200 MB/s, 32 MiB ones at 740 MB/s). Until then the progress lives here, and every read of a
-//! blob's record sees it ([`Inner::record`]). The invariant that a crash never leaves a blob
-//! recorded with bytes that do not match its id holds because a record is only ever written
-//! after the files it describes are synced; a crash loses at most the progress made since the
-//! last sync, which the download then fetches again.
+//! An fsync per import would bound a download by the disk's latency (on the development VM,
+//! 2 MiB synced writes run at 200 MB/s, 32 MiB ones at 740 MB/s). So an import records the
+//! chunk groups it wrote at once (a small redb commit), but syncs the blob's files only every
+//! [`SYNC_BYTES`] of a download, when the blob completes or its download starts, and on
+//! [`Blobs::flush`]. The groups recorded but not synced are listed in the `unsynced-1` table
+//! (and mirrored here in memory). When the store opens, it verifies those groups again, from
+//! the files, against the id (bao-tree's `valid_ranges`): the ones whose bytes and proof
+//! survived are kept, the others are dropped from the held ranges. A process killed in the
+//! middle of a download thus keeps every group it verified (the bytes were in the page cache),
+//! and a machine that lost power keeps what reached the disk; a record never claims a group
+//! whose bytes do not match the id once the store is open.
 
 use std::collections::HashMap;
 use std::sync::MutexGuard;
 
+use bao_tree::io::outboard::PreOrderOutboard;
+use bao_tree::io::sync::valid_ranges;
+use bao_tree::{BaoTree, ChunkRanges};
+use redb::{ReadableDatabase, ReadableTable};
+
 use crate::error::{Error, Result};
 use crate::id::BlobId;
-use crate::store::{Blobs, Inner};
-use crate::tables::Record;
+use crate::store::{BLOCK_SIZE, Blobs, Inner};
+use crate::tables::{BLOBS, Record, UNSYNCED, decode_ranges, encode_ranges};
 use multibee_feed::faults::Fault;
 
-/// Bytes of a download imported between two syncs of its files and record.
+/// Bytes of a download imported between two syncs of its files.
 pub const SYNC_BYTES: u64 = 32 << 20;
 
-/// One blob's progress since its files were last synced.
+/// One blob's groups recorded since its files were last synced.
+#[derive(Default)]
 pub(crate) struct Pending {
-    /// What the blob's record will say once synced (partial: `held` is set).
-    pub(crate) record: Record,
+    /// The chunk groups written and recorded but not synced (the `unsynced-1` row).
+    pub(crate) groups: ChunkRanges,
     /// Bytes imported since the last sync.
-    pub(crate) unsynced: u64,
+    pub(crate) bytes: u64,
 }
 
 impl Blobs {
-    /// Makes every download's progress durable: syncs the files of partial blobs and records
-    /// the chunk groups they hold. Imports do so by themselves every [`SYNC_BYTES`] of a
-    /// download and when a blob completes; call this when a download stops before it
-    /// completes (the network layer does), so that a restart resumes from every group
-    /// imported. Dropping the last handle of a store flushes too.
+    /// Syncs the files of every download in progress, so that the groups they hold need no
+    /// verification when the store next opens. Imports sync by themselves every
+    /// [`SYNC_BYTES`] of a download and when a blob completes; the network layer calls this
+    /// when a fetch stops before the blob is complete. Dropping the last handle of a store
+    /// flushes too.
     pub async fn flush(&self) -> Result<()> {
         self.blocking(|inner| inner.flush_pending()).await
     }
@@ -59,16 +67,51 @@ impl Inner {
         Ok(())
     }
 
-    /// Records `synced`, a partial record whose files were synced after it was taken, while
-    /// imports of the blob may have gone on: unless the blob completed, was deleted or was
-    /// flushed meanwhile (its pending progress is gone then, and its record is newer), the
-    /// durable record catches up to `synced` and the pending progress stays.
-    pub(crate) fn record_synced(&self, id: BlobId, synced: &Record) -> Result<()> {
+    /// Records `record` and, in the same commit, the groups of it not synced yet.
+    pub(crate) fn put_progress(
+        &self,
+        id: BlobId,
+        record: &Record,
+        unsynced: &ChunkRanges,
+    ) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(BLOBS)?
+            .insert(id.as_bytes(), record.encode().as_slice())?;
+        let mut table = txn.open_table(UNSYNCED)?;
+        match unsynced.is_empty() {
+            true => table.remove(id.as_bytes())?,
+            false => table.insert(id.as_bytes(), encode_ranges(unsynced).as_slice())?,
+        };
+        drop(table);
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The files were synced after `synced` (groups that were unsynced) were written: they
+    /// leave the unsynced list, unless the blob completed, was deleted or was flushed
+    /// meanwhile (its pending entry is gone then).
+    pub(crate) fn record_synced(&self, id: BlobId, synced: &ChunkRanges) -> Result<()> {
         let _lock = self.lock(id);
-        if !self.pending().contains_key(&id) {
+        let mut pending = self.pending();
+        let Some(entry) = pending.get_mut(&id) else {
             return Ok(());
+        };
+        entry.groups.difference_with(synced);
+        let left = entry.groups.clone();
+        if left.is_empty() && entry.bytes == 0 {
+            pending.remove(&id);
         }
-        self.put_record(id, synced)
+        drop(pending);
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(UNSYNCED)?;
+            match left.is_empty() {
+                true => table.remove(id.as_bytes())?,
+                false => table.insert(id.as_bytes(), encode_ranges(&left).as_slice())?,
+            };
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// [`Blobs::flush`].
@@ -76,12 +119,87 @@ impl Inner {
         let ids: Vec<BlobId> = self.pending().keys().copied().collect();
         for id in ids {
             let _lock = self.lock(id);
-            let Some(pending) = self.pending().remove(&id) else {
+            if self.pending().remove(&id).is_none() {
                 continue; // synced by an import meanwhile
-            };
+            }
             self.sync_files(id)?;
-            self.write_record(id, &pending.record)?;
+            let txn = self.db.begin_write()?;
+            txn.open_table(UNSYNCED)?.remove(id.as_bytes())?;
+            txn.commit()?;
         }
         Ok(())
+    }
+
+    /// On open: verifies the groups recorded but not synced when the store was last used,
+    /// keeping in each partial blob's held ranges only those that verify; then syncs the files
+    /// and clears the unsynced list.
+    pub(crate) fn recover_unsynced(&self) -> Result<()> {
+        let rows: Vec<(BlobId, Vec<u8>)> = {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(UNSYNCED)?;
+            let mut rows = Vec::new();
+            for row in table.iter()? {
+                let (key, value) = row?;
+                rows.push((BlobId::from_bytes(*key.value()), value.value().to_vec()));
+            }
+            rows
+        };
+        for (id, value) in rows {
+            let unsynced = decode_ranges(&value)
+                .ok_or_else(|| Error::Corrupt(format!("blob {id}: unsynced ranges")))?;
+            let record = {
+                let txn = self.db.begin_read()?;
+                let table = txn.open_table(BLOBS)?;
+                let row = table.get(id.as_bytes())?;
+                row.map(|v| Record::decode(v.value())).transpose()?
+            };
+            let txn = self.db.begin_write()?;
+            if let Some(mut record) = record
+                && let Some(held) = &record.held
+            {
+                let valid = self.valid_groups(id, record.size, &unsynced);
+                let dropped = &unsynced - &valid;
+                if !dropped.is_empty() {
+                    tracing::warn!(%id, ?dropped, "groups of an unfinished download did not survive: they will be fetched again");
+                }
+                let kept = held - &dropped;
+                record.held = Some(kept);
+                if self.data_path(id).exists() && self.obao_path(id).exists() {
+                    self.sync_files(id)?;
+                }
+                txn.open_table(BLOBS)?
+                    .insert(id.as_bytes(), record.encode().as_slice())?;
+            }
+            txn.open_table(UNSYNCED)?.remove(id.as_bytes())?;
+            txn.commit()?;
+        }
+        Ok(())
+    }
+
+    /// The groups among `groups` whose bytes and proof in the blob's files verify against the
+    /// id (none when the files cannot be read).
+    fn valid_groups(&self, id: BlobId, size: u64, groups: &ChunkRanges) -> ChunkRanges {
+        let (Ok(data), Ok(obao)) = (
+            std::fs::File::open(self.data_path(id)),
+            std::fs::File::open(self.obao_path(id)),
+        ) else {
+            return ChunkRanges::empty();
+        };
+        let outboard = PreOrderOutboard {
+            root: id.hash(),
+            tree: BaoTree::new(size, BLOCK_SIZE),
+            data: obao,
+        };
+        let mut valid = ChunkRanges::empty();
+        for range in valid_ranges(outboard, data, groups) {
+            match range {
+                Ok(range) => valid |= ChunkRanges::from(range),
+                Err(e) => {
+                    tracing::warn!(%id, %e, "reading an unfinished download to verify it");
+                    break;
+                }
+            }
+        }
+        &valid & groups
     }
 }

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::pending::Pending;
-use crate::tables::{self, BLOBS, META, Record, TYPES};
+use crate::tables::{self, BLOBS, META, Record, TYPES, UNSYNCED};
 use multibee_feed::faults::{Fault, Faults};
 
 /// The metadata database inside a store's folder.
@@ -222,6 +222,7 @@ impl Blobs {
             pending: Mutex::default(),
             faults: options.faults,
         };
+        inner.recover_unsynced()?;
         Ok(Blobs {
             inner: Arc::new(inner),
         })
@@ -514,25 +515,22 @@ impl Inner {
         }
     }
 
-    /// What the store holds of `id`, with a download's progress not synced yet.
+    /// What the store holds of `id`.
     pub(crate) fn record(&self, id: BlobId) -> Result<Option<Record>> {
-        if let Some(pending) = self.pending().get(&id) {
-            return Ok(Some(pending.record.clone()));
-        }
         let txn = self.db.begin_read()?;
         let table = txn.open_table(BLOBS)?;
         let row = table.get(id.as_bytes())?;
         row.map(|v| Record::decode(v.value())).transpose()
     }
 
-    /// Records `record` durably. Progress pending for `id` is replaced; when the new record
-    /// is partial, it keeps that progress, whose files are synced first.
+    /// Records `record`. A complete record (whose files were synced) ends the list of groups
+    /// not synced of a download of the blob.
     pub(crate) fn write_record(&self, id: BlobId, record: &Record) -> Result<()> {
-        let pending = self.pending().remove(&id);
-        if pending.is_some() && !record.is_complete() {
-            self.sync_files(id)?;
+        if !record.is_complete() {
+            return self.put_record(id, record);
         }
-        self.put_record(id, record)
+        self.pending().remove(&id);
+        self.put_progress(id, record, &bao_tree::ChunkRanges::empty())
     }
 
     /// Writes `record` to the database, and nothing else.
@@ -718,9 +716,10 @@ impl Inner {
 
     /// [`Blobs::delete`], with the id's lock held by the caller.
     pub(crate) fn delete_locked(&self, id: BlobId) -> Result<()> {
-        let was_pending = self.pending().remove(&id).is_some();
+        self.pending().remove(&id);
         let txn = self.db.begin_write()?;
-        let removed = txn.open_table(BLOBS)?.remove(id.as_bytes())?.is_some() || was_pending;
+        let removed = txn.open_table(BLOBS)?.remove(id.as_bytes())?.is_some();
+        txn.open_table(UNSYNCED)?.remove(id.as_bytes())?;
         if !removed {
             return Err(Error::NotFound(id));
         }
@@ -847,6 +846,10 @@ fn init_schema(db: &Database) -> Result<()> {
                 meta.insert(tables::FORMAT_KEY, version.as_slice())?;
             }
             Some(v) if v == tables::FORMAT_VERSION.to_le_bytes() => {}
+            Some(v) if v == 1u32.to_le_bytes() => {
+                let version = tables::FORMAT_VERSION.to_le_bytes();
+                meta.insert(tables::FORMAT_KEY, version.as_slice())?;
+            }
             Some(v) => {
                 return Err(Error::Corrupt(format!(
                     "unsupported blob store format {v:?} (this version reads format {})",
@@ -856,6 +859,7 @@ fn init_schema(db: &Database) -> Result<()> {
         }
         txn.open_table(BLOBS)?;
         txn.open_table(TYPES)?;
+        txn.open_table(UNSYNCED)?;
     }
     txn.commit()?;
     Ok(())

@@ -14,7 +14,7 @@ use bao_tree::{BaoTree, ChunkNum, ChunkRanges};
 
 use crate::error::{Error, Result, VerifyError};
 use crate::id::BlobId;
-use crate::pending::{Pending, SYNC_BYTES};
+use crate::pending::SYNC_BYTES;
 use crate::store::{
     BLOCK_SIZE, Blobs, Imported, Inner, byte_ranges, check_size, open_rw, sync_dir,
 };
@@ -256,7 +256,7 @@ impl Inner {
             }
             .map_err(|e| Error::io(format!("writing blob {id}"), e))?;
         }
-        held |= groups;
+        held |= groups.clone();
         let all = ChunkRanges::from(ChunkNum(0)..tree.chunks());
         let complete = all.is_subset(&held);
         let record = Record {
@@ -264,11 +264,10 @@ impl Inner {
             pinned: existing.is_some_and(|r| r.pinned),
             held: (!complete).then(|| held.clone()),
         };
-        // Synced and recorded when the blob completes, when its download starts (the files
-        // were created or truncated: a record from before must not outlive them), and every
-        // SYNC_BYTES; in between the progress is pending (see `pending.rs`).
-        let pending = self.pending().remove(&id);
-        let unsynced = pending.map_or(0, |p| p.unsynced) + encoded.len() as u64;
+        // The files are synced when the blob completes, when its download starts (they were
+        // created or truncated: a record from before must not outlive them), and every
+        // SYNC_BYTES; in between, the groups are recorded as not synced (see `pending.rs`).
+        let mut pending = self.pending().remove(&id).unwrap_or_default();
         if complete || fresh {
             for (file, path) in [(&data, &data_path), (&outboard.data, &obao_path)] {
                 self.sync(file, path)?;
@@ -276,25 +275,24 @@ impl Inner {
             if fresh {
                 sync_dir(data_path.parent().unwrap_or(&data_path))?;
             }
-            self.write_record(id, &record)?;
-        } else if unsynced >= SYNC_BYTES {
-            // Synced without the lock, so that other imports of the blob write meanwhile;
-            // what is recorded then is what was written before the sync began.
-            let synced = record.clone();
-            self.pending().insert(
-                id,
-                Pending {
-                    record,
-                    unsynced: 0,
-                },
-            );
-            drop(lock);
-            for (file, path) in [(&data, &data_path), (&outboard.data, &obao_path)] {
-                self.sync(file, path)?;
-            }
-            self.record_synced(id, &synced)?;
+            self.put_progress(id, &record, &ChunkRanges::empty())?;
         } else {
-            self.pending().insert(id, Pending { record, unsynced });
+            pending.groups |= groups;
+            pending.bytes += encoded.len() as u64;
+            self.put_progress(id, &record, &pending.groups)?;
+            if pending.bytes >= SYNC_BYTES {
+                // Synced without the lock, so that other imports of the blob write meanwhile.
+                let synced = pending.groups.clone();
+                pending.bytes = 0;
+                self.pending().insert(id, pending);
+                drop(lock);
+                for (file, path) in [(&data, &data_path), (&outboard.data, &obao_path)] {
+                    self.sync(file, path)?;
+                }
+                self.record_synced(id, &synced)?;
+            } else {
+                self.pending().insert(id, pending);
+            }
         }
         if complete {
             tracing::debug!(%id, size, "blob download complete");

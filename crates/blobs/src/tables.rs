@@ -17,11 +17,19 @@ pub(crate) const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new
 /// Only blobs that were given one have a row; a delete removes it.
 pub(crate) const TYPES: TableDefinition<&[u8; 32], &str> = TableDefinition::new("types-1");
 
+/// Blob id (32 bytes) → the chunk groups of its (partial) record that were written but not
+/// synced, encoded like a record's held ranges (`[n u32 LE][n boundaries u64 LE]`). Verified
+/// again, from the files, when the store opens (see `pending.rs`); a blob without unsynced
+/// groups has no row.
+pub(crate) const UNSYNCED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("unsynced-1");
+
 /// The longest media type kept, in bytes.
 pub(crate) const MAX_TYPE_LEN: usize = 255;
 
 pub(crate) const FORMAT_KEY: &str = "format";
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Format 2 added `unsynced-1`; a format 1 store (which has no unsynced groups) is upgraded by
+/// writing the new version.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 const RECORD_VERSION: u8 = 1;
 const STATE_COMPLETE: u8 = 0;
@@ -59,11 +67,7 @@ impl Record {
         out.push(if self.pinned { FLAG_PINNED } else { 0 });
         out.extend_from_slice(&self.size.to_le_bytes());
         if let Some(held) = &self.held {
-            let bounds = held.boundaries();
-            out.extend_from_slice(&(bounds.len() as u32).to_le_bytes());
-            for b in bounds {
-                out.extend_from_slice(&b.0.to_le_bytes());
-            }
+            out.extend(encode_ranges(held));
         }
         out
     }
@@ -87,7 +91,20 @@ impl Record {
     }
 }
 
-fn decode_ranges(bytes: &[u8]) -> Option<ChunkRanges> {
+/// `[n u32 LE][n boundaries u64 LE]`: chunk ranges as sorted boundaries (start, end, start,
+/// end, ...), so `n` is even.
+pub(crate) fn encode_ranges(ranges: &ChunkRanges) -> Vec<u8> {
+    let bounds = ranges.boundaries();
+    let mut out = Vec::with_capacity(4 + 8 * bounds.len());
+    out.extend_from_slice(&(bounds.len() as u32).to_le_bytes());
+    for b in bounds {
+        out.extend_from_slice(&b.0.to_le_bytes());
+    }
+    out
+}
+
+/// The ranges of [`encode_ranges`]; `None` if `bytes` are not such an encoding.
+pub(crate) fn decode_ranges(bytes: &[u8]) -> Option<ChunkRanges> {
     let (n, mut rest) = bytes.split_first_chunk::<4>()?;
     let n = u32::from_le_bytes(*n) as usize;
     if !n.is_multiple_of(2) || rest.len() != n.checked_mul(8)? {

@@ -390,3 +390,37 @@ async fn arrivals_tell_of_adds_and_of_finished_downloads_once() {
     assert_eq!((arrival.id, arrival.size), (big, size));
     assert!(arrivals.try_recv().is_err(), "one arrival per blob");
 }
+
+#[tokio::test]
+async fn a_format_1_store_opens_and_is_upgraded_and_an_unknown_format_is_refused() {
+    const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta-1");
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let blobs = Blobs::open(dir.path()).unwrap();
+        blobs.add_bytes(b"kept across the upgrade").await.unwrap()
+    };
+    let set_format = |version: u32| {
+        let db = redb::Database::open(dir.path().join(multibee_blobs::DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("format", version.to_le_bytes().as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    };
+    let format = || {
+        use redb::ReadableDatabase;
+        let db = redb::Database::open(dir.path().join(multibee_blobs::DB_FILE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(META).unwrap();
+        table.get("format").unwrap().unwrap().value().to_vec()
+    };
+    set_format(1);
+    {
+        let blobs = Blobs::open(dir.path()).unwrap();
+        assert_eq!(blobs.read(id).await.unwrap(), b"kept across the upgrade");
+    }
+    assert_eq!(format(), 2u32.to_le_bytes());
+    set_format(3);
+    assert!(matches!(Blobs::open(dir.path()), Err(Error::Corrupt(_))));
+}
