@@ -210,28 +210,15 @@ const DATA_VARIANT: u8 = 2;
 /// The frame of `BlobMessage::Data(bytes)`, byte for byte what [`encode`] makes of it, with
 /// `bytes` copied once (a data frame is most of what the protocol sends).
 pub fn encode_data(bytes: &[u8], max_frame_bytes: usize) -> Result<Vec<u8>, FrameError> {
-    let mut header = [0u8; 1 + 1 + 10];
-    header[0] = wire::WIRE_VERSION;
-    header[1] = DATA_VARIANT;
-    let len = 2 + postcard::to_slice(&(bytes.len() as u64), &mut header[2..])
-        .map_err(|e| FrameError::Malformed(format!("cannot encode: {e}")))?
-        .len();
-    let body = len + bytes.len();
-    if body > max_frame_bytes {
-        return Err(FrameError::TooLarge {
-            length: body as u64,
-            limit: max_frame_bytes,
-        });
-    }
-    let prefix = u32::try_from(body).map_err(|_| FrameError::TooLarge {
-        length: body as u64,
-        limit: max_frame_bytes,
-    })?;
-    let mut frame = Vec::with_capacity(wire::PREFIX_BYTES + body);
-    frame.extend_from_slice(&prefix.to_be_bytes());
-    frame.extend_from_slice(&header[..len]);
+    let mut frame = Vec::with_capacity(wire::PREFIX_BYTES + 12 + bytes.len());
+    frame.extend_from_slice(&[0; wire::PREFIX_BYTES]);
+    frame.extend_from_slice(&[wire::WIRE_VERSION, DATA_VARIANT]);
+    let mut len = [0u8; 10];
+    let len = postcard::to_slice(&(bytes.len() as u64), &mut len)
+        .map_err(|e| FrameError::Malformed(format!("cannot encode: {e}")))?;
+    frame.extend_from_slice(len);
     frame.extend_from_slice(bytes);
-    Ok(frame)
+    wire::seal_frame(frame, max_frame_bytes)
 }
 
 /// The bytes of a frame body holding a [`BlobMessage::Data`], borrowed from it; `None` for

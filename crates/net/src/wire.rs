@@ -126,9 +126,15 @@ pub(crate) fn encode_value<T: Serialize>(
 ) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; PREFIX_BYTES];
     out.push(WIRE_VERSION);
-    let mut out = postcard::to_extend(message, out)
+    let out = postcard::to_extend(message, out)
         .map_err(|e| FrameError::Malformed(format!("cannot encode: {e}")))?;
-    let body = out.len() - PREFIX_BYTES;
+    seal_frame(out, max_frame_bytes)
+}
+
+/// Fills in the length prefix of a frame (`out`: [`PREFIX_BYTES`] placeholder bytes, then the
+/// body), failing if the body is longer than `max_frame_bytes`.
+pub(crate) fn seal_frame(mut out: Vec<u8>, max_frame_bytes: usize) -> Result<Vec<u8>, FrameError> {
+    let body = out.len().saturating_sub(PREFIX_BYTES);
     if body > max_frame_bytes {
         return Err(FrameError::TooLarge {
             length: body as u64,
