@@ -174,6 +174,7 @@ impl Bee {
             table: raw.open_table(LATEST).map_err(index::storage)?,
             id: self.id,
             space: self.space.clone(),
+            _txn: std::marker::PhantomData,
         })
     }
 
@@ -429,17 +430,67 @@ impl Bee {
     }
 }
 
-/// Reads a bee's head inside a write transaction (see [`Bee::head_in`]).
-pub struct HeadReader<'t> {
-    table: redb::Table<'t, (u64, &'static [u8]), &'static [u8]>,
+/// Reads a bee's head inside a write transaction (see [`Bee::head_in`]) or a read snapshot
+/// ([`Bee::head_at`]).
+pub struct HeadReader<'t, T = redb::Table<'t, (u64, &'static [u8]), &'static [u8]>> {
+    table: T,
     id: u64,
     space: Keyspace,
+    _txn: std::marker::PhantomData<&'t ()>,
 }
 
-impl HeadReader<'_> {
+/// A [`HeadReader`] of a read snapshot.
+pub type SnapshotHead =
+    HeadReader<'static, redb::ReadOnlyTable<(u64, &'static [u8]), &'static [u8]>>;
+
+impl Bee {
+    /// A reader of this bee's head in the read snapshot `txn` (of this bee's feed store), for
+    /// layers that read the bee and their own tables from one snapshot.
+    pub fn head_at(&self, txn: &ReadTransaction) -> Result<SnapshotHead> {
+        Ok(HeadReader {
+            table: txn.open_table(LATEST)?,
+            id: self.id,
+            space: self.space.clone(),
+            _txn: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<T: ReadableTable<(u64, &'static [u8]), &'static [u8]>> HeadReader<'_, T> {
     /// The value of `key`, if set.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.get_seq(key)?.map(|(_, value)| value))
+    }
+
+    /// The entries of a range query at the head, in key order (or reversed): at most
+    /// `opts.limit` of them, or all.
+    pub fn scan(&self, opts: &RangeOptions) -> Result<Vec<Entry>> {
+        let (lower, upper) = opts.stored_bounds(&self.space);
+        if range::is_empty(&lower, &upper) {
+            return Ok(Vec::new());
+        }
+        let lo = lower.as_ref().map(|k| (self.id, k.as_slice()));
+        let hi = upper.as_ref().map(|k| (self.id, k.as_slice()));
+        let rows = self
+            .table
+            .range::<(u64, &[u8])>((lo, hi))
+            .map_err(index::storage)?;
+        let decode = |row: std::result::Result<_, redb::StorageError>| -> Result<Entry> {
+            let (k, v): (redb::AccessGuard<(u64, &[u8])>, redb::AccessGuard<&[u8]>) =
+                row.map_err(index::storage)?;
+            let key = self.space.decode(k.value().1).ok_or_else(corrupt)?.to_vec();
+            let (seq, value) = tables::split_latest_row(v.value()).ok_or_else(corrupt)?;
+            Ok(Entry {
+                seq,
+                key,
+                value: value.to_vec(),
+            })
+        };
+        let limit = opts.limit.unwrap_or(usize::MAX);
+        match opts.reverse {
+            false => rows.map(decode).take(limit).collect(),
+            true => rows.rev().map(decode).take(limit).collect(),
+        }
     }
 
     /// The sequence number of the entry that set `key`, and its value, if set.

@@ -45,7 +45,7 @@ pub mod op;
 mod range;
 mod tables;
 
-pub use bee::{BatchOp, Bee, Expect, HeadReader};
+pub use bee::{BatchOp, Bee, Expect, HeadReader, SnapshotHead};
 pub use error::{Error, Result};
 pub use history::{Change, DiffEntry, HistoryOptions, LiveHistory, Watch, WatchEvent};
 pub use range::{Entry, Range, RangeOptions};

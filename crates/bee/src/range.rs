@@ -96,7 +96,7 @@ impl RangeOptions {
     }
 
     /// The stored-key bounds of this range in a keyspace: (lower, upper).
-    fn stored_bounds(&self, space: &Keyspace) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    pub(crate) fn stored_bounds(&self, space: &Keyspace) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
         let lower = match (&self.gt, &self.gte) {
             (Some(k), _) => Bound::Excluded(space.encode(k)),
             (None, Some(k)) => Bound::Included(space.encode(k)),
@@ -135,7 +135,7 @@ impl Range {
 }
 
 /// A lower or upper bound is empty when the range can hold no key.
-fn is_empty(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
+pub(crate) fn is_empty(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
     match (lower, upper) {
         (Bound::Included(l), Bound::Included(u)) => l > u,
         (Bound::Included(l) | Bound::Excluded(l), Bound::Excluded(u))

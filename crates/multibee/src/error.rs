@@ -63,6 +63,21 @@ pub enum Error {
         /// The key's revision when the write was tried (`None`: absent).
         found: Option<u64>,
     },
+    /// A query would use an index that is still being built: it answers once built (see
+    /// [`crate::MultiBee::indexes`] for its progress).
+    #[error("{index} is still being built ({keys_done} keys indexed so far)")]
+    IndexBuilding {
+        /// The index.
+        index: String,
+        /// Keys indexed so far.
+        keys_done: u64,
+    },
+    /// No index covers any condition of a query that does not allow a scan.
+    #[error("no index covers {0}: add one, or allow a scan")]
+    NoIndex(String),
+    /// Stored data that does not decode.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
 }
 
 impl From<multibee_bee::Error> for Error {

@@ -52,6 +52,7 @@ mod diff;
 mod error;
 mod fold;
 mod hlc;
+mod index;
 mod membership;
 mod merge;
 mod options;
@@ -89,6 +90,9 @@ pub use changes::{Changes, ChangesOptions, Conflict, HistoryEntry, StoreChange};
 pub use diff::{DiffRecord, Dot, diff_key};
 pub use error::{Error, Result};
 pub use hlc::{Clock, Hlc, ManualClock, SystemClock};
+pub use index::{
+    Condition, IndexInfo, IndexState, IndexTarget, Op, Query, QueryAnswer, QueryOrder,
+};
 pub use membership::{MemberOp, MemberRecord};
 pub use merge::{Diff, LastWriterWins, Merge};
 pub use multibee_bee::RangeOptions;

@@ -35,6 +35,8 @@ pub struct MultiBee {
     inner: Arc<Inner>,
 }
 
+mod queries;
+
 #[derive(Debug)]
 struct Inner {
     store: Store,
@@ -146,6 +148,7 @@ impl MultiBee {
             .await?;
         mb.report(events);
         mb.merge().await?;
+        mb.resume_index_builds()?;
         if mb.inner.options.auto_merge {
             mb.start_merger();
             for w in mb.writers()? {

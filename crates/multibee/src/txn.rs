@@ -235,23 +235,32 @@ impl Ctx<'_> {
 
     /// Writes the changed values into the store bee (skipping those that end as they were).
     fn write_store(&self, txn: &mut WriteTxn<'_>, folded: Folded) -> FeedResult<u64> {
-        let Folded { pending, original } = folded;
+        let Folded {
+            pending,
+            mut original,
+        } = folded;
         let mut ops = Vec::new();
+        // (key, stored value before, value after) of every key that changes, for the indexes.
+        let mut changed = Vec::new();
         for (key, value) in pending {
             let before = original.get(&key).and_then(Option::as_deref);
-            match value {
+            let op = match &value {
                 Some(v) => {
                     let bytes = v.to_stored();
-                    if before != Some(bytes.as_slice()) {
-                        ops.push(BeeOp::Put(key, bytes));
-                    }
+                    (before != Some(bytes.as_slice())).then(|| BeeOp::Put(key.clone(), bytes))
                 }
-                None if before.is_some() => ops.push(BeeOp::Del(key)),
-                None => {}
+                None if before.is_some() => Some(BeeOp::Del(key.clone())),
+                None => None,
+            };
+            if let Some(op) = op {
+                ops.push(op);
+                let before = original.remove(&key).flatten();
+                changed.push((key, before, value));
             }
         }
         if !ops.is_empty() {
             self.store.write_in(txn, &ops).map_err(bee_error)?;
+            crate::index::maintain(txn.raw(), &changed)?;
         }
         txn.length(&self.store.feed().key())
     }

@@ -7,6 +7,7 @@ mod crash;
 mod faults;
 mod format;
 mod fuzz_decode;
+mod index;
 mod lessons;
 mod model;
 mod reopen;
