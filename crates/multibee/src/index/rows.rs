@@ -66,12 +66,12 @@ pub(crate) fn load(raw: &WriteTransaction) -> Result<Vec<IndexInfo>, FeedError> 
     Ok(out)
 }
 
+/// A key whose value changes in a write: (key, stored value before, value after).
+pub(crate) type Change = (Vec<u8>, Option<Vec<u8>>, Option<Value>);
+
 /// Brings the rows of every index up to date with `changes` (key, value before, value after),
 /// inside the write transaction that makes them. Nothing is read when no index is declared.
-pub(crate) fn maintain(
-    raw: &WriteTransaction,
-    changes: &[(Vec<u8>, Option<Vec<u8>>, Option<Value>)],
-) -> Result<(), FeedError> {
+pub(crate) fn maintain(raw: &WriteTransaction, changes: &[Change]) -> Result<(), FeedError> {
     if changes.is_empty() {
         return Ok(());
     }
