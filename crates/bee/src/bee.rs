@@ -475,22 +475,22 @@ impl<T: ReadableTable<(u64, &'static [u8]), &'static [u8]>> HeadReader<'_, T> {
             .table
             .range::<(u64, &[u8])>((lo, hi))
             .map_err(index::storage)?;
-        let decode =
-            |row: std::result::Result<range::LatestRow, redb::StorageError>| -> Result<Entry> {
-                let (k, v) = row.map_err(index::storage)?;
-                let key = self.space.decode(k.value().1).ok_or_else(corrupt)?.to_vec();
-                let (seq, value) = tables::split_latest_row(v.value()).ok_or_else(corrupt)?;
-                Ok(Entry {
-                    seq,
-                    key,
-                    value: value.to_vec(),
-                })
-            };
-        let limit = opts.limit.unwrap_or(usize::MAX);
-        match opts.reverse {
-            false => rows.map(decode).take(limit).collect(),
-            true => rows.rev().map(decode).take(limit).collect(),
+        let rows: Box<dyn Iterator<Item = _>> = match opts.reverse {
+            false => Box::new(rows),
+            true => Box::new(rows.rev()),
+        };
+        let mut out = Vec::new();
+        for row in rows.take(opts.limit.unwrap_or(usize::MAX)) {
+            let (k, v) = row.map_err(index::storage)?;
+            let key = self.space.decode(k.value().1).ok_or_else(corrupt)?.to_vec();
+            let (seq, value) = tables::split_latest_row(v.value()).ok_or_else(corrupt)?;
+            out.push(Entry {
+                seq,
+                key,
+                value: value.to_vec(),
+            });
         }
+        Ok(out)
     }
 
     /// The sequence number of the entry that set `key`, and its value, if set.

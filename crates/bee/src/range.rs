@@ -144,7 +144,7 @@ pub(crate) fn is_empty(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
     }
 }
 
-pub(crate) type LatestRow = (
+type LatestRow = (
     redb::AccessGuard<'static, (u64, &'static [u8])>,
     redb::AccessGuard<'static, &'static [u8]>,
 );

@@ -139,23 +139,3 @@ pub(crate) fn cmp_json(a: &Value, b: &Value) -> std::cmp::Ordering {
     encode(b, &mut y);
     x.cmp(&y)
 }
-#[cfg(test)]
-mod dbg_tests {
-    #[test]
-    fn dbg_round_trip() {
-        for v in [
-            serde_json::json!("belgium"),
-            serde_json::json!(1),
-            serde_json::json!({"a":[1,"x"]}),
-        ] {
-            let mut out = Vec::new();
-            super::encode(&v, &mut out);
-            out.extend_from_slice(b"key");
-            assert_eq!(
-                super::decode(&out).map(|(v, n)| (v, n)),
-                Some((v.clone(), out.len() - 3)),
-                "{out:?}"
-            );
-        }
-    }
-}
