@@ -67,6 +67,7 @@ pub mod http;
 mod join;
 mod peers;
 pub mod progress;
+pub mod query_text;
 mod ticket;
 
 /// What can go wrong serving a [`MultiBee`].

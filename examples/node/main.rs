@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 mod config;
+mod query;
 use multibee::blob_sync::BlobFetcher;
 use multibee::db::{Clock, Event as DbEvent, SystemClock};
 use multibee::net::Event as NetEvent;
@@ -750,6 +751,8 @@ async fn command(
             fields.insert("feeds".into(), Json::Array(feeds));
         }
         "blob" => blob_command(served, blobs, rest, &mut fields).await?,
+        "index" => query::index_command(mb, rest, &mut fields).await?,
+        "query" => query::query_command(mb, rest, &mut fields)?,
         other => return Err(format!("unknown command {}", quote(other))),
     }
     Ok(fields)

@@ -44,6 +44,8 @@ impl From<crate::db::Error> for ApiError {
             E::PreconditionFailed { .. } => {
                 (StatusCode::PRECONDITION_FAILED, "precondition_failed")
             }
+            E::NoIndex(_) => (StatusCode::BAD_REQUEST, "no_index"),
+            E::IndexBuilding { .. } => (StatusCode::SERVICE_UNAVAILABLE, "index_building"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
         };
         ApiError::new(status, kind, e.to_string())

@@ -43,6 +43,7 @@ mod blobs;
 mod changes;
 mod docs;
 mod error;
+mod query;
 mod stall;
 
 pub use changes::{
@@ -52,6 +53,7 @@ pub use changes::{
 
 pub use blobs::download_json;
 pub use docs::{change_json, value_json};
+pub use query::index_json;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -169,6 +171,9 @@ pub fn router(api: HttpApi) -> Router {
         .route("/blobs/_downloads", get(blobs::downloads))
         .route("/blobs/{id}", get(blobs::get).delete(blobs::delete))
         .route("/_changes", get(changes::changes))
+        .route("/_query", get(query::get).post(query::post))
+        .route("/_index", get(query::list).post(query::add))
+        .route("/_index/{id}", delete(query::delete))
         .route("/_writers", get(admin::writers).post(admin::add_writer))
         .route("/_writers/{key}", delete(admin::remove_writer))
         .route("/_peers", get(admin::peers).post(admin::dial))

@@ -1,0 +1,202 @@
+//! `/_query` and `/_index`: queries on the values of document paths, and the indexes that
+//! answer them ([`crate::db::MultiBee::query`]).
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+
+use super::HttpApi;
+use super::docs::{text, value_json};
+use super::error::{ApiError, ApiResult, ok, parse_json};
+use crate::db::{Condition, IndexInfo, IndexState, IndexTarget, QueryAnswer, QueryOrder};
+
+/// The parameters of `GET /_query`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct QueryParams {
+    /// Conditions in the text form of [`crate::query_text`]: `PATH OP JSON ...`.
+    q: String,
+    limit: Option<usize>,
+    after: Option<String>,
+    order: Option<String>,
+    prefix: Option<String>,
+    #[serde(default)]
+    scan: bool,
+}
+
+/// `GET /_query?q=PATH OP JSON ...[&limit=N&after=C&order=index|key&prefix=P&scan=true]`.
+pub(super) async fn get(
+    State(api): State<HttpApi>,
+    params: Result<Query<QueryParams>, QueryRejection>,
+) -> ApiResult {
+    let Query(params) = params?;
+    let (conditions, text_limit) =
+        crate::query_text::parse(&params.q).map_err(ApiError::bad_request)?;
+    let query = build(
+        conditions,
+        params.limit.or(text_limit),
+        params.after,
+        params.order.as_deref(),
+        params.prefix,
+        params.scan,
+    )?;
+    answer(&api, &query)
+}
+
+/// The body of `POST /_query`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    #[serde(rename = "where")]
+    conditions: Vec<ConditionBody>,
+    limit: Option<usize>,
+    after: Option<String>,
+    order: Option<String>,
+    prefix: Option<String>,
+    #[serde(default)]
+    scan: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConditionBody {
+    path: String,
+    op: String,
+    value: Json,
+}
+
+/// `POST /_query` with `{"where":[{"path","op","value"}],"limit","after","order","prefix","scan"}`.
+pub(super) async fn post(
+    State(api): State<HttpApi>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body: QueryBody = serde_json::from_value(parse_json(&body?)?)
+        .map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
+    let mut conditions = Vec::new();
+    for c in body.conditions {
+        let op =
+            c.op.parse()
+                .map_err(|e: crate::db::Error| ApiError::bad_request(e.to_string()))?;
+        conditions.push(Condition::new(c.path, op, c.value));
+    }
+    let query = build(
+        conditions,
+        body.limit,
+        body.after,
+        body.order.as_deref(),
+        body.prefix,
+        body.scan,
+    )?;
+    answer(&api, &query)
+}
+
+/// The most results one answer holds.
+const MAX_LIMIT: usize = 10_000;
+
+fn build(
+    conditions: Vec<Condition>,
+    limit: Option<usize>,
+    after: Option<String>,
+    order: Option<&str>,
+    prefix: Option<String>,
+    scan: bool,
+) -> Result<crate::db::Query, ApiError> {
+    let order = match order {
+        None | Some("index") => QueryOrder::Index,
+        Some("key") => QueryOrder::Key,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "order is index or key, not {other:?}"
+            )));
+        }
+    };
+    let limit = limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad_request(format!("limit is 1 to {MAX_LIMIT}")));
+    }
+    Ok(crate::db::Query::new(conditions)
+        .limit(limit)
+        .after(after)
+        .order(order)
+        .key_prefix(prefix.unwrap_or_default())
+        .allow_scan(scan))
+}
+
+fn answer(api: &HttpApi, query: &crate::db::Query) -> ApiResult {
+    let QueryAnswer {
+        results,
+        used,
+        next,
+        ..
+    } = api.mb.query(query)?;
+    let results: Vec<Json> = results
+        .iter()
+        .map(|(key, value)| json!({"key": text(key), "doc": value_json(value)}))
+        .collect();
+    ok(json!({"results": results, "index": used, "next": next}))
+}
+
+/// An index as the API shows it.
+pub fn index_json(info: &IndexInfo) -> Json {
+    let (target, value) = match &info.target {
+        IndexTarget::Path(p) => ("path", json!(p)),
+        IndexTarget::EveryPath(prefix) => ("every", json!(text(prefix))),
+    };
+    let state = match &info.state {
+        IndexState::Ready => json!({"state": "ready"}),
+        IndexState::Building { keys, .. } => json!({"state": "building", "keys_done": keys}),
+    };
+    let mut out = json!({"id": info.id, target: value});
+    if let (Some(out), Some(state)) = (out.as_object_mut(), state.as_object()) {
+        out.extend(state.clone());
+    }
+    out
+}
+
+/// `GET /_index`: the declared indexes.
+pub(super) async fn list(State(api): State<HttpApi>) -> ApiResult {
+    let indexes: Vec<Json> = api.mb.indexes()?.iter().map(index_json).collect();
+    ok(json!({"indexes": indexes}))
+}
+
+/// `POST /_index` with `{"path":"/user/name"}` or `{"every":"KEY PREFIX"}`: declares an index
+/// (built in the background; the answer says `building` until it is).
+pub(super) async fn add(
+    State(api): State<HttpApi>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = parse_json(&body?)?;
+    let target = match body.as_object().filter(|o| o.len() == 1) {
+        Some(o) if o.get("path").is_some_and(Json::is_string) => {
+            IndexTarget::Path(o["path"].as_str().unwrap_or_default().to_string())
+        }
+        Some(o) if o.get("every").is_some_and(Json::is_string) => {
+            IndexTarget::EveryPath(o["every"].as_str().unwrap_or_default().as_bytes().to_vec())
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "the body is {\"path\":\"/a/b\"} or {\"every\":\"key prefix\"}",
+            ));
+        }
+    };
+    let info = api.mb.add_index(target).await?;
+    let mut out = index_json(&info);
+    if let Some(o) = out.as_object_mut() {
+        o.insert("ok".into(), json!(true));
+    }
+    Ok((StatusCode::ACCEPTED, axum::Json(out)).into_response())
+}
+
+/// `DELETE /_index/{id}`: removes an index and its rows.
+pub(super) async fn delete(
+    State(api): State<HttpApi>,
+    id: Result<Path<u32>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = id?;
+    api.mb.drop_index(id).await?;
+    ok(json!({"ok": true, "id": id}))
+}
