@@ -1,38 +1,61 @@
 //! The text form of a query, shared by the node's stdin (`query ...`) and `GET /_query?q=...`:
-//! conditions `PATH OP JSON` one after the other, then optionally `limit N`.
+//! conditions `PATH OP JSON` one after the other, then optionally `prefix P` (only documents
+//! whose keys start with `P`, which lets an index on every path under `P` answer) and
+//! `limit N`.
 //!
 //! ```
 //! use multibee::db::Op;
 //! use multibee::query_text::parse;
 //!
-//! let (conditions, limit) = parse(r#"/city eq "New York" /pop gte 1000000 limit 5"#).unwrap();
-//! assert_eq!(conditions.len(), 2);
-//! assert_eq!((conditions[0].op, conditions[0].value.clone()), (Op::Eq, "New York".into()));
-//! assert_eq!(limit, Some(5));
+//! let q = parse(r#"/city eq "New York" /pop gte 1000000 prefix cities/ limit 5"#).unwrap();
+//! assert_eq!(q.conditions.len(), 2);
+//! assert_eq!((q.conditions[0].op, q.conditions[0].value.clone()), (Op::Eq, "New York".into()));
+//! assert_eq!((q.prefix.as_deref(), q.limit), (Some("cities/"), Some(5)));
 //! assert!(parse("/city equals 3").is_err());
 //! ```
 
 use multibee_multibee::{Condition, Op};
 use serde_json::Value as Json;
 
-/// The conditions of `text` and its `limit`, or what is wrong with it.
-pub fn parse(text: &str) -> Result<(Vec<Condition>, Option<usize>), String> {
+/// A query in text form ([`parse`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct TextQuery {
+    /// The conditions, all of which a document meets.
+    pub conditions: Vec<Condition>,
+    /// `prefix P`: only documents whose keys start with `P`.
+    pub prefix: Option<String>,
+    /// `limit N`.
+    pub limit: Option<usize>,
+}
+
+/// The query `text` says, or what is wrong with it.
+pub fn parse(text: &str) -> Result<TextQuery, String> {
     let mut rest = text.trim_start();
     let mut conditions = Vec::new();
-    let mut limit = None;
+    let (mut limit, mut prefix) = (None, None);
     while !rest.is_empty() {
         let (word, after) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
         let after = after.trim_start();
-        if word == "limit" {
-            let (n, tail) = after.split_once(char::is_whitespace).unwrap_or((after, ""));
-            let n = n
-                .parse::<usize>()
-                .map_err(|_| format!("limit takes a number, not {n:?}"))?;
-            if !tail.trim().is_empty() {
-                return Err(format!("nothing may follow the limit: {:?}", tail.trim()));
+        if word == "limit" || word == "prefix" {
+            let (arg, tail) = after.split_once(char::is_whitespace).unwrap_or((after, ""));
+            if arg.is_empty() {
+                return Err(format!("{word} takes an argument"));
             }
-            limit = Some(n);
-            break;
+            match word {
+                "limit" => {
+                    let n = arg
+                        .parse::<usize>()
+                        .map_err(|_| format!("limit takes a number, not {arg:?}"))?;
+                    limit = Some(n);
+                }
+                _ => prefix = Some(arg.to_string()),
+            }
+            rest = tail.trim_start();
+            if !rest.is_empty() && !rest.starts_with("limit") && !rest.starts_with("prefix") {
+                return Err(format!("only prefix and limit may follow {word}: {rest:?}"));
+            }
+            continue;
         }
         if !word.starts_with('/') {
             return Err(format!(
@@ -59,5 +82,9 @@ pub fn parse(text: &str) -> Result<(Vec<Condition>, Option<usize>), String> {
     if conditions.is_empty() {
         return Err("a query needs a condition: PATH OP JSON (OP: eq gt gte lt lte prefix)".into());
     }
-    Ok((conditions, limit))
+    Ok(TextQuery {
+        conditions,
+        prefix,
+        limit,
+    })
 }

@@ -1068,3 +1068,124 @@ fn a_client_resumes_from_last_seq_across_a_node_restart() {
     a.wait_exit("POST /_shutdown");
     b.wait_exit("POST /_shutdown");
 }
+
+#[tokio::test]
+async fn indexes_and_queries_over_http() {
+    let api = Api::new().await;
+    for (key, doc) in [
+        (
+            "c/1",
+            r#"{"city":"Paris","pop":2100000,"tags":["capital","fr"]}"#,
+        ),
+        ("c/2", r#"{"city":"Lyon","pop":520000,"tags":["fr"]}"#),
+        ("c/3", r#"{"city":"New York","pop":8300000,"tags":["us"]}"#),
+        ("other", r#"{"city":"Paris","pop":1}"#),
+    ] {
+        api.ok(
+            Method::PUT,
+            &format!("/docs/{}", key.replace('/', "%2F")),
+            doc,
+        )
+        .await;
+    }
+    // No index yet: refused unless a scan is allowed.
+    let q = "/_query?q=%2Fcity%20eq%20%22Paris%22";
+    assert_eq!(
+        error_kind(&api.get(q).await),
+        (StatusCode::BAD_REQUEST, "no_index")
+    );
+    let scanned = api.ok(Method::GET, &format!("{q}&scan=true"), "").await;
+    assert_eq!(scanned["index"], "scan");
+    assert_eq!(scanned["results"].as_array().unwrap().len(), 2);
+
+    let (status, added) = api
+        .call(Method::POST, "/_index", r#"{"path":"/city"}"#)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{added}");
+    let id = added["id"].as_u64().unwrap();
+    api.mb.wait_index(id as u32).await.unwrap();
+    let (status, every) = api.call(Method::POST, "/_index", r#"{"every":"c/"}"#).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{every}");
+    api.mb
+        .wait_index(every["id"].as_u64().unwrap() as u32)
+        .await
+        .unwrap();
+    let listed = api.ok(Method::GET, "/_index", "").await;
+    assert_eq!(listed["indexes"].as_array().unwrap().len(), 2, "{listed}");
+    assert!(
+        listed["indexes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"] == "ready")
+    );
+
+    let paris = api.ok(Method::GET, q, "").await;
+    let keys: Vec<&str> = paris["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["c/1", "other"]);
+    assert_eq!(paris["results"][0]["doc"]["pop"], 2100000);
+    assert!(
+        paris["index"].as_str().unwrap().starts_with("index"),
+        "{paris}"
+    );
+    // A string with a space, two conditions, a key prefix (answered by the every-path index).
+    let both = api
+        .ok(
+            Method::GET,
+            "/_query?q=%2Fpop%20gte%201000000%20%2Ftags%2F%5B%5D%20eq%20%22fr%22&prefix=c%2F",
+            "",
+        )
+        .await;
+    assert_eq!(both["results"].as_array().unwrap().len(), 1, "{both}");
+    let ny = api
+        .ok(
+            Method::POST,
+            "/_query",
+            r#"{"where":[{"path":"/city","op":"prefix","value":"New "}]}"#,
+        )
+        .await;
+    assert_eq!(ny["results"][0]["key"], "c/3");
+    // Pages of one, resumed with `next`.
+    let first = api.ok(Method::GET, &format!("{q}&limit=1"), "").await;
+    let next = first["next"].as_str().unwrap();
+    let second = api
+        .ok(Method::GET, &format!("{q}&limit=1&after={next}"), "")
+        .await;
+    assert_eq!(
+        (
+            first["results"][0]["key"].as_str(),
+            second["results"][0]["key"].as_str()
+        ),
+        (Some("c/1"), Some("other"))
+    );
+    // Bad queries are 400s with a reason; nothing breaks.
+    for bad in [
+        "/_query",
+        "/_query?q=city%20eq%201",
+        "/_query?q=%2Fcity%20equals%201",
+        "/_query?q=%2Fcity%20eq%20%7B",
+        "/_query?q=%2Fcity%20eq%201&limit=0",
+        "/_query?q=%2Fcity%20eq%201&order=sideways",
+        "/_query?q=%2Fcity%20eq%201&after=zz",
+        "/_query?q=%2Fcity%20prefix%201",
+    ] {
+        assert_eq!(api.get(bad).await.0, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    for bad in [r#"{"path":"city"}"#, r#"{"path":1}"#, "[]", "{"] {
+        assert_eq!(
+            api.call(Method::POST, "/_index", bad).await.0,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    api.ok(Method::DELETE, &format!("/_index/{id}"), "").await;
+    assert_eq!(
+        error_kind(&api.get(q).await),
+        (StatusCode::BAD_REQUEST, "no_index")
+    );
+}

@@ -1037,3 +1037,52 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn the_node_declares_indexes_and_answers_queries_on_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path(), &[]);
+    node.ok(
+        r#"put co/acme {"headquarters":"belgium","exports":[{"city":"Moscow"},{"city":"Athens"}]}"#,
+    );
+    node.ok(r#"put co/other {"headquarters":"france","exports":[{"city":"Athens"}]}"#);
+    let added = node.ok("index add co/*");
+    assert_eq!(added["index"]["every"], "co/");
+    let path = node.ok("index add /headquarters");
+    assert_eq!(path["index"]["path"], "/headquarters");
+    // Built in the background: wait on the list, never on time.
+    loop {
+        let list = node.ok("index list");
+        if list["indexes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"] == "ready")
+        {
+            break;
+        }
+    }
+    let hq = node.ok(r#"query /headquarters eq "belgium""#);
+    assert_eq!(hq["results"][0]["key"], "co/acme");
+    assert_eq!(hq["results"].as_array().unwrap().len(), 1);
+    assert!(hq["index"].as_str().unwrap().starts_with("index"), "{hq}");
+    // The every-path index answers for documents under its prefix.
+    let athens = node.ok(r#"query /exports/[]/city eq "Athens" prefix co/ limit 1"#);
+    assert_eq!(athens["results"].as_array().unwrap().len(), 1);
+    assert!(athens["next"].is_string());
+    for bad in [
+        "query",
+        "query /x",
+        "query /x eq",
+        "query x eq 1",
+        "query /x eq 1 limit many",
+        "index add x",
+        "index drop seven",
+        "index",
+    ] {
+        let answer = node.cmd(bad);
+        assert_eq!(answer["ok"], false, "{bad}: {answer}");
+        assert!(answer["error"].is_string(), "{bad}: {answer}");
+    }
+    node.stop();
+}

@@ -1,6 +1,6 @@
 //! The stdin commands of path indexes and queries: `index add PATH` (or `PREFIX*` for every
 //! path of the documents under a key prefix), `index list`, `index drop ID`, `index rebuild
-//! ID`, and `query PATH OP JSON [PATH OP JSON ...] [limit N]`.
+//! ID`, and `query PATH OP JSON [PATH OP JSON ...] [prefix P] [limit N]`.
 
 use multibee::MultiBee;
 use multibee::db::{IndexTarget, Query};
@@ -60,11 +60,13 @@ pub async fn index_command(mb: &MultiBee, rest: &str, fields: &mut Fields) -> Re
 /// `query PATH OP JSON [PATH OP JSON ...] [limit N]`: the documents meeting every condition,
 /// from an index.
 pub fn query_command(mb: &MultiBee, rest: &str, fields: &mut Fields) -> Result<(), String> {
-    let (conditions, limit) = multibee::query_text::parse(rest)
-        .map_err(|e| format!("{e} (usage: query PATH OP JSON [PATH OP JSON ...] [limit N])"))?;
-    let answer = mb
-        .query(&Query::new(conditions).limit(limit.unwrap_or(100)))
-        .map_err(|e| e.to_string())?;
+    let text = multibee::query_text::parse(rest).map_err(|e| {
+        format!("{e} (usage: query PATH OP JSON [PATH OP JSON ...] [prefix P] [limit N])")
+    })?;
+    let query = Query::new(text.conditions)
+        .limit(text.limit.unwrap_or(100))
+        .key_prefix(text.prefix.unwrap_or_default());
+    let answer = mb.query(&query).map_err(|e| e.to_string())?;
     let results: Vec<Json> = answer
         .results
         .iter()

@@ -34,14 +34,13 @@ pub(super) async fn get(
     params: Result<Query<QueryParams>, QueryRejection>,
 ) -> ApiResult {
     let Query(params) = params?;
-    let (conditions, text_limit) =
-        crate::query_text::parse(&params.q).map_err(ApiError::bad_request)?;
+    let text = crate::query_text::parse(&params.q).map_err(ApiError::bad_request)?;
     let query = build(
-        conditions,
-        params.limit.or(text_limit),
+        text.conditions,
+        params.limit.or(text.limit),
         params.after,
         params.order.as_deref(),
-        params.prefix,
+        params.prefix.or(text.prefix),
         params.scan,
     )?;
     answer(&api, &query)
