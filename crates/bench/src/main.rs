@@ -13,11 +13,13 @@
 //! writes (60 s; 10 s with `--quick`). `net/...` replicates between two nodes on loopback
 //! (TCP and QUIC) against the same batches moved in-process. `blobs/...` replicates a 1 GiB
 //! blob (128 MiB with `--quick`) between two nodes, with the memory it adds and the time to
-//! finish a download from 90% against a whole one.
+//! finish a download from 90% against a whole one. `index/...` measures path indexes: the put
+//! rate with 0, 1 and 5 indexes and every path indexed, and equality and range queries.
 #![allow(clippy::unwrap_used)]
 
 mod blobs;
 mod figures;
+mod index;
 mod load;
 mod net;
 
@@ -49,6 +51,7 @@ const MEASURES: &[Measure] = &[
     ("multibee/offline-merge-2x10000", figures::multibee_offline),
     ("net/replicate", net::figures),
     ("blobs/replicate", blobs::figures),
+    ("index/", index::figures),
     ("load/4-peers-durable", load_durable),
 ];
 

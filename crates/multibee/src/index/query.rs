@@ -76,10 +76,15 @@ impl Condition {
 
     /// Whether `doc` meets it: the reference every answer is checked against.
     pub fn holds(&self, doc: &Json) -> bool {
-        let Ok(segments) = path::parse(&self.path) else {
-            return false;
-        };
-        path::values_at(doc, &segments)
+        match path::parse(&self.path) {
+            Ok(segments) => self.holds_at(doc, &segments),
+            Err(_) => false,
+        }
+    }
+
+    /// [`Condition::holds`] with the path parsed.
+    fn holds_at(&self, doc: &Json, segments: &[path::Segment]) -> bool {
+        path::values_at(doc, segments)
             .into_iter()
             .any(|v| self.matches(v))
     }
@@ -345,6 +350,7 @@ fn from_index(
         ))
         .map_err(storage)?;
     let prefix_len = path_prefix(index.id, &condition.path).len();
+    let checks = parsed(&query.conditions);
     let mut results = Vec::new();
     let mut seen = HashSet::new();
     let mut last_row = None;
@@ -364,7 +370,7 @@ fn from_index(
         };
         let value = Value::from_stored(&stored).map_err(|e| Error::Corrupt(e.to_string()))?;
         let Value::Json(doc) = &value else { continue };
-        if query.conditions.iter().all(|c| c.holds(doc)) {
+        if checks.iter().all(|(c, segments)| c.holds_at(doc, segments)) {
             results.push((key.to_vec(), value));
             if results.len() >= limit {
                 last_row = Some(row.to_vec());
@@ -390,12 +396,13 @@ fn scan(head: &multibee_bee::SnapshotHead, query: &Query, limit: usize) -> Resul
         opts.gt = Some(from_hex(after)?);
         opts.gte = None;
     }
+    let checks = parsed(&query.conditions);
     let mut results = Vec::new();
     let mut next = None;
     for entry in head.scan(&opts)? {
         let value = Value::from_stored(&entry.value).map_err(|e| Error::Corrupt(e.to_string()))?;
         let Value::Json(doc) = &value else { continue };
-        if query.conditions.iter().all(|c| c.holds(doc)) {
+        if checks.iter().all(|(c, segments)| c.holds_at(doc, segments)) {
             results.push((entry.key.clone(), value));
             if results.len() >= limit {
                 next = Some(to_hex(&entry.key));
@@ -408,6 +415,14 @@ fn scan(head: &multibee_bee::SnapshotHead, query: &Query, limit: usize) -> Resul
         used: "scan".into(),
         next,
     })
+}
+
+/// The conditions with their paths parsed (checked by `run` before).
+fn parsed(conditions: &[Condition]) -> Vec<(&Condition, Vec<path::Segment>)> {
+    conditions
+        .iter()
+        .map(|c| (c, path::parse(&c.path).unwrap_or_default()))
+        .collect()
 }
 
 /// A page in key order of all the results.
