@@ -23,7 +23,7 @@ fn doc(i: u64, n: u64) -> serde_json::Value {
         "city": city,
         "tags": ["a", "b"],
         "score": (i % 100) as f64 / 10.0,
-        "active": i % 2 == 0,
+        "active": i.is_multiple_of(2),
         "nested": {"x": i % 13, "y": "why"},
         "email": format!("user{i}@example.com"),
         "n5": i % 5,
