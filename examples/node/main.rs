@@ -19,7 +19,8 @@
 //! saying why, e.g. `connection refused`, `timed out`, `wrong peer: ...`, `unreachable: ...`),
 //! `conflicts KEY`, `history KEY`, `status`, `blob add PATH`, `blob get ID PATH`,
 //! `blob list [AFTER]`, `blob status ID`, `blob status` (the downloads in progress),
-//! `blob fetch ID`, `blob gc` (the blob store in `DIR/blobs`), `quit`.
+//! `blob fetch ID`, `blob gc` (the blob store in `DIR/blobs`), `index add PATH|PREFIX*`,
+//! `index list|drop ID|rebuild ID`, `query PATH OP JSON ... [prefix P] [limit N]`, `quit`.
 //! Answers
 //! carry `"ok"`; other
 //! lines carry `"event"` (a change to the merged store, a peer connected or rejected, a failed
@@ -139,6 +140,8 @@ Commands on stdin, one per line, each answered with one JSON line carrying \"ok\
   blob add PATH | blob get ID PATH | blob list [AFTER] | blob status ID | blob gc   (DIR/blobs)
   blob fetch ID   (from the connected peers, else DHT providers: \"size\", \"fetched_bytes\")
   blob status     (the downloads in progress: \"downloads\":[{id, size, held_bytes, peers}])
+  index add PATH | index add PREFIX* | index list | index drop ID | index rebuild ID
+  query PATH OP JSON [PATH OP JSON ...] [prefix P] [limit N]   (OP: eq gt gte lt lte prefix)
 A bad line (not UTF-8, over 16 MiB, unknown) is answered with an error; the node goes on.
 Event lines carry \"event\": ready, change, peer_connected, peer_disconnected, peer_rejected,
 dial_failed (peer_id, address, reason; background dials too), mdns_found_nothing (tried, once),

@@ -9,6 +9,8 @@
 //! | `mb-members-1` | `(stamp, author)` | seq (u64 LE) ‖ [`crate::MemberRecord`] bytes: every membership operation held |
 //! | `mb-invites-1` | blake3 hash of an invitation's secret | when it was made (ms): each redeems once |
 //! | `mb-keys-1` | key | [`KeyState`] (postcard, versioned): newest diff (stamp, writer), diffs since the last checkpoint, causal heads (stamp, writer, seq) |
+//! | `mb-indexes-1` | index id (u32) | [`crate::IndexInfo`] (postcard, versioned): target and build state |
+//! | `mb-index-1` | index id ‖ path ‖ value ‖ key (see [`crate::index`]) | `()` |
 //!
 //! `mb-diffs-2` names every merged diff of every counted writer (own and remote), in merge
 //! order; the store bee holds the fold. A writer's `merged` length moves in the transaction
