@@ -1,5 +1,6 @@
 //! Path indexes against a reference: after every step of random writes, deletes, late diffs
-//! (which rewind and re-fold keys), reopens and rebuilds across three writers, every declared
+//! (which rewind and re-fold keys), writer removals and expulsions (which un-merge a writer's
+//! diffs), reopens and rebuilds across three writers, every declared
 //! index answers every query exactly like a scan of the merged store filtered by the same
 //! conditions (`Condition::holds`, checked by hand on named cases below).
 
@@ -45,6 +46,11 @@ enum Step {
     },
     Reopen,
     Rebuild,
+    /// Peer 0 expels writer 2 (every diff of it un-merged) or removes it (those after what
+    /// peer 0 merged), or adds it back.
+    Membership {
+        expel: bool,
+    },
 }
 
 fn scalar() -> impl Strategy<Value = Json> {
@@ -95,6 +101,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..3usize, 0..3u64).prop_map(|(w, ms)| Step::Tick { w, ms }),
         1 => Just(Step::Reopen),
         1 => Just(Step::Rebuild),
+        1 => any::<bool>().prop_map(|expel| Step::Membership { expel }),
     ]
 }
 
@@ -243,21 +250,22 @@ proptest! {
     }
 }
 
+/// A write succeeded, or was refused because its writer learned it was removed.
+fn written(result: Result<u64, Error>) {
+    match result {
+        Ok(_) | Err(Error::Removed { .. }) => {}
+        Err(e) => panic!("{e}"),
+    }
+}
+
 async fn apply(peers: &mut Vec<Peer>, step: &Step) {
     match step {
-        Step::Write { w, k, doc } => {
-            peers[*w].mb.put(KEYS[*k], doc.clone()).await.unwrap();
-        }
+        Step::Write { w, k, doc } => written(peers[*w].mb.put(KEYS[*k], doc.clone()).await),
         Step::Bytes { w, k } => {
-            peers[*w]
-                .mb
-                .put(KEYS[*k], Value::Bytes(b"opaque".to_vec()))
-                .await
-                .unwrap();
+            let bytes = Value::Bytes(b"opaque".to_vec());
+            written(peers[*w].mb.put(KEYS[*k], bytes).await)
         }
-        Step::Del { w, k } => {
-            peers[*w].mb.del(KEYS[*k]).await.unwrap();
-        }
+        Step::Del { w, k } => written(peers[*w].mb.del(KEYS[*k]).await),
         Step::Deliver {
             from,
             to,
@@ -273,6 +281,20 @@ async fn apply(peers: &mut Vec<Peer>, step: &Step) {
         Step::Reopen => {
             let peer = peers.remove(0);
             peers.insert(0, peer.reopen().await);
+        }
+        Step::Membership { expel } => {
+            let key = peers[2].key();
+            let removed = peers[0]
+                .mb
+                .writers()
+                .unwrap()
+                .iter()
+                .any(|w| w.key == key && w.state != multibee_multibee::WriterState::Active);
+            match (removed, expel) {
+                (true, _) => peers[0].mb.add_writer(key).await.unwrap(),
+                (false, true) => peers[0].mb.expel_writer(key).await.unwrap(),
+                (false, false) => peers[0].mb.remove_writer(key).await.unwrap(),
+            }
         }
         Step::Rebuild => {
             let ids: Vec<u32> = peers[0]
