@@ -150,11 +150,17 @@ pub(crate) fn build_batch(
         },
         _ => IndexState::Ready,
     };
+    save(raw, &index)?;
+    Ok(Some(index))
+}
+
+/// Writes `index` to `mb-indexes-1`.
+pub(crate) fn save(raw: &WriteTransaction, index: &IndexInfo) -> Result<(), FeedError> {
     raw.open_table(DEFS)
         .map_err(storage)?
-        .insert(id, index.encode().as_slice())
+        .insert(index.id, index.encode().as_slice())
         .map_err(storage)?;
-    Ok(Some(index))
+    Ok(())
 }
 
 /// Removes every row of index `id`.

@@ -34,10 +34,7 @@ impl MultiBee {
                         keys: 0,
                     },
                 };
-                raw.open_table(index::DEFS)
-                    .map_err(storage)?
-                    .insert(id, info.encode().as_slice())
-                    .map_err(storage)?;
+                index::rows::save(raw, &info)?;
                 Ok(info)
             })
             .await?;
@@ -103,10 +100,7 @@ impl MultiBee {
                     done: None,
                     keys: 0,
                 };
-                raw.open_table(index::DEFS)
-                    .map_err(storage)?
-                    .insert(id, info.encode().as_slice())
-                    .map_err(storage)?;
+                index::rows::save(raw, &info)?;
                 Ok(info)
             })
             .await?;
