@@ -67,13 +67,11 @@ pub fn query_command(mb: &MultiBee, rest: &str, fields: &mut Fields) -> Result<(
         .limit(text.limit.unwrap_or(100))
         .key_prefix(text.prefix.unwrap_or_default());
     let answer = mb.query(&query).map_err(|e| e.to_string())?;
-    let results: Vec<Json> = answer
-        .results
-        .iter()
-        .map(|(key, value)| {
-            json!({"key": String::from_utf8_lossy(key), "value": multibee::http::value_json(value)})
-        })
-        .collect();
+    let mut results = Vec::with_capacity(answer.results.len());
+    for hit in &answer.results {
+        let value = hit.value().map_err(|e| e.to_string())?;
+        results.push(json!({"key": String::from_utf8_lossy(&hit.key), "value": multibee::http::value_json(&value)}));
+    }
     fields.insert("results".into(), Json::Array(results));
     fields.insert("index".into(), json!(answer.used));
     fields.insert("next".into(), json!(answer.next));

@@ -132,10 +132,12 @@ fn answer(api: &HttpApi, query: &crate::db::Query) -> ApiResult {
         next,
         ..
     } = api.mb.query(query)?;
-    let results: Vec<Json> = results
-        .iter()
-        .map(|(key, value)| json!({"key": text(key), "doc": value_json(value)}))
-        .collect();
+    let mut docs = Vec::with_capacity(results.len());
+    for hit in &results {
+        let value = hit.value()?;
+        docs.push(json!({"key": text(&hit.key), "doc": value_json(&value)}));
+    }
+    let results = docs;
     ok(json!({"results": results, "index": used, "next": next}))
 }
 

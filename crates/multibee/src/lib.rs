@@ -91,7 +91,7 @@ pub use diff::{DiffRecord, Dot, diff_key};
 pub use error::{Error, Result};
 pub use hlc::{Clock, Hlc, ManualClock, SystemClock};
 pub use index::{
-    Condition, IndexInfo, IndexState, IndexTarget, Op, Query, QueryAnswer, QueryOrder,
+    Condition, Hit, IndexInfo, IndexState, IndexTarget, Op, Query, QueryAnswer, QueryOrder,
 };
 pub use membership::{MemberOp, MemberRecord};
 pub use merge::{Diff, LastWriterWins, Merge};

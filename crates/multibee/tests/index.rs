@@ -141,6 +141,26 @@ fn queries() -> Vec<Query> {
         Condition::new("/n", Op::Gte, json!(0)),
         Condition::new("/tags/[]", Op::Eq, json!("y")),
     ]));
+    // Several conditions on one path narrow one range of rows.
+    for (lo, hi) in [
+        (json!(0), json!(2)),
+        (json!(-1), json!("a")),
+        (json!(1), json!(1)),
+    ] {
+        out.push(Query::new(vec![
+            Condition::new("/n", Op::Gte, lo.clone()),
+            Condition::new("/n", Op::Lt, hi.clone()),
+        ]));
+        out.push(Query::new(vec![
+            Condition::new("/n", Op::Gt, lo),
+            Condition::new("/n", Op::Lte, hi),
+            Condition::new("/n", Op::Eq, json!(1)),
+        ]));
+    }
+    out.push(Query::new(vec![
+        Condition::new("/tags/[]", Op::Gte, json!("x")),
+        Condition::new("/tags/[]", Op::Lt, json!("xy")),
+    ]));
     // The every-path index of "k" answers for documents under "k" only.
     for v in [json!(1), json!("a"), json!(true)] {
         out.push(Query::new(vec![Condition::new("/o/x", Op::Eq, v.clone())]).key_prefix("k"));
@@ -162,10 +182,10 @@ fn reference(peer: &Peer, query: &Query) -> Vec<String> {
     keys
 }
 
-fn keys(results: &[(Vec<u8>, Value)]) -> Vec<String> {
+fn keys(results: &[multibee_multibee::Hit]) -> Vec<String> {
     results
         .iter()
-        .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
+        .map(|hit| String::from_utf8(hit.key.clone()).unwrap())
         .collect()
 }
 

@@ -23,7 +23,7 @@ pub(crate) mod rows;
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
-pub use query::{Condition, Op, Query, QueryAnswer, QueryOrder};
+pub use query::{Condition, Hit, Op, Query, QueryAnswer, QueryOrder};
 pub(crate) use query::{load_read, run};
 pub(crate) use rows::{build_batch, maintain};
 

@@ -34,6 +34,7 @@
 use serde_json::{Map, Number, Value};
 use std::cmp::Ordering;
 
+#[cfg(test)]
 use crate::value::MAX_DEPTH;
 
 const NULL: u8 = 0x10;
@@ -179,13 +180,58 @@ pub(crate) fn string_prefix(prefix: &str, out: &mut Vec<u8>) {
 /// that is not the one [`encode`] writes, unsorted or repeated object keys, invalid UTF-8) and
 /// values nesting deeper than [`MAX_DEPTH`]. A `Some((v, n))` always has
 /// `encode(v) == bytes[..n]`. Never panics; recursion is bounded by [`MAX_DEPTH`].
+#[cfg(test)]
 pub(crate) fn decode(bytes: &[u8]) -> Option<(Value, usize)> {
     let mut at = 0;
     let value = decode_at(bytes, &mut at, 0)?;
     Some((value, at))
 }
 
+/// The length of the encoding at the start of `bytes`, found without decoding it (for index
+/// rows, whose key follows the value); `None` if the bytes end first or hold an unknown tag.
+/// Unlike [`decode`] it does not check that the encoding is canonical.
+pub(crate) fn encoded_len(bytes: &[u8]) -> Option<usize> {
+    let (mut at, mut depth) = (0usize, 0usize);
+    loop {
+        let tag = *bytes.get(at)?;
+        at += 1;
+        match tag {
+            NULL | FALSE | TRUE => {}
+            NUMBER => {
+                at += 10;
+                if at > bytes.len() {
+                    return None;
+                }
+            }
+            STRING => loop {
+                let byte = *bytes.get(at)?;
+                at += 1;
+                if byte == 0 {
+                    match *bytes.get(at)? {
+                        STRING_END => {
+                            at += 1;
+                            break;
+                        }
+                        ESCAPED_ZERO => at += 1,
+                        _ => return None,
+                    }
+                }
+            },
+            ARRAY | OBJECT => {
+                depth += 1;
+                continue;
+            }
+            END if depth > 0 => depth -= 1,
+            _ => return None,
+        }
+        if depth == 0 {
+            return Some(at);
+        }
+    }
+}
+
 /// Decodes the value at `bytes[*at..]`, `depth` containers deep, advancing `at`.
+#[cfg(test)]
 fn decode_at(bytes: &[u8], at: &mut usize, depth: usize) -> Option<Value> {
     let tag = *bytes.get(*at)?;
     *at += 1;
@@ -234,6 +280,7 @@ fn decode_at(bytes: &[u8], at: &mut usize, depth: usize) -> Option<Value> {
 }
 
 /// Decodes a number's 10 bytes after its tag (canonical encodings only).
+#[cfg(test)]
 fn decode_number(bytes: &[u8], at: &mut usize) -> Option<Number> {
     let body = bytes.get(*at..*at + 10)?;
     *at += 10;
@@ -275,6 +322,7 @@ fn decode_number(bytes: &[u8], at: &mut usize) -> Option<Number> {
 }
 
 /// Decodes a string's escaped bytes and terminator after its tag (valid UTF-8 only).
+#[cfg(test)]
 fn decode_string(bytes: &[u8], at: &mut usize) -> Option<String> {
     let mut text = Vec::new();
     loop {
@@ -613,6 +661,7 @@ mod tests {
             longer.extend_from_slice(&suffix);
             let (back, used) = decode(&longer).expect("decodes");
             prop_assert_eq!(used, bytes.len());
+            prop_assert_eq!(encoded_len(&longer), Some(bytes.len()));
             prop_assert_eq!(cmp_json(&back, &v), Ordering::Equal);
             prop_assert_eq!(enc(&back), bytes);
         }

@@ -184,11 +184,32 @@ impl Query {
 #[non_exhaustive]
 pub struct QueryAnswer {
     /// The documents, in the query's order.
-    pub results: Vec<(Vec<u8>, Value)>,
+    pub results: Vec<Hit>,
     /// What answered it: `index N on PATH`, or `scan`.
     pub used: String,
     /// Pass as [`Query::after`] for the next page; `None` when there is none.
     pub next: Option<String>,
+}
+
+/// A document a query found: its key, and its value as stored (parsed by [`Hit::value`], or
+/// passed on as JSON text with [`Hit::stored`] by layers that serialise it again).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    /// The document's key.
+    pub key: Vec<u8>,
+    stored: Vec<u8>,
+}
+
+impl Hit {
+    /// The document.
+    pub fn value(&self) -> Result<Value> {
+        Value::from_stored(&self.stored).map_err(Error::Corrupt)
+    }
+
+    /// The document as stored: canonical JSON text (or bytes), not parsed.
+    pub fn stored(&self) -> Result<crate::value::StoredRef<'_>> {
+        Value::peek_stored(&self.stored).map_err(Error::Corrupt)
+    }
 }
 
 /// Answers `query` from the snapshot `txn` of the store whose head `head` reads.
@@ -242,7 +263,7 @@ pub(crate) fn run(
                 QueryOrder::Index => from_index(txn, head, query, index, condition, limit, used),
                 QueryOrder::Key => {
                     let mut all = from_index(txn, head, query, index, condition, usize::MAX, used)?;
-                    all.results.sort_by(|a, b| a.0.cmp(&b.0));
+                    all.results.sort_by(|a, b| a.key.cmp(&b.key));
                     Ok(key_page(all.results, query, limit, all.used))
                 }
             }
@@ -323,7 +344,22 @@ fn from_index(
     limit: usize,
     used: String,
 ) -> Result<QueryAnswer> {
-    let (mut lower, upper) = bounds(index.id, condition);
+    // A document has several rows only when the path fans out over an array. Otherwise every
+    // condition on the same path narrows the one range of rows, and the rows prove them all.
+    let fans_out = path::parse(&condition.path)
+        .unwrap_or_default()
+        .contains(&path::Segment::Each);
+    let proven: Vec<&Condition> = query
+        .conditions
+        .iter()
+        .filter(|c| std::ptr::eq(*c, condition) || !fans_out && c.path == condition.path)
+        .collect();
+    let (mut lower, mut upper) = (Bound::Unbounded, Bound::Unbounded);
+    for c in &proven {
+        let (lo, hi) = bounds(index.id, c);
+        lower = tighter(lower, lo, Ordering::Greater);
+        upper = tighter(upper, hi, Ordering::Less);
+    }
     if query.order == QueryOrder::Index
         && let Some(after) = &query.after
     {
@@ -350,32 +386,43 @@ fn from_index(
         ))
         .map_err(storage)?;
     let prefix_len = path_prefix(index.id, &condition.path).len();
-    let checks = parsed(&query.conditions);
+    // The rows prove their conditions (in this snapshot): only the others are checked, on the
+    // parsed document.
+    let checks: Vec<_> = parsed(&query.conditions)
+        .into_iter()
+        .filter(|(c, _)| !proven.iter().any(|p| std::ptr::eq(*p, *c)))
+        .collect();
     let mut results = Vec::new();
     let mut seen = HashSet::new();
     let mut last_row = None;
     for row in range {
         let (row, ()) = row.map(|(k, v)| (k, v.value())).map_err(storage)?;
         let row = row.value();
-        let Some((_, used_len)) = order::decode(&row[prefix_len.min(row.len())..]) else {
+        let Some(used_len) = order::encoded_len(&row[prefix_len.min(row.len())..]) else {
             return Err(Error::Corrupt("an index row does not decode".into()));
         };
         let key = &row[(prefix_len + used_len).min(row.len())..];
-        if !key.starts_with(&query.key_prefix) || !seen.insert(key.to_vec()) {
+        if !key.starts_with(&query.key_prefix) || fans_out && !seen.insert(key.to_vec()) {
             continue;
         }
-        // The document as this snapshot holds it, checked against every condition.
+        // The document as this snapshot holds it.
         let Some(stored) = head.get(key)? else {
             continue;
         };
-        let value = Value::from_stored(&stored).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let Value::Json(doc) = &value else { continue };
-        if checks.iter().all(|(c, segments)| c.holds_at(doc, segments)) {
-            results.push((key.to_vec(), value));
-            if results.len() >= limit {
-                last_row = Some(row.to_vec());
-                break;
+        if !checks.is_empty() {
+            let value = Value::from_stored(&stored).map_err(Error::Corrupt)?;
+            let Value::Json(doc) = &value else { continue };
+            if !checks.iter().all(|(c, segments)| c.holds_at(doc, segments)) {
+                continue;
             }
+        }
+        results.push(Hit {
+            key: key.to_vec(),
+            stored,
+        });
+        if results.len() >= limit {
+            last_row = Some(row.to_vec());
+            break;
         }
     }
     Ok(QueryAnswer {
@@ -400,10 +447,13 @@ fn scan(head: &multibee_bee::SnapshotHead, query: &Query, limit: usize) -> Resul
     let mut results = Vec::new();
     let mut next = None;
     for entry in head.scan(&opts)? {
-        let value = Value::from_stored(&entry.value).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let value = Value::from_stored(&entry.value).map_err(Error::Corrupt)?;
         let Value::Json(doc) = &value else { continue };
         if checks.iter().all(|(c, segments)| c.holds_at(doc, segments)) {
-            results.push((entry.key.clone(), value));
+            results.push(Hit {
+                key: entry.key.clone(),
+                stored: entry.value,
+            });
             if results.len() >= limit {
                 next = Some(to_hex(&entry.key));
                 break;
@@ -426,17 +476,17 @@ fn parsed(conditions: &[Condition]) -> Vec<(&Condition, Vec<path::Segment>)> {
 }
 
 /// A page in key order of all the results.
-fn key_page(all: Vec<(Vec<u8>, Value)>, query: &Query, limit: usize, used: String) -> QueryAnswer {
+fn key_page(all: Vec<Hit>, query: &Query, limit: usize, used: String) -> QueryAnswer {
     let after = query.after.as_deref().and_then(|a| from_hex(a).ok());
     let mut results: Vec<_> = all
         .into_iter()
-        .filter(|(k, _)| after.as_ref().is_none_or(|a| k > a))
+        .filter(|hit| after.as_ref().is_none_or(|a| &hit.key > a))
         .take(limit + 1)
         .collect();
     let next = match results.len() > limit {
         true => {
             results.truncate(limit);
-            results.last().map(|(k, _)| to_hex(k))
+            results.last().map(|hit| to_hex(&hit.key))
         }
         false => None,
     };
@@ -444,6 +494,25 @@ fn key_page(all: Vec<(Vec<u8>, Value)>, query: &Query, limit: usize, used: Strin
         results,
         used,
         next,
+    }
+}
+
+/// The tighter of two bounds of one side: the larger lower bound (`Greater`) or the smaller
+/// upper bound (`Less`); at the same bytes, the exclusive one.
+fn tighter(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>, side: Ordering) -> Bound<Vec<u8>> {
+    let bytes = |x: &Bound<Vec<u8>>| match x {
+        Bound::Included(v) | Bound::Excluded(v) => Some(v.clone()),
+        Bound::Unbounded => None,
+    };
+    match (bytes(&a), bytes(&b)) {
+        (None, _) => b,
+        (_, None) => a,
+        (Some(x), Some(y)) => match x.cmp(&y) {
+            Ordering::Equal if matches!(a, Bound::Excluded(_)) => a,
+            Ordering::Equal => b,
+            ord if ord == side => a,
+            _ => b,
+        },
     }
 }
 
