@@ -445,3 +445,40 @@ fn a_building_index_says_so_instead_of_answering_partially() {
         assert_eq!(mb.indexes().unwrap()[0].state, IndexState::Ready);
     });
 }
+
+#[test]
+fn a_build_stopped_by_a_close_resumes_on_open_and_answers_like_a_scan() {
+    run(async {
+        let mut peers = cluster(1).await;
+        let ops = (0..3000)
+            .map(|i| {
+                multibee_multibee::BatchOp::Put(
+                    format!("d{i:05}").into_bytes(),
+                    json!({"n": i % 11}).into(),
+                )
+            })
+            .collect();
+        peers[0].mb.batch(ops).await.unwrap();
+        let info = peers[0]
+            .mb
+            .add_index(IndexTarget::Path("/n".into()))
+            .await
+            .unwrap();
+        // Closing stops the background build wherever it is (between two transactions, as
+        // a crash would); writes meanwhile land on both sides of its progress.
+        peers[0].mb.put("d00001", json!({"n": 5})).await.unwrap();
+        peers[0].mb.put("d02999", json!({"n": 5})).await.unwrap();
+        let peer = peers.remove(0);
+        let peer = peer.reopen().await;
+        let state = peer.mb.indexes().unwrap()[0].state.clone();
+        eprintln!("after the reopen: {state:?}");
+        peer.mb.wait_index(info.id).await.unwrap();
+        let q = Query::new(vec![Condition::new("/n", Op::Eq, json!(5))]).limit(10_000);
+        let got = keys(&peer.mb.query(&q).unwrap().results);
+        assert_eq!(got.len(), reference(&peer, &q).len());
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(sorted, reference(&peer, &q));
+        assert!(got.contains(&"d00001".to_string()) && got.contains(&"d02999".to_string()));
+    });
+}
