@@ -30,12 +30,26 @@ use multibee_feed::faults::Fault;
 pub const SYNC_BYTES: u64 = 32 << 20;
 
 /// One blob's groups recorded since its files were last synced.
-#[derive(Default)]
+#[derive(Clone)]
 pub(crate) struct Pending {
     /// The chunk groups written and recorded but not synced (the `unsynced-1` row).
     pub(crate) groups: ChunkRanges,
     /// Bytes imported since the last sync.
     pub(crate) bytes: u64,
+    /// Which download of the blob this is: a sync that ran without the lock applies only to
+    /// the download it synced, not to one that started over (delete, restart) meanwhile.
+    pub(crate) generation: u64,
+}
+
+impl Pending {
+    pub(crate) fn new() -> Pending {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Pending {
+            groups: ChunkRanges::empty(),
+            bytes: 0,
+            generation: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 impl Blobs {
@@ -89,11 +103,17 @@ impl Inner {
 
     /// The files were synced after `synced` (groups that were unsynced) were written: they
     /// leave the unsynced list, unless the blob completed, was deleted or was flushed
-    /// meanwhile (its pending entry is gone then).
-    pub(crate) fn record_synced(&self, id: BlobId, synced: &ChunkRanges) -> Result<()> {
+    /// meanwhile (its pending entry is gone then), or its download started over (another
+    /// `generation`).
+    pub(crate) fn record_synced(
+        &self,
+        id: BlobId,
+        generation: u64,
+        synced: &ChunkRanges,
+    ) -> Result<()> {
         let _lock = self.lock(id);
         let mut pending = self.pending();
-        let Some(entry) = pending.get_mut(&id) else {
+        let Some(entry) = pending.get_mut(&id).filter(|e| e.generation == generation) else {
             return Ok(());
         };
         entry.groups.difference_with(synced);
@@ -119,13 +139,15 @@ impl Inner {
         let ids: Vec<BlobId> = self.pending().keys().copied().collect();
         for id in ids {
             let _lock = self.lock(id);
-            if self.pending().remove(&id).is_none() {
+            if !self.pending().contains_key(&id) {
                 continue; // synced by an import meanwhile
             }
+            // The list is cleared only once the files are synced.
             self.sync_files(id)?;
             let txn = self.db.begin_write()?;
             txn.open_table(UNSYNCED)?.remove(id.as_bytes())?;
             txn.commit()?;
+            self.pending().remove(&id);
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use bao_tree::{BaoTree, ChunkNum, ChunkRanges};
 
 use crate::error::{Error, Result, VerifyError};
 use crate::id::BlobId;
-use crate::pending::SYNC_BYTES;
+use crate::pending::{Pending, SYNC_BYTES};
 use crate::store::{
     BLOCK_SIZE, Blobs, Imported, Inner, byte_ranges, check_size, open_rw, sync_dir,
 };
@@ -227,6 +227,16 @@ impl Inner {
         if files_gone && existing.is_some() {
             tracing::warn!(%id, "a partial blob's files are missing: its download starts over");
         }
+        if fresh && let Some(record) = &existing {
+            // The files are about to be truncated: first the record stops claiming them.
+            let restart = Record {
+                size,
+                pinned: record.pinned,
+                held: Some(ChunkRanges::empty()),
+            };
+            self.pending().remove(&id);
+            self.put_progress(id, &restart, &ChunkRanges::empty())?;
+        }
         let mut data = open_rw(&data_path, fresh)?;
         let obao = open_rw(&obao_path, fresh)?;
         let mut outboard = PreOrderOutboard {
@@ -267,7 +277,8 @@ impl Inner {
         // The files are synced when the blob completes, when its download starts (they were
         // created or truncated: a record from before must not outlive them), and every
         // SYNC_BYTES; in between, the groups are recorded as not synced (see `pending.rs`).
-        let mut pending = self.pending().remove(&id).unwrap_or_default();
+        // The in-memory list changes only once what it mirrors is committed: a failure leaves
+        // both as they were.
         if complete || fresh {
             for (file, path) in [(&data, &data_path), (&outboard.data, &obao_path)] {
                 self.sync(file, path)?;
@@ -276,20 +287,27 @@ impl Inner {
                 sync_dir(data_path.parent().unwrap_or(&data_path))?;
             }
             self.put_progress(id, &record, &ChunkRanges::empty())?;
+            self.pending().remove(&id);
         } else {
+            let mut pending = self
+                .pending()
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(Pending::new);
             pending.groups |= groups;
             pending.bytes += encoded.len() as u64;
             self.put_progress(id, &record, &pending.groups)?;
             if pending.bytes >= SYNC_BYTES {
                 // Synced without the lock, so that other imports of the blob write meanwhile.
                 let synced = pending.groups.clone();
+                let generation = pending.generation;
                 pending.bytes = 0;
                 self.pending().insert(id, pending);
                 drop(lock);
                 for (file, path) in [(&data, &data_path), (&outboard.data, &obao_path)] {
                     self.sync(file, path)?;
                 }
-                self.record_synced(id, &synced)?;
+                self.record_synced(id, generation, &synced)?;
             } else {
                 self.pending().insert(id, pending);
             }
