@@ -482,3 +482,53 @@ fn a_build_stopped_by_a_close_resumes_on_open_and_answers_like_a_scan() {
         assert!(got.contains(&"d00001".to_string()) && got.contains(&"d02999".to_string()));
     });
 }
+
+#[test]
+fn an_every_path_index_answers_only_what_its_leaves_can_and_cursors_stay_with_their_index() {
+    run(async {
+        let peers = cluster(1).await;
+        let mb = &peers[0].mb;
+        mb.put("a", json!({"tags": ["x"], "o": {"x": 1}, "e": [], "n": 1}))
+            .await
+            .unwrap();
+        mb.put("b", json!({"tags": "zzzz", "n": 2})).await.unwrap();
+        let every = mb
+            .add_index(IndexTarget::EveryPath(Vec::new()))
+            .await
+            .unwrap();
+        mb.wait_index(every.id).await.unwrap();
+        let ask = |conditions: Vec<Condition>| {
+            let q = Query::new(conditions).allow_scan(true);
+            let answer = mb.query(&q).unwrap();
+            assert_eq!(keys(&answer.results), reference(&peers[0], &q), "{q:?}");
+            (keys(&answer.results), answer.used)
+        };
+        // Arrays and objects sort above strings: the leaves cannot answer these.
+        let (found, used) = ask(vec![Condition::new("/tags", Op::Gt, json!("zzz"))]);
+        assert_eq!(
+            (found, used.as_str()),
+            (vec!["a".to_string(), "b".to_string()], "scan")
+        );
+        let (found, used) = ask(vec![Condition::new("/o", Op::Eq, json!({"x": 1}))]);
+        assert_eq!((found, used.as_str()), (vec!["a".to_string()], "scan"));
+        // Leaves, empty containers and anything below a scalar can.
+        for (c, expected) in [
+            (Condition::new("/e", Op::Eq, json!([])), vec!["a"]),
+            (Condition::new("/tags/[]", Op::Eq, json!("x")), vec!["a"]),
+            (Condition::new("/tags", Op::Lt, json!("zzzzz")), vec!["b"]),
+            (Condition::new("/o/x", Op::Lte, json!(1)), vec!["a"]),
+        ] {
+            let (found, used) = ask(vec![c]);
+            assert_eq!(found, expected);
+            assert!(used.starts_with("index"), "{used}");
+        }
+        // A cursor of another index is refused, not misread.
+        let n = mb.add_index(IndexTarget::Path("/n".into())).await.unwrap();
+        mb.wait_index(n.id).await.unwrap();
+        let first = mb
+            .query(&Query::new(vec![Condition::new("/o/x", Op::Lte, json!(5))]).limit(1))
+            .unwrap();
+        let q = Query::new(vec![Condition::new("/n", Op::Gte, json!(0))]).after(first.next);
+        assert!(matches!(mb.query(&q), Err(Error::InvalidArgument(_))));
+    });
+}

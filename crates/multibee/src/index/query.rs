@@ -212,6 +212,9 @@ impl Hit {
     }
 }
 
+/// The most matches a query in key order sorts (all of them are read to sort them).
+pub const MAX_KEY_ORDERED: usize = 100_000;
+
 /// Answers `query` from the snapshot `txn` of the store whose head `head` reads.
 pub(crate) fn run(
     txn: &ReadTransaction,
@@ -233,21 +236,25 @@ pub(crate) fn run(
     }
     let indexes = load_read(txn)?;
     // An eq condition narrows best; then any other.
-    let mut choice = None;
-    for c in query
+    // An eq condition narrows best; then any other. A ready index first: a building one
+    // answers only if nothing else can.
+    let ordered: Vec<&Condition> = query
         .conditions
         .iter()
         .filter(|c| c.op == Op::Eq)
         .chain(query.conditions.iter().filter(|c| c.op != Op::Eq))
-    {
-        if let Some(index) = indexes
-            .iter()
-            .find(|i| usable(i, &c.path, &query.key_prefix))
-        {
-            choice = Some((index, c));
-            break;
-        }
-    }
+        .collect();
+    let find = |ready: bool| {
+        ordered.iter().find_map(|c| {
+            indexes
+                .iter()
+                .find(|i| {
+                    (i.state == IndexState::Ready) == ready && usable(i, c, &query.key_prefix)
+                })
+                .map(|i| (i, *c))
+        })
+    };
+    let choice = find(true).or_else(|| find(false));
     let limit = query.limit.max(1);
     match choice {
         Some((index, _)) if index.state != IndexState::Ready => Err(Error::IndexBuilding {
@@ -262,7 +269,14 @@ pub(crate) fn run(
             match query.order {
                 QueryOrder::Index => from_index(txn, head, query, index, condition, limit, used),
                 QueryOrder::Key => {
-                    let mut all = from_index(txn, head, query, index, condition, usize::MAX, used)?;
+                    let all = MAX_KEY_ORDERED + 1;
+                    let mut all = from_index(txn, head, query, index, condition, all, used)?;
+                    if all.results.len() > MAX_KEY_ORDERED {
+                        return Err(Error::InvalidArgument(format!(
+                            "more than {MAX_KEY_ORDERED} documents match: key order sorts them \
+                             all, so ask for index order (or narrow the query)"
+                        )));
+                    }
                     all.results.sort_by(|a, b| a.key.cmp(&b.key));
                     Ok(key_page(all.results, query, limit, all.used))
                 }
@@ -299,11 +313,28 @@ fn storage(e: impl Into<redb::Error>) -> Error {
     Error::Feed(crate::fold::storage(e))
 }
 
-/// Whether `index` holds every value of `path` for the documents under `key_prefix`.
-fn usable(index: &IndexInfo, path: &str, key_prefix: &[u8]) -> bool {
+/// Whether `index` has a row for every value that could meet `condition` in the documents
+/// under `key_prefix`. A path index has one for every value its path reaches. An every-path
+/// index has rows for leaves only (scalars, empty arrays and objects), so it answers only
+/// conditions that no non-empty array or object can meet: those sort above every scalar and
+/// empty container.
+fn usable(index: &IndexInfo, condition: &Condition, key_prefix: &[u8]) -> bool {
     match &index.target {
-        IndexTarget::Path(p) => p == path,
-        IndexTarget::EveryPath(prefix) => key_prefix.starts_with(prefix),
+        IndexTarget::Path(p) => *p == condition.path,
+        IndexTarget::EveryPath(prefix) => {
+            let leaf = |v: &Json| match v {
+                Json::Array(a) => a.is_empty(),
+                Json::Object(o) => o.is_empty(),
+                _ => true,
+            };
+            let scalar = !matches!(condition.value, Json::Array(_) | Json::Object(_));
+            key_prefix.starts_with(prefix)
+                && match condition.op {
+                    Op::Eq | Op::Prefix => leaf(&condition.value),
+                    Op::Lt | Op::Lte => scalar,
+                    Op::Gt | Op::Gte => false,
+                }
+        }
     }
 }
 
@@ -364,6 +395,13 @@ fn from_index(
         && let Some(after) = &query.after
     {
         let row = from_hex(after)?;
+        // A cursor of this index and path (another answered the previous page otherwise).
+        if !row.starts_with(&path_prefix(index.id, &condition.path)) {
+            return Err(Error::InvalidArgument(format!(
+                "the cursor {after:?} is not one of index {} on {}: start again without it",
+                index.id, condition.path
+            )));
+        }
         if bound_below(&lower, &row) {
             lower = Bound::Excluded(row);
         }
@@ -440,13 +478,19 @@ fn scan(head: &multibee_bee::SnapshotHead, query: &Query, limit: usize) -> Resul
         opts.lt = crate::prefix_end(&query.key_prefix);
     }
     if let Some(after) = &query.after {
-        opts.gt = Some(from_hex(after)?);
-        opts.gte = None;
+        let after = from_hex(after)?;
+        if after >= query.key_prefix {
+            opts.gt = Some(after);
+            opts.gte = None;
+        }
     }
     let checks = parsed(&query.conditions);
     let mut results = Vec::new();
     let mut next = None;
     for entry in head.scan(&opts)? {
+        if !entry.key.starts_with(&query.key_prefix) {
+            break;
+        }
         let value = Value::from_stored(&entry.value).map_err(Error::Corrupt)?;
         let Value::Json(doc) = &value else { continue };
         if checks.iter().all(|(c, segments)| c.holds_at(doc, segments)) {
