@@ -38,6 +38,8 @@ pub const MAX_FETCHES: usize = 4;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 /// Arrivals kept for slow subscribers of [`BlobFetcher::arrivals`].
 const ARRIVALS_BUFFER: usize = 1024;
+/// Documents read per page when the fetcher starts.
+const START_PAGE: usize = 1000;
 /// Ids asked for per page when a peer is listed.
 const LIST_PAGE: usize = 1024;
 /// Pages and live ids of peers waiting for the fetcher.
@@ -247,11 +249,25 @@ impl Fetcher {
         mut stored: broadcast::Receiver<Arrival>,
         mut news: mpsc::Receiver<News>,
     ) {
-        // The documents already held (a change made meanwhile is seen again: harmless).
-        if let Ok(entries) = self.mb.range(&RangeOptions::all()) {
-            let held: Vec<(Vec<u8>, Value)> = entries.filter_map(Result::ok).collect();
-            for (key, value) in held {
+        // The documents already held, a page at a time (a change made meanwhile is seen
+        // again: harmless).
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let mut opts = RangeOptions::all().limit(START_PAGE);
+            if let Some(key) = &after {
+                opts = opts.gt(key);
+            }
+            let Ok(entries) = self.mb.range(&opts) else {
+                break;
+            };
+            let page: Vec<(Vec<u8>, Value)> = entries.filter_map(Result::ok).collect();
+            let full = page.len() == START_PAGE;
+            after = page.last().map(|(key, _)| key.clone());
+            for (key, value) in page {
                 self.on_document(key, Some(&value)).await;
+            }
+            if !full {
+                break;
             }
         }
         self.counts.started = true;

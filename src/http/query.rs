@@ -43,7 +43,7 @@ pub(super) async fn get(
         params.prefix.or(text.prefix),
         params.scan,
     )?;
-    answer(&api, &query)
+    answer(&api, query).await
 }
 
 /// The body of `POST /_query`.
@@ -90,7 +90,7 @@ pub(super) async fn post(
         body.prefix,
         body.scan,
     )?;
-    answer(&api, &query)
+    answer(&api, query).await
 }
 
 /// The most results one answer holds.
@@ -125,13 +125,19 @@ fn build(
         .allow_scan(scan))
 }
 
-fn answer(api: &HttpApi, query: &crate::db::Query) -> ApiResult {
+async fn answer(api: &HttpApi, query: crate::db::Query) -> ApiResult {
+    // A query reads the store (a scan, or a sort in key order, may read much of it): off the
+    // async workers.
+    let mb = api.mb.clone();
+    let answered = tokio::task::spawn_blocking(move || mb.query(&query))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string()))?;
     let QueryAnswer {
         results,
         used,
         next,
         ..
-    } = api.mb.query(query)?;
+    } = answered?;
     let mut docs = Vec::with_capacity(results.len());
     for hit in &results {
         let value = hit.value()?;

@@ -26,6 +26,9 @@ use crate::event::Event;
 use crate::node::{Command, NodeHandle};
 use crate::session::Internal;
 
+/// The most providers a fetch dials (the DHT may name many, and a hostile node any number).
+const MAX_PROVIDERS_DIALED: usize = 8;
+
 /// The context of [`blob_record_key`]'s key derivation: feeds' discovery keys are derived
 /// otherwise, so the two never collide.
 const RECORD_CONTEXT: &str = "multibee 2026-11 blob provider record key v1";
@@ -233,6 +236,7 @@ impl NodeHandle {
         let new: Vec<PeerId> = providers
             .into_iter()
             .filter(|p| !connected.contains(p))
+            .take(MAX_PROVIDERS_DIALED)
             .collect();
         let dials = new
             .iter()

@@ -34,6 +34,10 @@ pub(crate) fn blobs_protocol() -> StreamProtocol {
     StreamProtocol::new(BLOBS_PROTOCOL)
 }
 
+/// The most requests one fetch has in flight over all its peers (each holds up to
+/// `BlobLimits::request_bytes` of encoding): with more peers, fewer per peer, at least one.
+const MAX_REQUESTS_IN_FLIGHT: usize = 16;
+
 /// What a [`crate::NodeHandle::fetch_blob`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -365,7 +369,12 @@ pub(crate) async fn fetch(
         dropped: Mutex::default(),
         local: Mutex::default(),
     };
-    let in_flight = limits.requests_in_flight.max(1);
+    // Several requests in flight per peer, and at most MAX_REQUESTS_IN_FLIGHT in all, so that
+    // the memory a fetch holds does not grow with the number of peers.
+    let in_flight = limits
+        .requests_in_flight
+        .min(MAX_REQUESTS_IN_FLIGHT / peers.len().max(1))
+        .max(1);
     let workers = peers
         .into_iter()
         .flat_map(|(peer, opener)| (0..in_flight).map(move |_| (peer, opener.clone())));
