@@ -14,44 +14,16 @@ use super::docs::{text, value_json};
 use super::error::{ApiError, ApiResult, ok, parse_json};
 use crate::db::{Condition, IndexInfo, IndexState, IndexTarget, QueryAnswer, QueryOrder};
 
-/// The parameters of `GET /_query`.
+/// A query as asked over HTTP: the parameters of `GET /_query` (with `q`) or the body of
+/// `POST /_query` (with `where`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct QueryParams {
+pub(super) struct QueryRequest {
     /// Conditions in the text form of [`crate::query_text`]: `PATH OP JSON ...`.
-    q: String,
-    limit: Option<usize>,
-    after: Option<String>,
-    order: Option<String>,
-    prefix: Option<String>,
-    #[serde(default)]
-    scan: bool,
-}
-
-/// `GET /_query?q=PATH OP JSON ...[&limit=N&after=C&order=index|key&prefix=P&scan=true]`.
-pub(super) async fn get(
-    State(api): State<HttpApi>,
-    params: Result<Query<QueryParams>, QueryRejection>,
-) -> ApiResult {
-    let Query(params) = params?;
-    let text = crate::query_text::parse(&params.q).map_err(ApiError::bad_request)?;
-    let query = build(
-        text.conditions,
-        params.limit.or(text.limit),
-        params.after,
-        params.order.as_deref(),
-        params.prefix.or(text.prefix),
-        params.scan,
-    )?;
-    answer(&api, query).await
-}
-
-/// The body of `POST /_query`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QueryBody {
+    q: Option<String>,
+    /// Conditions as JSON.
     #[serde(rename = "where")]
-    conditions: Vec<ConditionBody>,
+    conditions: Option<Vec<ConditionBody>>,
     limit: Option<usize>,
     after: Option<String>,
     order: Option<String>,
@@ -68,29 +40,63 @@ struct ConditionBody {
     value: Json,
 }
 
-/// `POST /_query` with `{"where":[{"path","op","value"}],"limit","after","order","prefix","scan"}`.
+/// `GET /_query?q=PATH OP JSON ...[&limit=N&after=C&order=index|key&prefix=P&scan=true]`.
+pub(super) async fn get(
+    State(api): State<HttpApi>,
+    params: Result<Query<QueryRequest>, QueryRejection>,
+) -> ApiResult {
+    let Query(request) = params?;
+    answer(&api, request).await
+}
+
+/// `POST /_query` with `{"where":[{"path","op","value"}],"limit","after","order","prefix","scan"}`
+/// (or `"q"` in the text form).
 pub(super) async fn post(
     State(api): State<HttpApi>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let body: QueryBody = serde_json::from_value(parse_json(&body?)?)
+    let request: QueryRequest = serde_json::from_value(parse_json(&body?)?)
         .map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
-    let mut conditions = Vec::new();
-    for c in body.conditions {
-        let op =
-            c.op.parse()
-                .map_err(|e: crate::db::Error| ApiError::bad_request(e.to_string()))?;
-        conditions.push(Condition::new(c.path, op, c.value));
+    answer(&api, request).await
+}
+
+impl QueryRequest {
+    /// The query it asks, or why it is not one.
+    fn query(self) -> Result<crate::db::Query, ApiError> {
+        let (conditions, limit, prefix) = match (self.q, self.conditions) {
+            (Some(q), None) => {
+                let text = crate::query_text::parse(&q).map_err(ApiError::bad_request)?;
+                (
+                    text.conditions,
+                    self.limit.or(text.limit),
+                    self.prefix.or(text.prefix),
+                )
+            }
+            (None, Some(list)) => {
+                let mut conditions = Vec::new();
+                for c in list {
+                    let op =
+                        c.op.parse()
+                            .map_err(|e: crate::db::Error| ApiError::bad_request(e.to_string()))?;
+                    conditions.push(Condition::new(c.path, op, c.value));
+                }
+                (conditions, self.limit, self.prefix)
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "a query has conditions in \"q\" (text) or \"where\" (JSON), one of them",
+                ));
+            }
+        };
+        build(
+            conditions,
+            limit,
+            self.after,
+            self.order.as_deref(),
+            prefix,
+            self.scan,
+        )
     }
-    let query = build(
-        conditions,
-        body.limit,
-        body.after,
-        body.order.as_deref(),
-        body.prefix,
-        body.scan,
-    )?;
-    answer(&api, query).await
 }
 
 /// The most results one answer holds.
@@ -125,7 +131,8 @@ fn build(
         .allow_scan(scan))
 }
 
-async fn answer(api: &HttpApi, query: crate::db::Query) -> ApiResult {
+async fn answer(api: &HttpApi, request: QueryRequest) -> ApiResult {
+    let query = request.query()?;
     // A query reads the store (a scan, or a sort in key order, may read much of it): off the
     // async workers.
     let mb = api.mb.clone();
