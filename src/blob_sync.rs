@@ -157,6 +157,7 @@ impl BlobFetcher {
             by_key: HashMap::new(),
             wanted: HashSet::new(),
             holders: HashMap::new(),
+            failed_holders: HashMap::new(),
             queue: VecDeque::new(),
             queued: HashSet::new(),
             in_flight: HashSet::new(),
@@ -224,6 +225,10 @@ struct Fetcher {
     wanted: HashSet<BlobId>,
     /// Connected peers known to hold a referenced blob.
     holders: HashMap<BlobId, HashSet<PeerId>>,
+    /// Peers that said they hold a blob but failed to serve it: what they say of it is
+    /// ignored until they reconnect (a peer that lies about what it holds cannot make this
+    /// node fetch, and look up the DHT, again and again).
+    failed_holders: HashMap<BlobId, HashSet<PeerId>>,
     /// Wanted blobs waiting for a fetch slot (each at most once, none in flight).
     queue: VecDeque<BlobId>,
     /// The blobs in `queue`.
@@ -231,7 +236,7 @@ struct Fetcher {
     in_flight: HashSet<BlobId>,
     /// Blobs in flight that a holder was learned of meanwhile: fetched again if they fail.
     again: HashSet<BlobId>,
-    fetches: JoinSet<(BlobId, Result<FetchOutcome, FetchError>)>,
+    fetches: JoinSet<Fetched>,
     /// The sync task of each connected peer.
     peers: HashMap<PeerId, tokio::task::AbortHandle>,
     peer_tasks: JoinSet<()>,
@@ -300,8 +305,8 @@ impl Fetcher {
                     News::Listed => self.counts.peers_listed += 1,
                 },
                 Some(done) = self.fetches.join_next() => {
-                    if let Ok((id, outcome)) = done {
-                        self.on_fetched(id, outcome).await;
+                    if let Ok(fetched) = done {
+                        self.on_fetched(fetched).await;
                     }
                 }
                 Some(_) = self.peer_tasks.join_next() => {}
@@ -403,6 +408,13 @@ impl Fetcher {
             if !self.refs.contains_key(&id) {
                 continue;
             }
+            if self
+                .failed_holders
+                .get(&id)
+                .is_some_and(|f| f.contains(&peer))
+            {
+                continue;
+            }
             self.holders.entry(id).or_default().insert(peer);
             if self.wanted.contains(&id) {
                 self.enqueue(id);
@@ -433,22 +445,57 @@ impl Fetcher {
                 .get(&id)
                 .map(|h| h.iter().copied().collect())
                 .unwrap_or_default();
-            let node = self.node.clone();
+            let (node, blobs) = (self.node.clone(), self.blobs.clone());
             self.in_flight.insert(id);
             self.fetches.spawn(async move {
-                let fetch = fetch(&node, id, holders);
-                let outcome = match tokio::time::timeout(FETCH_TIMEOUT, fetch).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(FetchError::Incomplete { id, missing: 0 }),
+                let held = |status: Option<crate::blobs::Status>| {
+                    status.map_or(0, |s| s.held.iter().map(|r| r.end - r.start).sum::<u64>())
                 };
-                (id, outcome)
+                let before = held(blobs.status(id).await.ok().flatten());
+                let asked = holders.clone();
+                let fetch = fetch(&node, id, holders);
+                let (outcome, progressed) =
+                    match tokio::time::timeout(FETCH_TIMEOUT, fetch).await {
+                        Ok(outcome) => (outcome, false),
+                        // A slow download goes on in a later fetch if this one made progress.
+                        Err(_) => {
+                            let after = held(blobs.status(id).await.ok().flatten());
+                            let missing =
+                                blobs.status(id).await.ok().flatten().map_or(0, |s| {
+                                    s.missing().iter().map(|r| r.end - r.start).sum()
+                                });
+                            (Err(FetchError::Incomplete { id, missing }), after > before)
+                        }
+                    };
+                Fetched {
+                    id,
+                    asked,
+                    outcome,
+                    progressed,
+                }
             });
         }
     }
 
-    async fn on_fetched(&mut self, id: BlobId, outcome: Result<FetchOutcome, FetchError>) {
+    async fn on_fetched(&mut self, fetched: Fetched) {
+        let Fetched {
+            id,
+            asked,
+            outcome,
+            progressed,
+        } = fetched;
         self.in_flight.remove(&id);
-        let again = self.again.remove(&id);
+        let again = self.again.remove(&id) || progressed;
+        // The holders failed to serve it (not this node's store).
+        if matches!(&outcome, Err(e) if !matches!(e, FetchError::Store(_))) {
+            for peer in asked {
+                if let Some(holders) = self.holders.get_mut(&id) {
+                    holders.remove(&peer);
+                }
+                self.failed_holders.entry(id).or_default().insert(peer);
+            }
+            self.holders.retain(|_, holders| !holders.is_empty());
+        }
         match outcome {
             Ok(outcome) => {
                 tracing::debug!(%id, bytes = outcome.bytes_fetched, "fetched a referenced blob");
@@ -511,6 +558,10 @@ impl Fetcher {
             holders.remove(&peer);
             !holders.is_empty()
         });
+        self.failed_holders.retain(|_, failed| {
+            failed.remove(&peer);
+            !failed.is_empty()
+        });
     }
 
     fn publish(&mut self) {
@@ -523,6 +574,16 @@ impl Fetcher {
             changed
         });
     }
+}
+
+/// What a fetch of the fetcher came to.
+struct Fetched {
+    id: BlobId,
+    /// The peers that said they hold it, asked first.
+    asked: Vec<PeerId>,
+    outcome: Result<FetchOutcome, FetchError>,
+    /// It timed out after storing part of the blob: worth another fetch.
+    progressed: bool,
 }
 
 /// Fetches `id` from `holders` if any, else (or if they fail) wherever it is.
