@@ -329,6 +329,9 @@ struct Fetch {
     rejected: Mutex<Vec<PeerId>>,
     /// Peers asked nothing more in this fetch (by any of their workers).
     dropped: Mutex<std::collections::HashSet<PeerId>>,
+    /// The blob started over under a size a peer proved (the one recorded was false): the
+    /// next finished job plans the rest again.
+    replan: std::sync::atomic::AtomicBool,
     /// The first failure of the local store, reported if the blob is not completed.
     local: Mutex<Option<multibee_blobs::Error>>,
 }
@@ -367,6 +370,7 @@ pub(crate) async fn fetch(
         requests: Default::default(),
         rejected: Mutex::default(),
         dropped: Mutex::default(),
+        replan: Default::default(),
         local: Mutex::default(),
     };
     // Several requests in flight per peer, and at most MAX_REQUESTS_IN_FLIGHT in all, so that
@@ -455,7 +459,10 @@ impl Fetch {
 
     /// The jobs that follow a probe: the rest of the blob, now that its size is known.
     async fn follow(&self, job: &Job) -> Vec<Job> {
-        if !job.probe {
+        let replan = self
+            .replan
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        if !job.probe && !replan {
             return Vec::new();
         }
         match self.blobs.status(self.id).await {
@@ -519,10 +526,24 @@ impl Fetch {
         permit: &mut Option<OwnedSemaphorePermit>,
         job: &Job,
     ) -> Result<(), Fault> {
+        self.request_ranges(stream, peer, permit, &job.ranges, false)
+            .await
+    }
+
+    /// Asks for `ranges` on `stream`, then verifies and stores the answer; `proving`: the
+    /// request asks the peer to prove its size (it is not asked again).
+    async fn request_ranges(
+        &self,
+        stream: &mut Stream,
+        peer: PeerId,
+        permit: &mut Option<OwnedSemaphorePermit>,
+        ranges: &[Range<u64>],
+        proving: bool,
+    ) -> Result<(), Fault> {
         let limits = &self.cx.config.blob_limits;
         let request = BlobMessage::Request(BlobRequest {
             id: *self.id.as_bytes(),
-            ranges: job.ranges.clone(),
+            ranges: ranges.to_vec(),
         });
         let frame = blob_wire::encode(&request, limits.max_request_frame())
             .map_err(|e| Fault::Closed(format!("cannot encode a request: {e}")))?;
@@ -536,7 +557,7 @@ impl Fetch {
             BlobMessage::Refused(refusal) => return Err(Fault::Refused(refusal)),
             other => return Err(unexpected(other.name(), "a Response or a Refused")),
         };
-        let ranges = clamp(&job.ranges, size);
+        let ranges = clamp(ranges, size);
         if encoded_len > max_encoded_len(&ranges, size) {
             return Err(unexpected(
                 "Response",
@@ -558,6 +579,19 @@ impl Fetch {
                     held_bytes: imported.held_bytes,
                     size,
                 });
+                Ok(())
+            }
+            // The size recorded for the partial blob is not the one this peer claims: the
+            // recorded one may be a lie of the peer that started the download. The peer's
+            // last chunk group proves its size; if it verifies, the blob starts over under it.
+            Err(multibee_blobs::Error::Rejected {
+                reason: multibee_blobs::VerifyError::SizeMismatch { .. },
+                ..
+            }) if !proving => {
+                let last = [size.saturating_sub(1)..size];
+                Box::pin(self.request_ranges(stream, peer, permit, &last, true)).await?;
+                self.replan
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(())
             }
             Err(multibee_blobs::Error::Rejected { reason, .. }) => {

@@ -221,9 +221,24 @@ async fn write_message(stream: &mut Stream, message: &BlobMessage) {
     stream.flush().await.unwrap();
 }
 
+/// How a liar lies.
+#[derive(Clone, Copy)]
+enum Lie {
+    /// Flips a bit of every encoding.
+    FlipBit,
+    /// Claims the blob has this size (smaller than the true one), sending the true encoding
+    /// of the ranges asked, cut at that size: the first ranges verify all the same.
+    Size(u64),
+}
+
 /// A bare peer holding `data` that connects to `to` and answers its blob requests with a bit
 /// flipped ([`serve_lies`]); its id, and the folder of its store (keep it alive).
 async fn start_liar(to: &mut Peer, data: &[u8]) -> (libp2p::PeerId, tempfile::TempDir) {
+    start_lying(to, data, Lie::FlipBit).await
+}
+
+/// [`start_liar`] with a chosen lie.
+async fn start_lying(to: &mut Peer, data: &[u8], lie: Lie) -> (libp2p::PeerId, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let blobs = Blobs::open(dir.path()).unwrap();
     blobs.add_bytes(data).await.unwrap();
@@ -240,7 +255,7 @@ async fn start_liar(to: &mut Peer, data: &[u8]) -> (libp2p::PeerId, tempfile::Te
             swarm.select_next_some().await;
         }
     });
-    tokio::spawn(serve_lies(incoming, blobs));
+    tokio::spawn(serve_lies(incoming, blobs, lie));
     to.event(|e| match e {
         Event::PeerConnected { peer, .. } if *peer == liar => Some(()),
         _ => None,
@@ -249,18 +264,23 @@ async fn start_liar(to: &mut Peer, data: &[u8]) -> (libp2p::PeerId, tempfile::Te
     (liar, dir)
 }
 
-/// A peer that speaks the blob protocol but flips a bit of every encoding it sends.
-async fn serve_lies(mut incoming: libp2p_stream::IncomingStreams, blobs: Blobs) {
+/// A peer that speaks the blob protocol but lies in every answer ([`Lie`]).
+async fn serve_lies(mut incoming: libp2p_stream::IncomingStreams, blobs: Blobs, lie: Lie) {
     while let Some((_, mut stream)) = incoming.next().await {
         let blobs = blobs.clone();
         tokio::spawn(async move {
             while let Some(BlobMessage::Request(request)) = read_message(&mut stream).await {
                 let id = BlobId::from_bytes(request.id);
-                let size = blobs.size(id).await.unwrap();
+                let size = match lie {
+                    Lie::FlipBit => blobs.size(id).await.unwrap(),
+                    Lie::Size(size) => size,
+                };
                 let ranges = blob_wire::clamp(&request.ranges, size);
                 let mut encoded = blobs.export_ranges(id, &ranges).await.unwrap();
-                let middle = encoded.len() / 2;
-                encoded[middle] ^= 1;
+                if let Lie::FlipBit = lie {
+                    let middle = encoded.len() / 2;
+                    encoded[middle] ^= 1;
+                }
                 let header = BlobMessage::Response {
                     size,
                     encoded_len: encoded.len() as u64,
@@ -465,4 +485,27 @@ async fn a_full_disk_during_a_fetch_is_a_clear_error_and_keeps_what_verified() {
         "{outcome:?}"
     );
     assert_eq!(b_blobs.read(id).await.unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_size_from_the_first_peer_does_not_make_an_honest_one_a_liar() {
+    let _watchdog = Watchdog::arm("blobs::a_false_size_from_the_first_peer");
+    let data = bytes(SIZE);
+    let (a, a_blobs) = peer().await;
+    let (mut c, c_blobs) = peer_with(small_requests()).await;
+    let id = a_blobs.add_bytes(&data).await.unwrap();
+    let a_id = connect(&c, &a).await;
+    // 6 MiB instead of 8: the tree has the same left half, so the first ranges verify.
+    let (liar, _liar_dir) = start_lying(&mut c, &data, Lie::Size(6 << 20)).await;
+
+    // The liar is asked first: the download starts under its size.
+    let outcome = within(
+        "the fetch",
+        c.node.handle().fetch_blob(id, vec![liar, a_id]),
+    )
+    .await
+    .unwrap();
+    assert!(!outcome.rejected.contains(&a_id), "{outcome:?}");
+    assert_eq!(outcome.size, SIZE as u64);
+    assert_eq!(c_blobs.read(id).await.unwrap(), data);
 }
