@@ -6,13 +6,16 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value as Json, json};
 
 use super::HttpApi;
 use super::docs::{text, value_json};
 use super::error::{ApiError, ApiResult, ok, parse_json};
-use crate::db::{Condition, IndexInfo, IndexState, IndexTarget, QueryAnswer, QueryOrder};
+use crate::db::{
+    Condition, IndexInfo, IndexState, IndexTarget, QueryAnswer, QueryOrder, StoredRef,
+};
 
 /// A query as asked over HTTP: the parameters of `GET /_query` (with `q`) or the body of
 /// `POST /_query` (with `where`).
@@ -145,13 +148,54 @@ async fn answer(api: &HttpApi, request: QueryRequest) -> ApiResult {
         next,
         ..
     } = answered?;
-    let mut docs = Vec::with_capacity(results.len());
+    // Stored documents are canonical JSON text: spliced into the answer as they are.
+    let mut rows = Vec::with_capacity(results.len());
     for hit in &results {
-        let value = hit.value()?;
-        docs.push(json!({"key": text(&hit.key), "doc": value_json(&value)}));
+        let doc = match hit.stored()? {
+            StoredRef::Json(text) => {
+                let text = std::str::from_utf8(text)
+                    .map_err(|e| crate::db::Error::Corrupt(e.to_string()))?;
+                Doc::Text(
+                    serde_json::from_str(text)
+                        .map_err(|e| crate::db::Error::Corrupt(e.to_string()))?,
+                )
+            }
+            StoredRef::Bytes(_) => Doc::Value(value_json(&hit.value()?)),
+        };
+        rows.push(Row {
+            key: text(&hit.key),
+            doc,
+        });
     }
-    let results = docs;
-    ok(json!({"results": results, "index": used, "next": next}))
+    let body = Answer {
+        results: rows,
+        index: &used,
+        next,
+    };
+    Ok(axum::Json(body).into_response())
+}
+
+/// A row of a query's answer.
+#[derive(Serialize)]
+struct Row<'a> {
+    key: String,
+    doc: Doc<'a>,
+}
+
+/// A document: stored JSON text as it is, or a value.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Doc<'a> {
+    Text(&'a RawValue),
+    Value(Json),
+}
+
+/// A query's answer.
+#[derive(Serialize)]
+struct Answer<'a> {
+    results: Vec<Row<'a>>,
+    index: &'a str,
+    next: Option<String>,
 }
 
 /// An index as the API shows it.
