@@ -851,6 +851,20 @@ async fn blob_command(
                 .map(multibee::http::download_json)
                 .collect();
             fields.insert("downloads".into(), Json::Array(list));
+            // Downloads begun earlier (by this run or another) and not complete: a `blob fetch`
+            // resumes each from what it holds.
+            let partial = blobs
+                .list_partial(None, LIST_LIMIT)
+                .await
+                .map_err(|e| e.to_string())?;
+            let partial = partial
+                .iter()
+                .map(|(id, s)| {
+                    let held: u64 = s.held.iter().map(|r| r.end - r.start).sum();
+                    json!({"id": id.to_hex(), "size": s.size, "held_bytes": held})
+                })
+                .collect();
+            fields.insert("partial".into(), Json::Array(partial));
         }
         "status" => {
             let id = parse(one_arg(rest, "blob status [ID]")?)?;

@@ -360,6 +360,17 @@ impl Blobs {
             .await
     }
 
+    /// Up to `limit` ids of partial blobs (downloads begun and not complete, by this process
+    /// or an earlier one), in ascending order after `after`, with what each holds.
+    pub async fn list_partial(
+        &self,
+        after: Option<BlobId>,
+        limit: usize,
+    ) -> Result<Vec<(BlobId, Status)>> {
+        self.blocking(move |inner| inner.list_rows(after, limit, false))
+            .await
+    }
+
     /// Deletes a blob, complete or partial: its row first (from then on it is not held), then
     /// its files. [`Error::NotFound`] if it is not held.
     pub async fn delete(&self, id: BlobId) -> Result<()> {
@@ -689,6 +700,17 @@ impl Inner {
     }
 
     fn list_sync(&self, after: Option<BlobId>, limit: usize) -> Result<Vec<BlobId>> {
+        let rows = self.list_rows(after, limit, true)?;
+        Ok(rows.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Up to `limit` blobs after `after`, complete ones or partial ones, with their status.
+    fn list_rows(
+        &self,
+        after: Option<BlobId>,
+        limit: usize,
+        complete: bool,
+    ) -> Result<Vec<(BlobId, Status)>> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(BLOBS)?;
         let start = after.map(|a| *a.as_bytes());
@@ -702,8 +724,9 @@ impl Inner {
                 break;
             }
             let (key, value) = row?;
-            if Record::decode(value.value())?.is_complete() {
-                out.push(BlobId::from_bytes(*key.value()));
+            let record = Record::decode(value.value())?;
+            if record.is_complete() == complete {
+                out.push((BlobId::from_bytes(*key.value()), status_of(record)));
             }
         }
         Ok(out)

@@ -162,6 +162,9 @@ async fn partial_download_resumes_after_reopen() {
         assert!(!b.has(id).await.unwrap());
         assert!(matches!(b.read(id).await, Err(Error::Incomplete(_))));
         assert_eq!(b.list(None, 10).await.unwrap(), vec![]);
+        let partial = b.list_partial(None, 10).await.unwrap();
+        assert_eq!(partial.len(), 1);
+        assert_eq!((partial[0].0, partial[0].1.held.clone()), (id, vec![0..65_536]));
         // A partial blob serves what it holds, and only that.
         assert_eq!(b.export_ranges(id, &first).await.unwrap(), encoded);
         assert!(matches!(
@@ -180,6 +183,7 @@ async fn partial_download_resumes_after_reopen() {
     assert!(imported.complete);
     assert_eq!(b.read(id).await.unwrap(), data);
     assert_eq!(b.list(None, 10).await.unwrap(), vec![id]);
+    assert!(b.list_partial(None, 10).await.unwrap().is_empty());
     // A complete blob exports like the original.
     assert_eq!(
         b.export_ranges(id, &[1000..190_000]).await.unwrap(),
