@@ -164,7 +164,10 @@ async fn partial_download_resumes_after_reopen() {
         assert_eq!(b.list(None, 10).await.unwrap(), vec![]);
         let partial = b.list_partial(None, 10).await.unwrap();
         assert_eq!(partial.len(), 1);
-        assert_eq!((partial[0].0, partial[0].1.held.clone()), (id, vec![0..65_536]));
+        assert_eq!(
+            (partial[0].0, partial[0].1.held.clone()),
+            (id, vec![0..65_536])
+        );
         // A partial blob serves what it holds, and only that.
         assert_eq!(b.export_ranges(id, &first).await.unwrap(), encoded);
         assert!(matches!(
