@@ -448,25 +448,24 @@ impl Fetcher {
             let (node, blobs) = (self.node.clone(), self.blobs.clone());
             self.in_flight.insert(id);
             self.fetches.spawn(async move {
-                let held = |status: Option<crate::blobs::Status>| {
-                    status.map_or(0, |s| s.held.iter().map(|r| r.end - r.start).sum::<u64>())
+                // Bytes held and bytes missing.
+                let progress = |status: Option<crate::blobs::Status>| {
+                    status.map_or((0, 0), |s| {
+                        let held: u64 = s.held.iter().map(|r| r.end - r.start).sum();
+                        (held, s.size - held)
+                    })
                 };
-                let before = held(blobs.status(id).await.ok().flatten());
+                let (before, _) = progress(blobs.status(id).await.ok().flatten());
                 let asked = holders.clone();
                 let fetch = fetch(&node, id, holders);
-                let (outcome, progressed) =
-                    match tokio::time::timeout(FETCH_TIMEOUT, fetch).await {
-                        Ok(outcome) => (outcome, false),
-                        // A slow download goes on in a later fetch if this one made progress.
-                        Err(_) => {
-                            let after = held(blobs.status(id).await.ok().flatten());
-                            let missing =
-                                blobs.status(id).await.ok().flatten().map_or(0, |s| {
-                                    s.missing().iter().map(|r| r.end - r.start).sum()
-                                });
-                            (Err(FetchError::Incomplete { id, missing }), after > before)
-                        }
-                    };
+                let (outcome, progressed) = match tokio::time::timeout(FETCH_TIMEOUT, fetch).await {
+                    Ok(outcome) => (outcome, false),
+                    // A slow download goes on in a later fetch if this one made progress.
+                    Err(_) => {
+                        let (after, missing) = progress(blobs.status(id).await.ok().flatten());
+                        (Err(FetchError::Incomplete { id, missing }), after > before)
+                    }
+                };
                 Fetched {
                     id,
                     asked,

@@ -1050,8 +1050,11 @@ fn the_node_declares_indexes_and_answers_queries_on_stdin() {
     assert_eq!(added["index"]["every"], "co/");
     let path = node.ok("index add /headquarters");
     assert_eq!(path["index"]["path"], "/headquarters");
-    // Built in the background: wait on the list, never on time.
+    // Built in the background: wait on the list, never on time (a few batches at most).
+    let mut polls = 0;
     loop {
+        polls += 1;
+        assert!(polls < 100_000, "the indexes were never built");
         let list = node.ok("index list");
         if list["indexes"]
             .as_array()

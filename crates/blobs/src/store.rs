@@ -334,14 +334,7 @@ impl Blobs {
             .blocking(move |inner| {
                 let size = inner.complete(id)?.size;
                 let len = len.unwrap_or(size.saturating_sub(offset));
-                if offset.checked_add(len).is_none_or(|end| end > size) {
-                    return Err(Error::OutOfRange {
-                        id,
-                        start: offset,
-                        end: offset.saturating_add(len),
-                        size,
-                    });
-                }
+                inner.range_end(id, size, offset, len)?;
                 let path = inner.data_path(id);
                 let mut file = File::open(&path).map_err(|e| inner.missing_file(id, &path, e))?;
                 file.seek(SeekFrom::Start(offset))
@@ -670,17 +663,23 @@ impl Inner {
         Ok(id)
     }
 
-    fn read_range_sync(&self, id: BlobId, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let size = self.complete(id)?.size;
-        let end = offset.checked_add(len).filter(|end| *end <= size);
-        let Some(end) = end else {
-            return Err(Error::OutOfRange {
+    /// The end of the `len` bytes at `offset` of blob `id` of `size` bytes, or
+    /// [`Error::OutOfRange`] if they are not all within it.
+    fn range_end(&self, id: BlobId, size: u64, offset: u64, len: u64) -> Result<u64> {
+        offset
+            .checked_add(len)
+            .filter(|end| *end <= size)
+            .ok_or(Error::OutOfRange {
                 id,
                 start: offset,
                 end: offset.saturating_add(len),
                 size,
-            });
-        };
+            })
+    }
+
+    fn read_range_sync(&self, id: BlobId, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let size = self.complete(id)?.size;
+        let end = self.range_end(id, size, offset, len)?;
         let path = self.data_path(id);
         let file = File::open(&path).map_err(|e| self.missing_file(id, &path, e))?;
         let len = usize::try_from(end - offset)

@@ -22,8 +22,22 @@ pub(crate) fn path_prefix(index: u32, path: &str) -> Vec<u8> {
     out
 }
 
-/// The rows `value` (the document at `key`) gives `index`.
-pub(crate) fn rows_of(index: &IndexInfo, key: &[u8], value: Option<&Value>) -> BTreeSet<Vec<u8>> {
+/// The segments of a path index's path (parsed once per transaction, not per document);
+/// none for an every-path index. Declared paths were checked when the index was added.
+fn segments(index: &IndexInfo) -> Vec<path::Segment> {
+    match &index.target {
+        IndexTarget::Path(p) => path::parse(p).unwrap_or_default(),
+        IndexTarget::EveryPath(_) => Vec::new(),
+    }
+}
+
+/// The rows `value` (the document at `key`) gives `index`, whose path is `segments`.
+pub(crate) fn rows_of(
+    index: &IndexInfo,
+    segments: &[path::Segment],
+    key: &[u8],
+    value: Option<&Value>,
+) -> BTreeSet<Vec<u8>> {
     let mut rows = BTreeSet::new();
     let Some(Value::Json(doc)) = value else {
         return rows;
@@ -36,11 +50,8 @@ pub(crate) fn rows_of(index: &IndexInfo, key: &[u8], value: Option<&Value>) -> B
     };
     match &index.target {
         IndexTarget::Path(p) => {
-            // Declared paths were parsed when the index was added.
-            if let Ok(segments) = path::parse(p) {
-                for v in path::values_at(doc, &segments) {
-                    push(p, v);
-                }
+            for v in path::values_at(doc, segments) {
+                push(p, v);
             }
         }
         IndexTarget::EveryPath(prefix) if key.starts_with(prefix) => {
@@ -80,16 +91,21 @@ pub(crate) fn maintain(raw: &WriteTransaction, changes: &[Change]) -> Result<(),
         return Ok(());
     }
     let mut table = raw.open_table(ROWS).map_err(storage)?;
+    let indexes: Vec<(&IndexInfo, Vec<path::Segment>)> =
+        indexes.iter().map(|i| (i, segments(i))).collect();
     for (key, before, after) in changes {
-        let covering: Vec<&IndexInfo> = indexes.iter().filter(|i| i.covers_written(key)).collect();
+        let covering: Vec<_> = indexes
+            .iter()
+            .filter(|(i, _)| i.covers_written(key))
+            .collect();
         if covering.is_empty() {
             continue;
         }
         // A stored value that does not decode indexes nothing (it is reported where read).
         let before = before.as_deref().and_then(|b| Value::from_stored(b).ok());
-        for index in covering {
-            let old = rows_of(index, key, before.as_ref());
-            let new = rows_of(index, key, after.as_ref());
+        for (index, segments) in covering {
+            let old = rows_of(index, segments, key, before.as_ref());
+            let new = rows_of(index, segments, key, after.as_ref());
             for row in old.difference(&new) {
                 table.remove(row.as_slice()).map_err(storage)?;
             }
@@ -136,9 +152,10 @@ pub(crate) fn build_batch(
         .and_then(|head| head.scan(&opts))
         .map_err(|e| FeedError::Corrupt(format!("reading the store to build an index: {e}")))?;
     let mut table = raw.open_table(ROWS).map_err(storage)?;
+    let segments = segments(&index);
     for entry in &entries {
         let value = Value::from_stored(&entry.value).ok();
-        for row in rows_of(&index, &entry.key, value.as_ref()) {
+        for row in rows_of(&index, &segments, &entry.key, value.as_ref()) {
             table.insert(row.as_slice(), ()).map_err(storage)?;
         }
     }

@@ -53,11 +53,7 @@ impl MultiBee {
     /// Waits until index `id` is built (building it in this task too), and returns it.
     pub async fn wait_index(&self, id: u32) -> Result<IndexInfo> {
         loop {
-            let step = self
-                .write_job(move |this, txn| {
-                    Ok(index::build_batch(txn.raw(), &this.inner.store_bee, id)?)
-                })
-                .await?;
+            let step = self.build_step(id).await?;
             match step {
                 None => return Err(Error::InvalidArgument(format!("no index {id}"))),
                 Some(info) if info.state == IndexState::Ready => return Ok(info),
@@ -115,6 +111,14 @@ impl MultiBee {
         index::run(&txn, &head, query)
     }
 
+    /// Builds one batch of index `id` ([`index::build_batch`]).
+    async fn build_step(&self, id: u32) -> Result<Option<IndexInfo>> {
+        self.write_job(move |this, txn| {
+            Ok(index::build_batch(txn.raw(), &this.inner.store_bee, id)?)
+        })
+        .await
+    }
+
     /// Resumes building the indexes a previous run left unbuilt.
     pub(crate) fn resume_index_builds(&self) -> Result<()> {
         for info in self.indexes()? {
@@ -132,11 +136,7 @@ impl MultiBee {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let mb = MultiBee { inner };
-                let step = mb
-                    .write_job(move |this, txn| {
-                        Ok(index::build_batch(txn.raw(), &this.inner.store_bee, id)?)
-                    })
-                    .await;
+                let step = mb.build_step(id).await;
                 match step {
                     Ok(Some(info)) if info.state != IndexState::Ready => {}
                     Ok(_) => return,
