@@ -15,7 +15,7 @@ use crate::nodes;
 use crate::proof::{self, Batch, Proof, SignedHead};
 use crate::registry::{FeedShared, FeedStatus};
 use crate::store::Store;
-use crate::tables::{self, ENTRIES, FeedRecord, ForkEvidence};
+use crate::tables::{self, ENTRIES, FeedRecord, ForkEvidence, NODES};
 
 /// A handle to one feed of a [`Store`]: read it, append to it (if own), prove ranges of it,
 /// ingest verified ranges into it (if a replica) and follow its length.
@@ -159,9 +159,10 @@ impl Feed {
             )));
         }
         let table = txn.open_table(ENTRIES)?;
+        let held = txn.open_table(NODES)?;
         let nodes = proof::proof_nodes(range.start, range.end, head.length)
             .into_iter()
-            .map(|n| node_hash(&table, &record, n))
+            .map(|n| node_hash(&table, &held, &record, n))
             .collect::<Result<Vec<_>>>()?;
         let mut entries = Vec::with_capacity((range.end - range.start) as usize);
         for row in table.range((record.id, range.start)..(record.id, range.end))? {
@@ -235,11 +236,12 @@ impl Feed {
 }
 
 /// The hash of any node a proof against the feed's signed head needs.
-fn node_hash(
+pub(crate) fn node_hash(
     table: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    held: &impl ReadableTable<(u64, u64), [u8; 32]>,
     record: &FeedRecord,
     n: u64,
 ) -> Result<Hash> {
-    nodes::known_node(table, record, n)?
+    nodes::known_node(table, held, record, n)?
         .ok_or_else(|| Error::Corrupt(format!("tree node {n} is not held")))
 }

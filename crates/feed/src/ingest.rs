@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 
+use redb::ReadableTable;
+
 use crate::error::{Error, Result, VerifyError};
 use crate::keys::{FeedKey, Hash};
 use crate::nodes::{known_node, stored_node};
 use crate::proof::{Batch, Verified, VerifiedBatch};
-use crate::tables::{ENTRIES, FeedRecord, ForkEvidence};
+use crate::tables::{ENTRIES, FeedRecord, ForkEvidence, NODES};
 use crate::tree;
 use crate::txn::{WriteTxn, push_leaves};
 
@@ -76,8 +78,15 @@ impl WriteTxn<'_> {
         let added = end.saturating_sub(record.length);
         state.record.length = record.length + added;
         state.record.roots = roots;
-        state.record.head = Some(verified.head.clone());
-        state.record.frontier = verified.right.clone();
+        // A sparse ingest may have brought a newer head than this batch's: keep the newest.
+        if record
+            .head
+            .as_ref()
+            .is_none_or(|h| verified.head.length >= h.length)
+        {
+            state.record.head = Some(verified.head.clone());
+            state.record.frontier = verified.right.clone();
+        }
         Ok(Ingested {
             added,
             length: state.record.length,
@@ -124,6 +133,20 @@ impl WriteTxn<'_> {
                 }
             }
         }
+        // Entries held sparsely past the contiguous length must be the ones now proven.
+        if batch.end() > record.length {
+            let table = self.txn.open_table(ENTRIES)?;
+            for row in
+                table.range((record.id, record.length.max(start))..(record.id, batch.end()))?
+            {
+                let (k, v) = row?;
+                let i = k.value().1;
+                let (_, entry) = crate::tables::split_row(i, v.value())?;
+                if crate::crypto::leaf_hash(entry) != leaves[(i - start) as usize] {
+                    return Ok(Some(format!("entry {i} differs")));
+                }
+            }
+        }
         if !record.frontier.is_empty() {
             let known: HashMap<u64, Hash> = verified
                 .computed
@@ -146,8 +169,9 @@ impl WriteTxn<'_> {
         // A shorter signed tree must be a prefix of ours wherever what we hold determines it.
         if verified.head.length < ours.length {
             let table = self.txn.open_table(ENTRIES)?;
+            let held = self.txn.open_table(NODES)?;
             for (n, theirs) in tree::roots(verified.head.length).zip(&verified.head.roots) {
-                if known_node(&table, record, n)?.is_some_and(|mine| mine != *theirs) {
+                if known_node(&table, &held, record, n)?.is_some_and(|mine| mine != *theirs) {
                     return Ok(Some(format!(
                         "the tree signed at {} is not a prefix of the one at {}",
                         verified.head.length, ours.length
@@ -158,7 +182,7 @@ impl WriteTxn<'_> {
         Ok(None)
     }
 
-    fn mark_forked(
+    pub(crate) fn mark_forked(
         &mut self,
         key: &FeedKey,
         record: &FeedRecord,

@@ -28,11 +28,13 @@ pub(crate) fn stored_node(
     Ok(Hash(hash))
 }
 
-/// The hash of node `n` if the entries held and the head's frontier determine it: nodes within
-/// the stored length, frontier nodes, and nodes straddling the stored length whose children are
-/// known (the recursion follows the boundary, so it is at most the tree's depth).
+/// The hash of node `n` if what is held determines it: nodes within the stored length, frontier
+/// nodes, nodes a sparse proof established (`nodes`), the roots of the signed head, and nodes
+/// straddling the stored length whose children are known (the recursion follows the boundary,
+/// so it is at most the tree's depth).
 pub(crate) fn known_node(
     table: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    nodes: &impl ReadableTable<(u64, u64), [u8; 32]>,
     record: &FeedRecord,
     n: u64,
 ) -> Result<Option<Hash>> {
@@ -43,10 +45,21 @@ pub(crate) fn known_node(
     if let Some((_, hash)) = record.frontier.iter().find(|(m, _)| *m == n) {
         return Ok(Some(*hash));
     }
+    if let Some(hash) = nodes.get((record.id, n))? {
+        return Ok(Some(Hash(hash.value())));
+    }
+    if let Some(head) = &record.head
+        && let Some(i) = tree::roots(head.length).position(|m| m == n)
+    {
+        return Ok(head.roots.get(i).copied());
+    }
     let Some((l, r)) = tree::children(n).filter(|_| start < record.length) else {
         return Ok(None);
     };
-    match (known_node(table, record, l)?, known_node(table, record, r)?) {
+    match (
+        known_node(table, nodes, record, l)?,
+        known_node(table, nodes, record, r)?,
+    ) {
         (Some(left), Some(right)) => Ok(Some(crypto::parent_hash(&left, &right))),
         _ => Ok(None),
     }

@@ -184,6 +184,7 @@ fn init_schema(db: &Database) -> Result<()> {
         txn.open_table(FEEDS)?;
         txn.open_table(SECRETS)?;
         txn.open_table(ENTRIES)?;
+        txn.open_table(tables::NODES)?;
     }
     txn.commit()?;
     Ok(())

@@ -6,11 +6,17 @@
 //! | `feeds-1` | feed key `[u8; 32]` | [`FeedRecord`], postcard, inside the versioned [`StoredFeed`] |
 //! | `secrets-1` | feed key `[u8; 32]` | the ed25519 secret key of an own feed |
 //! | `entries-1` | `(feed id, index)` | the hashes of the parent nodes completed by this leaf (depth 1 first, `32 * trailing_ones(index)` bytes) followed by the entry |
+//! | `nodes-1` | `(feed id, node index)` | the hash of a tree node a sparse proof established (see [`crate::sparse`]) |
 //!
 //! The entries table holds, with each leaf, the tree nodes whose last leaf it is, so an append
 //! writes one row per entry and any node within the stored length is one row read away (leaf
 //! hashes are recomputed from the entry). Nodes of a replica beyond its length (the frontier of
 //! its newest signed head) live in its [`FeedRecord`].
+//!
+//! A sparse replica ([`crate::sparse`]) also holds entries past its contiguous length: their
+//! rows have the same layout, with the parent-node hashes zeroed (nothing reads them: a node
+//! is read from a row only within the contiguous length, and a contiguous ingest rewrites the
+//! row). The tree nodes that prove them are rows of `nodes-1`.
 
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
@@ -24,6 +30,7 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 pub(crate) const FEEDS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("feeds-1");
 pub(crate) const SECRETS: TableDefinition<[u8; 32], [u8; 32]> = TableDefinition::new("secrets-1");
 pub(crate) const ENTRIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("entries-1");
+pub(crate) const NODES: TableDefinition<(u64, u64), [u8; 32]> = TableDefinition::new("nodes-1");
 
 pub(crate) const FORMAT_KEY: &str = "format";
 pub(crate) const FORMAT_VERSION: u32 = 1;

@@ -10,3 +10,4 @@ mod faults;
 mod fuzz_decode;
 mod ingest;
 mod proofs;
+mod sparse;

@@ -1,0 +1,204 @@
+//! Sparse replicas: any subset of a feed's entries, verified, held, and proven on.
+
+use std::collections::BTreeSet;
+
+use multibee_feed::{Error, Feed, SparseBatch, Store};
+use proptest::prelude::*;
+
+use crate::common::{entry, run};
+
+/// Verifies and stores a sparse batch in `replica`.
+async fn ingest(replica: &Feed, batch: SparseBatch) -> multibee_feed::Result<u64> {
+    let verified = replica.verify_sparse(batch)?;
+    let done = replica
+        .store()
+        .write(move |txn| txn.ingest_sparse(&verified))
+        .await?;
+    Ok(done.added)
+}
+
+fn base_of(replica: &Feed) -> u64 {
+    replica.status().signed_length
+}
+
+/// One step of a schedule: the writer appends, or the sparse replica takes some entries.
+#[derive(Clone, Debug)]
+enum Step {
+    Append(u64),
+    Take(Vec<u64>),
+}
+
+fn schedule() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        prop_oneof![
+            (1u64..40).prop_map(Step::Append),
+            prop::collection::vec(0u64..400, 0..12).prop_map(Step::Take),
+        ],
+        1..14,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A replica that takes random entries at random times (each over its own head as base)
+    /// holds exactly them, and proves them on: to a fresh replica (base 0), and to one that
+    /// holds the writer's first entries contiguously (over its head).
+    #[test]
+    fn a_sparse_replica_holds_and_proves_any_subset(steps in schedule()) {
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        run(async {
+            let writer = Store::open(dirs[0].path()).unwrap().create_feed().await.unwrap();
+            let a = Store::open(dirs[1].path()).unwrap().replica(writer.key()).await.unwrap();
+            let mut held = BTreeSet::new();
+            for step in &steps {
+                match step {
+                    Step::Append(n) => {
+                        let len = writer.length();
+                        writer.append_batch((len..len + n).map(entry).collect()).await.unwrap();
+                    }
+                    Step::Take(picks) => {
+                        let len = writer.length();
+                        if len == 0 {
+                            continue;
+                        }
+                        let want: BTreeSet<u64> = picks.iter().map(|i| i % len).collect();
+                        let want: Vec<u64> = want.into_iter().collect();
+                        let batch = writer.proof_sparse(&want, base_of(&a)).unwrap();
+                        let fresh = want.iter().filter(|i| !held.contains(*i)).count() as u64;
+                        assert_eq!(ingest(&a, batch).await.unwrap(), fresh);
+                        held.extend(want);
+                    }
+                }
+            }
+            // What is held, entry by entry and as runs.
+            let len = writer.length();
+            for i in 0..len {
+                assert_eq!(a.has(i).unwrap(), held.contains(&i), "entry {i}");
+                assert_eq!(a.get(i).unwrap(), held.contains(&i).then(|| entry(i)));
+            }
+            let runs: Vec<u64> = a.held().unwrap().into_iter().flatten().collect();
+            assert_eq!(runs, held.iter().copied().collect::<Vec<_>>());
+            assert_eq!(a.length(), 0, "the contiguous length counts no sparse entry");
+            let all: Vec<u64> = held.iter().copied().collect();
+            if all.is_empty() {
+                return;
+            }
+            // A fresh replica verifies everything A holds, proven by A alone.
+            let c = Store::open(dirs[2].path()).unwrap().replica(writer.key()).await.unwrap();
+            let batch = a.proof_sparse(&all, 0).unwrap();
+            assert_eq!(ingest(&c, batch).await.unwrap(), all.len() as u64);
+            // A contiguous replica of the writer's first entries takes A's entries over its head.
+            let d = Store::open(dirs[3].path()).unwrap().replica(writer.key()).await.unwrap();
+            let signed = base_of(&a);
+            d.ingest(writer.proof(0..signed / 2).unwrap()).await.unwrap();
+            let base = base_of(&d);
+            let batch = a.proof_sparse(&all, base).or_else(|_| a.proof_sparse(&all, 0)).unwrap();
+            ingest(&d, batch).await.unwrap();
+            for &i in &all {
+                assert_eq!(d.get(i).unwrap(), Some(entry(i)));
+            }
+            // And the sparse replica fills its holes from the writer, contiguously.
+            a.ingest(writer.proof(0..len).unwrap()).await.unwrap();
+            assert_eq!(a.length(), len);
+            assert_eq!(a.held().unwrap(), vec![0..len]);
+            assert!(!a.status().forked);
+        });
+    }
+}
+
+#[test]
+fn forged_sparse_batches_are_rejected_and_store_nothing() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    run(async {
+        let writer = Store::open(dirs[0].path())
+            .unwrap()
+            .create_feed()
+            .await
+            .unwrap();
+        writer
+            .append_batch((0..100).map(entry).collect())
+            .await
+            .unwrap();
+        let replica = Store::open(dirs[1].path())
+            .unwrap()
+            .replica(writer.key())
+            .await
+            .unwrap();
+        let good = writer.proof_sparse(&[3, 40, 77], 0).unwrap();
+        let mut forged = Vec::new();
+        let mut b = good.clone();
+        b.entries[1].1[0] ^= 1;
+        forged.push(("a flipped entry byte", b));
+        let mut b = good.clone();
+        b.proof.nodes[2].0[5] ^= 1;
+        forged.push(("a flipped node", b));
+        let mut b = good.clone();
+        b.entries[2].0 = 78;
+        forged.push(("a moved entry", b));
+        let mut b = good.clone();
+        b.entries.swap(0, 1);
+        forged.push(("unsorted indices", b));
+        let mut b = good.clone();
+        b.proof.nodes.pop();
+        forged.push(("a missing node", b));
+        let mut b = writer.proof_sparse(&[40, 77], 0).unwrap();
+        b.proof.base = 32;
+        forged.push(("a base the replica does not hold", b));
+        let mut b = good.clone();
+        b.proof.length = 99;
+        forged.push(("another length", b));
+        for (what, batch) in forged {
+            let err = ingest(&replica, batch).await.unwrap_err();
+            assert!(matches!(err, Error::Rejected { .. }), "{what}: {err}");
+            assert!(replica.held().unwrap().is_empty(), "{what}");
+        }
+        assert_eq!(ingest(&replica, good).await.unwrap(), 3);
+        assert_eq!(replica.held().unwrap(), vec![3..4, 40..41, 77..78]);
+        // Bad arguments to the prover are errors too.
+        assert!(replica.proof_sparse(&[4], 0).is_err(), "an entry not held");
+        assert!(replica.proof_sparse(&[40, 3], 0).is_err(), "unsorted");
+        assert!(
+            replica.proof_sparse(&[3], 101).is_err(),
+            "a base past the head"
+        );
+    });
+}
+
+#[test]
+fn a_sparse_batch_of_another_history_forks_the_feed() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    run(async {
+        let one = Store::open(dirs[0].path())
+            .unwrap()
+            .create_feed()
+            .await
+            .unwrap();
+        one.append_batch((0..10).map(entry).collect())
+            .await
+            .unwrap();
+        std::fs::copy(
+            dirs[0].path().join(multibee_feed::DB_FILE),
+            dirs[1].path().join(multibee_feed::DB_FILE),
+        )
+        .unwrap();
+        let key = one.key();
+        drop(one);
+        let one = Store::open(dirs[0].path()).unwrap().feed(&key).unwrap();
+        let two = Store::open(dirs[1].path()).unwrap().feed(&key).unwrap();
+        one.append_batch(vec![b"one".to_vec()]).await.unwrap();
+        two.append_batch(vec![b"two".to_vec()]).await.unwrap();
+        let replica = Store::open(dirs[2].path())
+            .unwrap()
+            .replica(key)
+            .await
+            .unwrap();
+        ingest(&replica, one.proof_sparse(&[2, 10], 0).unwrap())
+            .await
+            .unwrap();
+        let err = ingest(&replica, two.proof_sparse(&[10], 0).unwrap()).await;
+        assert!(replica.status().forked, "{err:?}");
+        assert!(replica.fork_evidence().unwrap().is_some());
+        assert_eq!(replica.get(10).unwrap(), Some(b"one".to_vec()));
+    });
+}
