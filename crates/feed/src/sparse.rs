@@ -481,3 +481,50 @@ impl WriteTxn<'_> {
         Ok(None)
     }
 }
+
+impl Feed {
+    /// The entries held in `range` (contiguous or sparse), in order, at most `max` of them,
+    /// from one snapshot.
+    pub fn held_entries(
+        &self,
+        range: std::ops::Range<u64>,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let txn = self.store.begin_read()?;
+        let table = txn.open_table(ENTRIES)?;
+        read_held(&table, self.shared_id(), range, max)
+    }
+}
+
+impl WriteTxn<'_> {
+    /// The entries of a feed held in `range` (contiguous or sparse) as this transaction sees
+    /// them, in order, at most `max` of them.
+    pub fn held_entries(
+        &mut self,
+        key: &FeedKey,
+        range: std::ops::Range<u64>,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let id = self.state(key)?.record.id;
+        let table = self.txn.open_table(ENTRIES)?;
+        read_held(&table, id, range, max)
+    }
+}
+
+fn read_held(
+    table: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    id: u64,
+    range: std::ops::Range<u64>,
+    max: usize,
+) -> Result<Vec<(u64, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if range.start >= range.end {
+        return Ok(out);
+    }
+    for row in table.range((id, range.start)..(id, range.end))?.take(max) {
+        let (k, v) = row?;
+        let i = k.value().1;
+        out.push((i, tables::split_row(i, v.value())?.1.to_vec()));
+    }
+    Ok(out)
+}

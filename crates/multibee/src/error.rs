@@ -24,6 +24,9 @@ pub enum Error {
     /// A wrong argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A write of a key outside this peer's partial view ([`crate::Options::only`]).
+    #[error("the key {0:?} is outside this peer's partial view")]
+    OutsideView(String),
     /// This peer is not a member of its database (yet): it cannot change the membership.
     #[error("{0} is not a member of this database: a member must add it first")]
     NotAMember(FeedKey),

@@ -62,6 +62,7 @@ mod tables;
 mod txn;
 mod upgrade;
 mod value;
+mod view;
 
 /// The decoders of stored records, exposed to the fuzz targets only (`cargo fuzz` builds with
 /// `--cfg fuzzing`): a damaged database file is untrusted input too.
@@ -102,6 +103,7 @@ pub use peer::{MultiBee, WriterInfo, prefix_end};
 pub use tables::WriterState;
 pub use txn::{BatchOp, Committed, Precondition};
 pub use value::{MAX_DEPTH, StoredRef, Value};
+pub use view::{MAX_PREFIX_BYTES, MAX_PREFIXES, View, Wants, entry_wanted, filtered_batch};
 
 /// How long an invitation ([`MultiBee::create_invite`]) can be redeemed: 7 days, by the
 /// inviter's clock. A leaked ticket is worthless after that, and unused ones are dropped.

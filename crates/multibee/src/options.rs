@@ -38,6 +38,11 @@ pub struct Options {
     /// Merge replicated diffs as soon as they are stored (default). Off: only
     /// [`crate::MultiBee::merge`] and [`crate::MultiBee::ingest`] merge.
     pub auto_merge: bool,
+    /// Hold only the keys under these prefixes: a partial view (see [`crate::View`]). `None`
+    /// (the default): the view the folder has (every key, for a folder that never had one).
+    /// Opening with other prefixes than the folder's changes the view: keys outside the new
+    /// one are dropped; new prefixes are fetched from peers.
+    pub only: Option<crate::View>,
 }
 
 impl Default for Options {
@@ -52,6 +57,7 @@ impl Default for Options {
             checkpoint_interval: 64,
             database: None,
             auto_merge: true,
+            only: None,
         }
     }
 }
@@ -102,6 +108,12 @@ impl Options {
     /// Sets the checkpoint interval (at least 1).
     pub fn checkpoint_interval(mut self, n: u32) -> Self {
         self.checkpoint_interval = n.max(1);
+        self
+    }
+
+    /// Holds only the keys under the prefixes of `view` (see [`Options::only`]).
+    pub fn only(mut self, view: crate::View) -> Self {
+        self.only = Some(view);
         self
     }
 

@@ -35,6 +35,7 @@ pub struct MultiBee {
     inner: Arc<Inner>,
 }
 
+mod partial;
 mod queries;
 
 #[derive(Debug)]
@@ -49,6 +50,8 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The writers whose feeds a task watches (one task each).
     watched: Mutex<std::collections::HashSet<FeedKey>>,
+    /// The keys held, if this peer keeps a partial view.
+    view: Option<crate::View>,
 }
 
 impl Drop for Inner {
@@ -128,6 +131,12 @@ impl MultiBee {
             }
         };
         let hlc = read_hlc(&store)?;
+        let view = match (options.only.clone(), read_view(&store)?) {
+            (Some(view), _) => Some(view),
+            // A folder that was partial stays so: opened without prefixes, it holds every key.
+            (None, Some(_)) => Some(crate::View::new([Vec::new()])?),
+            (None, None) => None,
+        };
         let (events, _) = broadcast::channel(1024);
         let mb = MultiBee {
             inner: Arc::new(Inner {
@@ -140,6 +149,7 @@ impl MultiBee {
                 wake: Arc::new(Notify::new()),
                 tasks: Mutex::new(Vec::new()),
                 watched: Mutex::new(std::collections::HashSet::new()),
+                view,
             }),
         };
         let wanted = mb.inner.options.database;
@@ -147,6 +157,10 @@ impl MultiBee {
             .write_job(move |this, txn| this.ctx().init_membership(txn, wanted))
             .await?;
         mb.report(events);
+        if let Some(view) = mb.inner.view.clone() {
+            mb.write_job(move |this, txn| this.ctx().change_view(txn, &view).map_err(Error::from))
+                .await?;
+        }
         mb.merge().await?;
         mb.resume_index_builds()?;
         if mb.inner.options.auto_merge {
@@ -325,6 +339,20 @@ impl MultiBee {
         ops: Vec<BatchOp>,
         revs: bool,
     ) -> Result<Committed> {
+        if let Some(view) = &self.inner.view {
+            let outside = conditions
+                .iter()
+                .map(|(k, _)| k)
+                .chain(ops.iter().map(|op| match op {
+                    BatchOp::Put(k, _) | BatchOp::Del(k) | BatchOp::Patch(k, _) => k,
+                }))
+                .find(|k| !view.contains(k));
+            if let Some(key) = outside {
+                return Err(Error::OutsideView(
+                    String::from_utf8_lossy(key).into_owned(),
+                ));
+            }
+        }
         for op in &ops {
             let depth = match op {
                 BatchOp::Put(_, v) => v.depth(),
@@ -694,6 +722,7 @@ impl MultiBee {
             hlc: &inner.hlc,
             clock: &*inner.options.clock,
             max_drift_ms: inner.options.max_drift_ms,
+            view: inner.view.as_ref(),
         }
     }
 
@@ -790,6 +819,16 @@ fn read_meta(store: &Store) -> Result<Option<(FeedKey, FeedKey)>> {
         }
     };
     Ok(key(tables::STORE_FEED)?.zip(key(tables::DIFF_FEED)?))
+}
+
+/// The partial view stored in the folder, if it has one.
+fn read_view(store: &Store) -> Result<Option<crate::View>> {
+    let txn = store.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let row = meta.get(crate::view::VIEW_KEY)?;
+    Ok(row
+        .map(|v| crate::view::View::decode(v.value()))
+        .transpose()?)
 }
 
 fn read_hlc(store: &Store) -> Result<Hlc> {

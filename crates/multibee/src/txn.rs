@@ -30,6 +30,8 @@ pub(crate) struct Ctx<'a> {
     pub hlc: &'a Mutex<Hlc>,
     pub clock: &'a dyn Clock,
     pub max_drift_ms: u64,
+    /// The keys this peer holds, if it keeps a partial view.
+    pub view: Option<&'a crate::view::View>,
 }
 
 /// One write of a local [`crate::MultiBee::batch`].
@@ -234,7 +236,7 @@ impl Ctx<'_> {
     }
 
     /// Writes the changed values into the store bee (skipping those that end as they were).
-    fn write_store(&self, txn: &mut WriteTxn<'_>, folded: Folded) -> FeedResult<u64> {
+    pub(crate) fn write_store(&self, txn: &mut WriteTxn<'_>, folded: Folded) -> FeedResult<u64> {
         let Folded {
             pending,
             mut original,
@@ -282,14 +284,21 @@ impl Ctx<'_> {
                 continue;
             }
             let key = FeedKey(w);
-            let length = txn.length(&key)?;
-            if length <= row.merged {
+            // A partial peer reads up to where it holds every entry under its view.
+            let frontier = match self.view {
+                Some(view) => crate::view::frontier(txn.raw(), view, &w)?,
+                None => txn.length(&key)?,
+            };
+            if frontier <= row.merged {
                 continue;
             }
-            let end = length.min(row.merged + left);
-            left -= end - row.merged;
-            let entries = txn.entries(&key, row.merged..end)?;
-            work.push((w, row, entries));
+            let entries = txn.held_entries(&key, row.merged..frontier, left as usize)?;
+            let read_to = match entries.last() {
+                Some((i, _)) if entries.len() as u64 == left => i + 1,
+                _ => frontier,
+            };
+            left -= entries.len() as u64;
+            work.push((w, row, read_to, entries));
         }
         if work.is_empty() {
             return Ok(0);
@@ -298,9 +307,10 @@ impl Ctx<'_> {
         // in order when they can), on pages this transaction already touched.
         let mut diffs = Vec::new();
         let mut ops = Vec::new();
-        for (w, row, entries) in &work {
+        for (w, row, _, entries) in &work {
             let writer = FeedKey(*w);
-            for (seq, entry) in (row.merged..).zip(entries) {
+            for (seq, entry) in entries {
+                let seq = *seq;
                 match decode_entry(entry) {
                     Ok(Decoded::Member(op)) => {
                         self.observe(writer, op.ts, events);
@@ -308,7 +318,7 @@ impl Ctx<'_> {
                     }
                     Ok(Decoded::Diff(record)) => {
                         self.observe(writer, record.ts, events);
-                        if seq < row.limit {
+                        if seq < row.limit && self.in_view(&record.key) {
                             diffs.push(Loaded {
                                 ts: record.ts.0,
                                 writer: *w,
@@ -330,9 +340,9 @@ impl Ctx<'_> {
         {
             let raw = txn.raw();
             let mut writers = raw.open_table(WRITERS).map_err(storage)?;
-            for (w, row, entries) in &work {
-                let merged = row.merged + entries.len() as u64;
-                consumed += entries.len() as u64;
+            for (w, row, merged, entries) in &work {
+                let merged = *merged;
+                consumed += entries.len().max(1) as u64;
                 let row = WriterRow { merged, ..*row };
                 writers
                     .insert(*w, row.encode().as_slice())
@@ -348,6 +358,11 @@ impl Ctx<'_> {
         }
         self.persist_hlc(txn.raw())?;
         Ok(consumed)
+    }
+
+    /// Whether this peer holds `key` (every key, unless it keeps a partial view).
+    pub(crate) fn in_view(&self, key: &[u8]) -> bool {
+        self.view.is_none_or(|v| v.contains(key))
     }
 
     /// The diff feeds of every writer (this peer's included), for a fold that may read any
@@ -406,11 +421,11 @@ impl Ctx<'_> {
         if from >= until {
             return Ok(0);
         }
-        let entries = txn.entries(&writer, from..until)?;
-        let diffs: Vec<(Vec<u8>, u64, u64)> = (from..)
-            .zip(&entries)
+        let entries = txn.held_entries(&writer, from..until, usize::MAX)?;
+        let diffs: Vec<(Vec<u8>, u64, u64)> = entries
+            .iter()
             .filter_map(|(seq, e)| match decode_entry(e) {
-                Ok(Decoded::Diff(r)) => Some((r.key, r.ts.0, seq)),
+                Ok(Decoded::Diff(r)) if self.in_view(&r.key) => Some((r.key, r.ts.0, *seq)),
                 _ => None,
             })
             .collect();
@@ -437,10 +452,12 @@ impl Ctx<'_> {
         if from >= until {
             return Ok(());
         }
-        let entries = txn.entries(&writer, from..until)?;
+        let entries = txn.held_entries(&writer, from..until, usize::MAX)?;
         let mut diffs = Vec::new();
-        for (seq, entry) in (from..).zip(&entries) {
-            if let Ok(Decoded::Diff(record)) = decode_entry(entry) {
+        for (seq, entry) in entries {
+            if let Ok(Decoded::Diff(record)) = decode_entry(&entry)
+                && self.in_view(&record.key)
+            {
                 diffs.push(Loaded {
                     ts: record.ts.0,
                     writer: writer.0,

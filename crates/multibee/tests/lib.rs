@@ -10,6 +10,7 @@ mod fuzz_decode;
 mod index;
 mod lessons;
 mod model;
+mod partial;
 mod reopen;
 mod scenarios;
 mod support;
