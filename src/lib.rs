@@ -96,6 +96,9 @@ pub async fn serve(mb: &MultiBee, mut config: Config) -> Result<Served> {
     if config.sink.is_none() {
         config = config.sink(std::sync::Arc::new(MergeSink(mb.clone())));
     }
+    if config.filter.is_none() {
+        config = config.filter(std::sync::Arc::new(ViewFilter(mb.clone())));
+    }
     let node = Node::start(mb.feed_store().clone(), config).await?;
     let handle = node.handle();
     // Subscribed before the writers are listed, so that none added meanwhile is missed.
@@ -124,12 +127,65 @@ impl net::Sink for MergeSink {
         batch: feed::VerifiedBatch,
     ) -> futures::future::BoxFuture<'static, feed::Result<feed::Ingested>> {
         let mb = self.0.clone();
+        Box::pin(async move { mb.ingest_verified(batch).await.map_err(Self::feed_error) })
+    }
+
+    fn ingest_sparse(
+        &self,
+        batch: feed::VerifiedSparse,
+        prefixes: Vec<Vec<u8>>,
+        covered: u64,
+    ) -> futures::future::BoxFuture<'static, feed::Result<feed::SparseIngested>> {
+        let mb = self.0.clone();
         Box::pin(async move {
-            mb.ingest_verified(batch).await.map_err(|e| match e {
-                multibee_multibee::Error::Feed(e) => e,
-                other => feed::Error::InvalidArgument(other.to_string()),
-            })
+            mb.ingest_sparse_verified(batch, prefixes, covered)
+                .await
+                .map_err(Self::feed_error)
         })
+    }
+}
+
+impl MergeSink {
+    fn feed_error(e: multibee_multibee::Error) -> feed::Error {
+        match e {
+            multibee_multibee::Error::Feed(e) => e,
+            other => feed::Error::InvalidArgument(other.to_string()),
+        }
+    }
+}
+
+/// Partial views over the network: a peer with a view asks each writer's diff feed for the
+/// keys under its prefixes ([`MultiBee::wanted`]); every peer answers such requests from what
+/// it holds ([`MultiBee::export_filtered`]).
+#[derive(Debug)]
+struct ViewFilter(MultiBee);
+
+impl net::Filter for ViewFilter {
+    fn wanted(&self, feed: &feed::FeedKey) -> Option<Vec<(Vec<u8>, u64)>> {
+        match self.0.wanted(feed) {
+            Ok(wanted) => wanted,
+            Err(e) => {
+                // A partial peer must not fetch a whole feed: nothing is fetched until the
+                // next attempt.
+                tracing::warn!(%feed, %e, "reading the partial view failed");
+                self.0
+                    .view()
+                    .map(|v| v.prefixes().iter().map(|p| (p.clone(), u64::MAX)).collect())
+            }
+        }
+    }
+
+    fn next(
+        &self,
+        feed: &feed::Feed,
+        wants: &[(Vec<u8>, u64)],
+        cursor: u64,
+        base: u64,
+        max_bytes: usize,
+    ) -> feed::Result<Option<(feed::SparseBatch, u64)>> {
+        self.0
+            .export_filtered(&feed.key(), wants, cursor, base, max_bytes)
+            .map_err(MergeSink::feed_error)
     }
 }
 

@@ -11,6 +11,7 @@ mod http_admin;
 mod join;
 mod netns;
 mod node;
+mod partial;
 mod partition;
 mod readme;
 mod restart;

@@ -12,6 +12,7 @@
 //! sync = "durable"        # or "relaxed"
 //! cache_mb = 64           # or cache_bytes = 67108864
 //! blob_fetch = "all"      # or "none", or key prefixes: ["photos/", "docs/"]
+//! only = ["users/alice/"] # a partial view: hold only the keys under these prefixes
 //! ```
 //!
 //! An unknown key, a value of the wrong type or a bad address is an error naming the file and
@@ -62,6 +63,7 @@ struct File {
     cache_mb: Option<u64>,
     cache_bytes: Option<u64>,
     blob_fetch: Option<OneOrMany>,
+    only: Option<OneOrMany>,
 }
 
 /// A string or a list of strings.
@@ -85,6 +87,8 @@ pub struct Settings {
     pub sync: Option<SyncMode>,
     pub cache_bytes: Option<usize>,
     pub blob_fetch: multibee::blob_sync::FetchPolicy,
+    /// The partial view's prefixes (empty: the folder's view, every key for a new one).
+    pub only: Option<multibee::db::View>,
 }
 
 /// Reads the configuration file (`--config`, or `multibee.toml` in the folder if there is
@@ -151,8 +155,22 @@ fn merge(args: &Args, file: File) -> Result<Settings, String> {
         _ => Vec::new(),
     };
     let blob_fetch = multibee::blob_sync::FetchPolicy::parse(&blob_fetch)?;
+    let only = match (&args.only, file.only) {
+        (flags, _) if !flags.is_empty() => flags.clone(),
+        (_, Some(OneOrMany::One(v))) => vec![v],
+        (_, Some(OneOrMany::Many(v))) => v,
+        _ => Vec::new(),
+    };
+    let only = match only.is_empty() {
+        true => None,
+        false => Some(
+            multibee::db::View::new(only.into_iter().map(String::into_bytes))
+                .map_err(|e| format!("`only`: {e}"))?,
+        ),
+    };
     Ok(Settings {
         blob_fetch,
+        only,
         listen,
         http: args.http.or(file.http),
         http_token: args.http_token.clone().or(file.http_token),

@@ -41,7 +41,7 @@
 //!
 //! Settings can also come from a TOML file: `multibee.toml` in the folder, or `--config PATH`
 //! (keys `listen`, `http`, `http_token`, `bootstrap`, `dial`, `mdns`, `max_drift_ms`, `sync`,
-//! `cache_mb` or `cache_bytes`, `blob_fetch`; see `config.rs`). Flags override the file. A bad
+//! `cache_mb` or `cache_bytes`, `blob_fetch`, `only`; see `config.rs`). Flags override the file. A bad
 //! file (an unknown key, a wrong value) stops the node with an error naming the file and the
 //! problem, before the folder is touched.
 
@@ -102,6 +102,12 @@ struct Args {
     /// key prefix (repeatable) [default: all]
     #[arg(long, value_name = "all|none|PREFIX")]
     blob_fetch: Vec<String>,
+    /// Hold only the keys under this prefix (repeatable): a partial view. Only the diff-feed
+    /// entries of those keys are fetched from peers, and writes outside them are refused.
+    /// Restarting with other prefixes widens the view (what is new is fetched) or narrows it
+    /// (keys outside are dropped). A folder that had a view keeps it until given another.
+    #[arg(long, value_name = "PREFIX")]
+    only: Vec<String>,
     /// A Kademlia bootstrap peer's multiaddr (repeatable).
     #[arg(long, value_name = "ADDR")]
     bootstrap: Vec<Multiaddr>,
@@ -150,7 +156,7 @@ blob_progress (id, peer_id, held_bytes, size: every 1% or 4 MiB, whichever is mo
 blob_peer_rejected (id, peer_id, reason).
 Peers are remembered in DIR/peers.json and dialed again at start and when they disconnect.
 Settings may come from DIR/multibee.toml or --config PATH (keys: listen, http, http_token,
-bootstrap, dial, mdns, max_drift_ms, sync, cache_mb or cache_bytes, blob_fetch); flags override
+bootstrap, dial, mdns, max_drift_ms, sync, cache_mb or cache_bytes, blob_fetch, only); flags override
 the file.
 HTTP beyond loopback needs a bearer token: --http-token, or DIR/http.token (made on first start).";
 
@@ -338,6 +344,9 @@ async fn run(args: Args) -> Result<(), String> {
     let blob_fetch = settings.blob_fetch.clone();
     if let Some(bytes) = settings.cache_bytes {
         options = options.cache_bytes(bytes);
+    }
+    if let Some(view) = settings.only.clone() {
+        options = options.only(view);
     }
     let mut served = match &args.join {
         Some(ticket) => multibee::join(&args.dir, ticket, options, config)
@@ -741,6 +750,14 @@ async fn command(
             }
             let hash = mb.state_hash().map_err(|e| e.to_string())?;
             fields.insert("state_hash".into(), json!(hex::encode(hash)));
+            if let Some(view) = mb.view() {
+                let only: Vec<String> = view
+                    .prefixes()
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect();
+                fields.insert("only".into(), json!(only));
+            }
             fields.insert("peer_id".into(), json!(served.peer_id().to_string()));
             fields.insert("diff_key".into(), json!(mb.diff_key().to_string()));
             fields.insert(

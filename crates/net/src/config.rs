@@ -55,6 +55,9 @@ pub struct Config {
     pub resync_interval: Duration,
     /// Where fetched batches are stored (`None`: [`crate::StoreSink`], the feed store alone).
     pub sink: Option<std::sync::Arc<dyn crate::Sink>>,
+    /// What this node fetches of each feed and how it answers filtered requests (`None`:
+    /// every feed whole, and filtered requests are refused). See [`crate::Filter`].
+    pub filter: Option<std::sync::Arc<dyn crate::Filter>>,
     /// The blob store served to peers and fetched into ([`crate::NodeHandle::fetch_blob`]);
     /// without one, blob requests are refused ([`crate::blob_wire::BlobRefusal::NoStore`]).
     pub blobs: Option<multibee_blobs::Blobs>,
@@ -88,6 +91,7 @@ impl Default for Config {
             frame_timeout: Duration::from_secs(30),
             slow_peer_block: Duration::from_secs(600),
             sink: None,
+            filter: None,
             blobs: None,
             blob_limits: BlobLimits::default(),
             max_provided_blobs: 256,
@@ -146,6 +150,12 @@ impl Config {
     /// Stores fetched batches through `sink` (see [`crate::Sink`]).
     pub fn sink(mut self, sink: std::sync::Arc<dyn crate::Sink>) -> Self {
         self.sink = Some(sink);
+        self
+    }
+
+    /// Sets what this node fetches of each feed and how it answers filtered requests.
+    pub fn filter(mut self, filter: std::sync::Arc<dyn crate::Filter>) -> Self {
+        self.filter = Some(filter);
         self
     }
 

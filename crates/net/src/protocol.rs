@@ -6,6 +6,12 @@
 //! chunks, then every new entry as it is appended, for as long as the stream lives. The client
 //! sends nothing after its `Want`.
 //!
+//! A peer that keeps a partial view sends a [`WantFiltered`] instead: prefixes, each with the
+//! index it holds every entry under it before, and the signed length whose roots it holds. The
+//! server answers [`Have`], then [`Sparse`] messages: the entries asked for, proven with sparse
+//! proofs, each with the index up to which the answer covers the request; then new ones as
+//! they come.
+//!
 //! [`Client`] checks every message against what it asked for and hands entries to a verifier
 //! (in a node, [`multibee_feed::Feed::verify`]); [`Server`] checks the request and plans the
 //! chunks. Neither does any IO: the node's stream tasks feed them frames and carry out what they
@@ -13,10 +19,12 @@
 
 use std::ops::Range;
 
-use multibee_feed::{Batch, DiscoveryKey, FeedKey, VerifyError};
+use multibee_feed::{Batch, DiscoveryKey, FeedKey, SparseBatch, VerifyError};
 
 use crate::error::{ReceiveError, Violation};
-use crate::wire::{self, Announce, Capability, Data, Have, Message, Refusal, Want};
+use crate::wire::{
+    self, Announce, Capability, Data, Have, Message, Refusal, Sparse, Want, WantFiltered,
+};
 
 /// Domain separation for [`capability`].
 const CAPABILITY_CONTEXT: &[u8] = b"multibee/replicate/1 capability\0";
@@ -66,6 +74,14 @@ pub enum ClientAction<V> {
     RemoteLength(u64),
     /// The server will not serve this feed; close the stream.
     Refused(Refusal),
+    /// Verify (against the base roots held) and store these entries of a filtered request,
+    /// which the server says cover it up to entry `covered`.
+    StoreSparse {
+        /// The entries and their proof.
+        batch: SparseBatch,
+        /// The server's claim (never below an earlier one on the stream).
+        covered: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +100,8 @@ pub struct Client {
     capability: Capability,
     state: ClientState,
     next: u64,
+    /// The last claim of a filtered stream.
+    covered: u64,
 }
 
 impl Client {
@@ -96,7 +114,24 @@ impl Client {
             capability: capability(&key, local, remote),
             state: ClientState::New,
             next: 0,
+            covered: 0,
         }
+    }
+
+    /// The request of a peer keeping a partial view: the entries under each prefix from its
+    /// index on, proven over `base` (the signed length held).
+    pub fn want_filtered(&mut self, wants: &[(Vec<u8>, u64)], base: u64) -> Message {
+        self.state = ClientState::Wanting;
+        self.covered = wants.iter().map(|(_, from)| *from).min().unwrap_or(0);
+        Message::WantFiltered(WantFiltered {
+            discovery_key: self.discovery_key,
+            capability: self.capability,
+            wants: wants
+                .iter()
+                .map(|(p, from)| (serde_bytes::ByteBuf::from(p.clone()), *from))
+                .collect(),
+            base,
+        })
     }
 
     /// The request to send first: entries from `from` (the length held) on.
@@ -155,6 +190,7 @@ impl Client {
                 Ok(ClientAction::Refused(refusal))
             }
             (ClientState::Streaming, Message::Data(data)) => self.data(data, verify),
+            (ClientState::Streaming, Message::Sparse(sparse)) => self.sparse(sparse),
             (ClientState::New | ClientState::Closed, message) => Err(unexpected(
                 &message,
                 "nothing is expected before a request or after the end",
@@ -202,6 +238,32 @@ impl Client {
         Ok(ClientAction::Store(verified))
     }
 
+    fn sparse<V>(&mut self, sparse: Sparse) -> Result<ClientAction<V>, ReceiveError> {
+        self.check_feed(sparse.discovery_key)?;
+        if sparse.covered < self.covered {
+            return Err(Violation::OutOfOrder {
+                expected: self.covered,
+                got: sparse.covered,
+            }
+            .into());
+        }
+        if sparse.indices.len() != sparse.entries.len() {
+            return Err(Violation::Invalid(VerifyError::BadProof(
+                "as many indices as entries are needed",
+            ))
+            .into());
+        }
+        self.covered = sparse.covered;
+        Ok(ClientAction::StoreSparse {
+            batch: SparseBatch {
+                feed: self.key,
+                entries: sparse.indices.into_iter().zip(sparse.entries).collect(),
+                proof: sparse.proof,
+            },
+            covered: sparse.covered,
+        })
+    }
+
     fn check_feed(&self, got: DiscoveryKey) -> Result<(), Violation> {
         match got == self.discovery_key {
             true => Ok(()),
@@ -231,6 +293,16 @@ pub enum ServerAction {
         key: FeedKey,
         /// The first entry wanted.
         from: u64,
+    },
+    /// Serve the entries of feed `key` under `wants` (`(prefix, from)`), proven over `base`:
+    /// send [`Server::have`], then [`Server::sparse_frame`]s.
+    ServeFiltered {
+        /// The feed.
+        key: FeedKey,
+        /// What is asked for.
+        wants: Vec<(Vec<u8>, u64)>,
+        /// The signed length whose roots the client holds.
+        base: u64,
     },
     /// Send this refusal and close the stream.
     Refuse(Message),
@@ -285,12 +357,41 @@ impl Server {
                 return Err(e.into());
             }
         };
-        let Message::Want(want) = message else {
-            self.state = ServerState::Closed;
-            return Err(Violation::Unexpected {
-                message: message.name(),
-                detail: "a replicate stream carries one Want from the client",
-            });
+        let (want, filtered) = match message {
+            Message::Want(want) => (want, None),
+            Message::WantFiltered(w) => {
+                let too_many = w.wants.len() > wire::MAX_WANTS || w.wants.is_empty();
+                if too_many
+                    || w.wants
+                        .iter()
+                        .any(|(p, _)| p.len() > wire::MAX_WANT_PREFIX_BYTES)
+                {
+                    self.state = ServerState::Closed;
+                    return Err(Violation::Unexpected {
+                        message: "WantFiltered",
+                        detail: "1 to 256 prefixes of at most 1024 bytes",
+                    });
+                }
+                let from = w.wants.iter().map(|(_, f)| *f).min().unwrap_or(0);
+                let want = Want {
+                    discovery_key: w.discovery_key,
+                    capability: w.capability,
+                    from,
+                };
+                let wants: Vec<(Vec<u8>, u64)> = w
+                    .wants
+                    .into_iter()
+                    .map(|(p, f)| (p.into_vec(), f))
+                    .collect();
+                (want, Some((wants, w.base)))
+            }
+            message => {
+                self.state = ServerState::Closed;
+                return Err(Violation::Unexpected {
+                    message: message.name(),
+                    detail: "a replicate stream carries one Want from the client",
+                });
+            }
         };
         if self.state != ServerState::Idle {
             self.state = ServerState::Closed;
@@ -310,9 +411,12 @@ impl Server {
             discovery_key: want.discovery_key,
         };
         self.next = want.from;
-        Ok(ServerAction::Serve {
-            key,
-            from: want.from,
+        Ok(match filtered {
+            None => ServerAction::Serve {
+                key,
+                from: want.from,
+            },
+            Some((wants, base)) => ServerAction::ServeFiltered { key, wants, base },
         })
     }
 
@@ -371,6 +475,23 @@ impl Server {
                 None
             }
         }
+    }
+
+    /// Encodes the answer to a filtered request as a whole frame, or `None` if it would not
+    /// fit in one (send fewer entries).
+    pub fn sparse_frame(&self, batch: SparseBatch, covered: u64) -> Option<Vec<u8>> {
+        let ServerState::Serving { discovery_key, .. } = self.state else {
+            return None;
+        };
+        let (indices, entries) = batch.entries.into_iter().unzip();
+        let message = Message::Sparse(Sparse {
+            discovery_key,
+            covered,
+            indices,
+            entries,
+            proof: batch.proof,
+        });
+        wire::encode(&message, self.limits.max_frame_bytes).ok()
     }
 
     /// The feed served, once a request was accepted.

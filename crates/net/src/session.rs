@@ -21,8 +21,9 @@ use crate::io::{StreamError, read_frame, write_frame, write_message};
 use crate::protocol::{self, Client, ClientAction, Server, ServerAction};
 use crate::wire::{ANNOUNCE_PROTOCOL, REPLICATE_PROTOCOL, Refusal};
 
-/// The longest request frame a server reads: a `Want` is under 100 bytes.
-const MAX_REQUEST_BYTES: usize = 256;
+/// The longest request frame a server reads: a `Want` is under 100 bytes, a `WantFiltered`
+/// at most 256 prefixes of 1 KiB.
+const MAX_REQUEST_BYTES: usize = 300 << 10;
 /// The most data frames being built or written at once to one peer, over all its streams:
 /// with frames of ~2 MiB (at most the frame limit), what a peer that stops reading can make
 /// this node hold is bounded by this many frames.
@@ -84,7 +85,7 @@ impl Context {
         }
     }
 
-    fn max_frame(&self) -> usize {
+    pub(crate) fn max_frame(&self) -> usize {
         self.config.limits.max_frame_bytes
     }
 
@@ -119,7 +120,7 @@ pub(crate) enum SessionEnd {
 
 impl SessionEnd {
     /// How a session that met `violation` ends.
-    fn violation(violation: Violation) -> Self {
+    pub(crate) fn violation(violation: Violation) -> Self {
         match violation {
             Violation::Invalid(VerifyError::Forked) => SessionEnd::Forked,
             other => SessionEnd::Violation(other),
@@ -322,14 +323,21 @@ async fn serve(
     let action = server.receive(&buf, |dk| {
         cx.store.feed_by_discovery_key(dk).map(|f| f.key())
     });
-    let key = match action.map_err(SessionEnd::Violation)? {
+    let (key, filtered) = match action.map_err(SessionEnd::Violation)? {
         ServerAction::Refuse(message) => {
             write_message(&mut writer, &message, cx.max_frame(), cx.frame_timeout()).await?;
             writer.close().await?;
             return Ok(());
         }
-        ServerAction::Serve { key, .. } => key,
+        ServerAction::Serve { key, .. } => (key, None),
+        ServerAction::ServeFiltered { key, wants, base } => (key, Some((wants, base))),
     };
+    if filtered.is_some() && cx.config.filter.is_none() {
+        let refusal = crate::wire::Message::Refused(Refusal::NotFound);
+        write_message(&mut writer, &refusal, cx.max_frame(), cx.frame_timeout()).await?;
+        writer.close().await?;
+        return Ok(());
+    }
     let feed = cx
         .store
         .feed(&key)
@@ -344,6 +352,19 @@ async fn serve(
         let mut buf = Vec::new();
         read_frame(&mut reader, MAX_REQUEST_BYTES, &mut buf, frame_timeout).await
     });
+    if let Some((wants, base)) = filtered {
+        return crate::filtered::serve(
+            &mut writer,
+            &mut ended,
+            &server,
+            &feed,
+            wants,
+            base,
+            cx,
+            frames,
+        )
+        .await;
+    }
     loop {
         let length = status.borrow_and_update().length;
         while let Some(range) = server.next_range(length) {
@@ -376,7 +397,7 @@ async fn serve(
 }
 
 /// What the client's side of a served stream did after its request.
-fn client_end(read: Result<bool, StreamError>) -> Result<(), SessionEnd> {
+pub(crate) fn client_end(read: Result<bool, StreamError>) -> Result<(), SessionEnd> {
     match read? {
         false => Ok(()),
         true => Err(SessionEnd::Violation(Violation::Unexpected {
@@ -423,6 +444,14 @@ async fn fetch_stream(
     };
     let (mut reader, mut writer) = stream.split();
     let mut client = Client::new(feed.key(), &cx.local.to_bytes(), &peer.to_bytes());
+    if let Some(wants) = cx
+        .config
+        .filter
+        .as_ref()
+        .and_then(|f| f.wanted(&feed.key()))
+    {
+        return crate::filtered::fetch(reader, writer, permit, peer, feed, wants, cx, client).await;
+    }
     if let Err(e) = write_message(
         &mut writer,
         &client.want(feed.length()),
@@ -470,6 +499,12 @@ async fn fetch_stream(
                     });
                 }
                 Ok(ClientAction::Refused(refusal)) => return Err(SessionEnd::Refused(refusal)),
+                Ok(_) => {
+                    return Err(SessionEnd::Violation(Violation::Unexpected {
+                        message: "Sparse",
+                        detail: "a plain stream carries Data messages",
+                    }));
+                }
                 Err(ReceiveError::Peer(v)) => return Err(SessionEnd::violation(v)),
                 Err(ReceiveError::Local(e)) => return Err(SessionEnd::Local(e)),
             }

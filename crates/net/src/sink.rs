@@ -3,7 +3,7 @@
 use std::fmt;
 
 use futures::future::BoxFuture;
-use multibee_feed::{Ingested, Store, VerifiedBatch};
+use multibee_feed::{Ingested, SparseIngested, Store, VerifiedBatch, VerifiedSparse};
 
 /// Stores the batches a node fetches from its peers, each already verified against its
 /// feed's key. The default ([`StoreSink`]) ingests each into the feed store in a write job of
@@ -14,6 +14,15 @@ pub trait Sink: Send + Sync + fmt::Debug + 'static {
     /// Stores `batch` durably; answers what was stored. The feed's status (its new length,
     /// whether it forked) is published once the transaction commits, as for any write.
     fn ingest(&self, batch: VerifiedBatch) -> BoxFuture<'static, multibee_feed::Result<Ingested>>;
+
+    /// Stores a verified sparse batch answering a filtered request for `prefixes`, which the
+    /// serving peer says covers them up to entry `covered` (see [`crate::Filter`]).
+    fn ingest_sparse(
+        &self,
+        batch: VerifiedSparse,
+        prefixes: Vec<Vec<u8>>,
+        covered: u64,
+    ) -> BoxFuture<'static, multibee_feed::Result<SparseIngested>>;
 }
 
 /// The default [`Sink`]: each batch in a write job of its own on the feed store.
@@ -24,5 +33,15 @@ impl Sink for StoreSink {
     fn ingest(&self, batch: VerifiedBatch) -> BoxFuture<'static, multibee_feed::Result<Ingested>> {
         let store = self.0.clone();
         Box::pin(async move { store.write(move |txn| txn.ingest(&batch)).await })
+    }
+
+    fn ingest_sparse(
+        &self,
+        batch: VerifiedSparse,
+        _prefixes: Vec<Vec<u8>>,
+        _covered: u64,
+    ) -> BoxFuture<'static, multibee_feed::Result<SparseIngested>> {
+        let store = self.0.clone();
+        Box::pin(async move { store.write(move |txn| txn.ingest_sparse(&batch)).await })
     }
 }

@@ -9,7 +9,7 @@
 //! The public key of a feed never appears here: requests and data name the feed by its
 //! discovery key, and the requester proves it knows the key with a [`Capability`].
 
-use multibee_feed::{DiscoveryKey, Proof};
+use multibee_feed::{DiscoveryKey, Proof, SparseProof};
 use serde::{Deserialize, Serialize};
 
 use crate::error::FrameError;
@@ -67,6 +67,46 @@ pub struct Data {
     pub proof: Proof,
 }
 
+/// The most `(prefix, from)` pairs a [`WantFiltered`] carries.
+pub const MAX_WANTS: usize = 256;
+/// The longest prefix a [`WantFiltered`] carries, in bytes.
+pub const MAX_WANT_PREFIX_BYTES: usize = 1024;
+
+/// "Send me the entries of this feed whose keys start with one of these prefixes, each from its
+/// index on, then every new one": the request of a peer that keeps a partial view. The server
+/// decides what an entry's key is (the layer above tells it, see [`crate::Filter`]).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct WantFiltered {
+    /// The feed, by discovery key.
+    pub discovery_key: DiscoveryKey,
+    /// Proof that the requester knows the feed's public key.
+    pub capability: Capability,
+    /// `(prefix, from)`: the entries under `prefix` from index `from` on (at most
+    /// [`MAX_WANTS`], prefixes of at most [`MAX_WANT_PREFIX_BYTES`]).
+    pub wants: Vec<(serde_bytes::ByteBuf, u64)>,
+    /// The signed length whose tree roots the requester holds: proofs leave them out.
+    pub base: u64,
+}
+
+/// Entries at any indices with the sparse proof that the writer signed them: the answer to a
+/// [`WantFiltered`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Sparse {
+    /// The feed, by discovery key.
+    pub discovery_key: DiscoveryKey,
+    /// The server's claim: every entry the request asked for below this index was sent on
+    /// this stream (or was held by the requester already). Not provable: see
+    /// `docs/partial-views.md`.
+    pub covered: u64,
+    /// The entries' indices, ascending.
+    pub indices: Vec<u64>,
+    /// The entries.
+    #[serde(with = "byte_strings")]
+    pub entries: Vec<Vec<u8>>,
+    /// The proof and signature covering them.
+    pub proof: SparseProof,
+}
+
 /// Why a server will not serve a [`Want`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -98,6 +138,10 @@ pub enum Message {
     Refused(Refusal),
     /// Only message on an announce stream.
     Announce(Announce),
+    /// Client to server, first and only message on a filtered replicate stream.
+    WantFiltered(WantFiltered),
+    /// Server to client: entries answering a [`WantFiltered`].
+    Sparse(Sparse),
 }
 
 impl Message {
@@ -109,6 +153,8 @@ impl Message {
             Message::Data(_) => "Data",
             Message::Refused(_) => "Refused",
             Message::Announce(_) => "Announce",
+            Message::WantFiltered(_) => "WantFiltered",
+            Message::Sparse(_) => "Sparse",
         }
     }
 }
