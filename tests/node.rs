@@ -1089,3 +1089,47 @@ fn the_node_declares_indexes_and_answers_queries_on_stdin() {
     }
     node.stop();
 }
+
+#[test]
+fn a_node_with_only_holds_the_keys_under_its_prefixes_and_widens_and_narrows_on_restart() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Node::start(dir_a.path(), &[]);
+    a.ok(r#"put u1/x {"n":1}"#);
+    a.ok(r#"put u2/y {"n":2}"#);
+    let only = [
+        "--only",
+        "u1/",
+        "--writer",
+        &a.diff_key(),
+        "--dial",
+        &a.addr(),
+    ];
+    let mut b = Node::start(dir_b.path(), &only);
+    b.wait_value("u1/x", json!({"n": 1}));
+    a.ok(r#"put u1/z {"n":3}"#);
+    b.wait_value("u1/z", json!({"n": 3}));
+    assert!(b.ok("get u2/y")["value"].is_null());
+    let refused = b.cmd(r#"put u2/mine {"n":4}"#);
+    assert_eq!(refused["ok"], false);
+    assert!(
+        refused["error"].as_str().unwrap().contains("partial view"),
+        "{refused}"
+    );
+    assert_eq!(b.ok("status")["only"], json!(["u1/"]));
+    b.stop();
+
+    // Widened: what is new comes; narrowed: what is outside goes.
+    forget_peers(dir_b.path());
+    let wider = ["--only", "u1/", "--only", "u2/", "--dial", &a.addr()];
+    let mut b = Node::start(dir_b.path(), &wider);
+    b.wait_value("u2/y", json!({"n": 2}));
+    assert_eq!(b.ok("get u1/z")["value"], json!({"n": 3}));
+    b.stop();
+    forget_peers(dir_b.path());
+    let mut b = Node::start(dir_b.path(), &["--only", "u2/"]);
+    assert!(b.ok("get u1/x")["value"].is_null());
+    assert_eq!(b.ok("get u2/y")["value"], json!({"n": 2}));
+    assert_eq!(b.ok("status")["only"], json!(["u2/"]));
+    b.stop();
+    a.stop();
+}

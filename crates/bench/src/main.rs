@@ -15,6 +15,8 @@
 //! blob (128 MiB with `--quick`) between two nodes, with the memory it adds and the time to
 //! finish a download from 90% against a whole one. `index/...` measures path indexes: the put
 //! rate with 0, 1 and 5 indexes and every path indexed, and equality and range queries.
+//! `partial/...` measures the bytes a peer holding 1% of 1,000,000 keys receives against a
+//! full peer (100,000 with `--quick`).
 #![allow(clippy::unwrap_used)]
 
 mod blobs;
@@ -22,6 +24,7 @@ mod figures;
 mod index;
 mod load;
 mod net;
+mod partial;
 
 use figures::Figure;
 
@@ -52,6 +55,7 @@ const MEASURES: &[Measure] = &[
     ("net/replicate", net::figures),
     ("blobs/replicate", blobs::figures),
     ("index/", index::figures),
+    ("partial/", partial::figures),
     ("load/4-peers-durable", load_durable),
 ];
 
