@@ -857,6 +857,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn filtered_requests_are_bounded_and_sparse_answers_checked() {
+        let f = fixture(8).await;
+        let key = f.writer.key();
+        let lookup = |dk: &DiscoveryKey| (*dk == key.discovery_key()).then_some(key);
+        let wants = vec![(b"u1/".to_vec(), 2), (b"u2/".to_vec(), 0)];
+        let mut client = Client::new(key, CLIENT, SERVER);
+        let mut server = Server::new(SERVER, CLIENT, Limits::default());
+        let action = server.receive(&body(&client.want_filtered(&wants, 5)), lookup);
+        assert_eq!(
+            action,
+            Ok(ServerAction::ServeFiltered {
+                key,
+                wants: wants.clone(),
+                base: 5
+            })
+        );
+        // Too many prefixes, one too long, or none: refused as a violation.
+        for bad in [
+            vec![(b"p".to_vec(), 0); wire::MAX_WANTS + 1],
+            vec![(vec![b'p'; wire::MAX_WANT_PREFIX_BYTES + 1], 0)],
+            Vec::new(),
+        ] {
+            let mut client = Client::new(key, CLIENT, SERVER);
+            let mut server = Server::new(SERVER, CLIENT, Limits::default());
+            let got = server.receive(&body(&client.want_filtered(&bad, 0)), lookup);
+            assert!(matches!(got, Err(Violation::Unexpected { .. })), "{got:?}");
+        }
+        // The answers: in order of their claims, as many indices as entries.
+        let have = server.have(8).unwrap();
+        assert!(matches!(
+            client.receive_message::<()>(have, |_| unreachable!()),
+            Ok(ClientAction::RemoteLength(8))
+        ));
+        let sparse = |covered, batch: SparseBatch| {
+            let frame = server.sparse_frame(batch, covered).unwrap();
+            frame[wire::PREFIX_BYTES..].to_vec()
+        };
+        let first = sparse(6, f.writer.proof_sparse(&[3, 5], 0).unwrap());
+        match client.receive::<()>(&first, |_| unreachable!()) {
+            Ok(ClientAction::StoreSparse { batch, covered }) => {
+                assert_eq!(covered, 6);
+                assert_eq!(batch.entries.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [3, 5]);
+                f.replica.verify_sparse(batch).unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+        let back = sparse(4, f.writer.proof_sparse(&[], 0).unwrap());
+        assert!(matches!(
+            client.receive::<()>(&back, |_| unreachable!()),
+            Err(ReceiveError::Peer(Violation::OutOfOrder { .. }))
+        ));
+        let mut client = Client::new(key, CLIENT, SERVER);
+        client.want_filtered(&wants, 0);
+        let have = server.have(8).unwrap();
+        client.receive_message::<()>(have, |_| unreachable!()).unwrap();
+        let mut lopsided = f.writer.proof_sparse(&[1, 2], 0).unwrap();
+        lopsided.entries.truncate(1);
+        let Message::Sparse(mut message) = wire::decode(&sparse(3, lopsided)).unwrap() else {
+            unreachable!()
+        };
+        message.indices.push(2);
+        assert!(matches!(
+            client.receive_message::<()>(Message::Sparse(message), |_| unreachable!()),
+            Err(ReceiveError::Peer(Violation::Invalid(_)))
+        ));
+    }
+
+    #[tokio::test]
     async fn servers_size_batches_to_the_frame_limit() {
         let f = fixture(0).await;
         f.writer
