@@ -3,8 +3,6 @@
 
 use std::collections::HashMap;
 
-use redb::ReadableTable;
-
 use crate::error::{Error, Result, VerifyError};
 use crate::keys::{FeedKey, Hash};
 use crate::nodes::{known_node, stored_node};
@@ -40,6 +38,13 @@ impl WriteTxn<'_> {
             return Err(Error::rejected(key, VerifyError::Forked));
         }
         let record = state.record.clone();
+        // A sparse replica's nodes and head are not a contiguous replica's frontier: it takes
+        // sparse batches only (a contiguous batch is one, with base 0: see `crate::sparse`).
+        if self.holds_sparse(record.id)? {
+            return Err(Error::InvalidArgument(format!(
+                "feed {key} is held sparsely here: it takes sparse batches"
+            )));
+        }
         let (start, end) = (batch.start, batch.end());
         if start > record.length {
             return Err(Error::rejected(
@@ -78,15 +83,8 @@ impl WriteTxn<'_> {
         let added = end.saturating_sub(record.length);
         state.record.length = record.length + added;
         state.record.roots = roots;
-        // A sparse ingest may have brought a newer head than this batch's: keep the newest.
-        if record
-            .head
-            .as_ref()
-            .is_none_or(|h| verified.head.length >= h.length)
-        {
-            state.record.head = Some(verified.head.clone());
-            state.record.frontier = verified.right.clone();
-        }
+        state.record.head = Some(verified.head.clone());
+        state.record.frontier = verified.right.clone();
         Ok(Ingested {
             added,
             length: state.record.length,
@@ -129,20 +127,6 @@ impl WriteTxn<'_> {
             for i in start..overlap {
                 let held = stored_node(&table, record, tree::leaf(i))?;
                 if held != leaves[(i - start) as usize] {
-                    return Ok(Some(format!("entry {i} differs")));
-                }
-            }
-        }
-        // Entries held sparsely past the contiguous length must be the ones now proven.
-        if batch.end() > record.length {
-            let table = self.txn.open_table(ENTRIES)?;
-            for row in
-                table.range((record.id, record.length.max(start))..(record.id, batch.end()))?
-            {
-                let (k, v) = row?;
-                let i = k.value().1;
-                let (_, entry) = crate::tables::split_row(i, v.value())?;
-                if crate::crypto::leaf_hash(entry) != leaves[(i - start) as usize] {
                     return Ok(Some(format!("entry {i} differs")));
                 }
             }

@@ -208,7 +208,7 @@ fn verify(
                     )));
                 }
             },
-            Step::Leaf(i) => return Ok(Ok(v.leaves[i])),
+            Step::Leaf(i) => v.leaves[i],
             Step::Descend { inside } => {
                 let Some((l, r)) = tree::children(n) else {
                     return Ok(Err(VerifyError::BadProof("descends below a leaf")));
@@ -257,6 +257,12 @@ pub struct SparseIngested {
     pub added: u64,
     /// The length of the signed head held afterwards.
     pub signed_length: u64,
+    /// Whether the batch was taken. It is not (and nothing is stored) when it proves the
+    /// writer equivocated (the feed is forked), or when it does not join the head held: a
+    /// longer head proven over another base than the head held, or a shorter one whose roots
+    /// are not known here. The last two are no fault of the sender (another peer may have
+    /// moved the head on meanwhile): ask again over the head held.
+    pub stored: bool,
 }
 
 impl Feed {
@@ -388,7 +394,8 @@ impl WriteTxn<'_> {
     /// Stores a sparse batch [`Feed::verify_sparse`] accepted: its entries not held yet, the
     /// nodes that prove them, and its head if newer than the one held. Every node and entry it
     /// shares with what is held must agree; a disagreement under a valid signature marks the
-    /// feed forked (durably, in this transaction) and stores nothing else.
+    /// feed forked (durably, in this transaction) and stores nothing else. A batch that does
+    /// not join the head held is not taken either ([`SparseIngested::stored`]).
     pub fn ingest_sparse(&mut self, verified: &VerifiedSparse) -> Result<SparseIngested> {
         let key = verified.batch.feed;
         let state = self.state(&key)?;
@@ -399,6 +406,12 @@ impl WriteTxn<'_> {
             return Err(Error::rejected(key, VerifyError::Forked));
         }
         let record = state.record.clone();
+        let signed = record.head.as_ref().map_or(0, |h| h.length);
+        let not_taken = SparseIngested {
+            added: 0,
+            signed_length: signed,
+            stored: false,
+        };
         if let Some(detail) = self.sparse_disagreement(&record, verified)? {
             let head = crate::proof::Verified {
                 head: verified.head.clone(),
@@ -407,10 +420,10 @@ impl WriteTxn<'_> {
                 computed: Vec::new(),
             };
             self.mark_forked(&key, &record, &head, detail)?;
-            return Ok(SparseIngested {
-                added: 0,
-                signed_length: record.head.as_ref().map_or(0, |h| h.length),
-            });
+            return Ok(not_taken);
+        }
+        if !self.joins(&record, verified)? {
+            return Ok(not_taken);
         }
         self.dirty = true;
         let mut added = 0;
@@ -445,7 +458,39 @@ impl WriteTxn<'_> {
         Ok(SparseIngested {
             added,
             signed_length: state.record.head.as_ref().map_or(0, |h| h.length),
+            stored: true,
         })
+    }
+
+    /// Whether what a sparse batch proves joins the head held, so that every entry held stays
+    /// provable against the newest head: a longer head must be proven over the head held (its
+    /// walk then learns every sibling above the old roots), a shorter one must end at roots
+    /// known here.
+    fn joins(&mut self, record: &FeedRecord, verified: &VerifiedSparse) -> Result<bool> {
+        let Some(ours) = &record.head else {
+            return Ok(true);
+        };
+        let theirs = verified.head.length;
+        if theirs > ours.length {
+            return Ok(verified.batch.proof.base == ours.length);
+        }
+        if theirs == ours.length {
+            return Ok(true);
+        }
+        let table = self.txn.open_table(ENTRIES)?;
+        let held = self.txn.open_table(NODES)?;
+        for n in tree::roots(theirs) {
+            if known_node(&table, &held, record, n)?.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether a feed holds entries sparsely (it has proven nodes of its own).
+    pub(crate) fn holds_sparse(&mut self, id: u64) -> Result<bool> {
+        let held = self.txn.open_table(NODES)?;
+        Ok(held.range((id, 0)..=(id, u64::MAX))?.next().is_some())
     }
 
     /// Where a verified sparse batch contradicts what is stored, if anywhere.

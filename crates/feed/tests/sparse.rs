@@ -14,7 +14,21 @@ async fn ingest(replica: &Feed, batch: SparseBatch) -> multibee_feed::Result<u64
         .store()
         .write(move |txn| txn.ingest_sparse(&verified))
         .await?;
+    assert!(
+        done.stored || replica.status().forked,
+        "the batch was taken"
+    );
     Ok(done.added)
+}
+
+/// Like [`ingest`], but says whether the batch was taken.
+async fn offer(replica: &Feed, batch: SparseBatch) -> multibee_feed::SparseIngested {
+    let verified = replica.verify_sparse(batch).unwrap();
+    replica
+        .store()
+        .write(move |txn| txn.ingest_sparse(&verified))
+        .await
+        .unwrap()
 }
 
 fn base_of(replica: &Feed) -> u64 {
@@ -41,15 +55,17 @@ fn schedule() -> impl Strategy<Value = Vec<Step>> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-    /// A replica that takes random entries at random times (each over its own head as base)
-    /// holds exactly them, and proves them on: to a fresh replica (base 0), and to one that
-    /// holds the writer's first entries contiguously (over its head).
+    /// A replica A that takes random entries at random times (each over its own head as
+    /// base) holds exactly them, and proves them on: after each take to a replica C that takes
+    /// the same from A over C's head (a chain of partial peers), and at the end all of them to
+    /// a fresh replica (base 0).
     #[test]
     fn a_sparse_replica_holds_and_proves_any_subset(steps in schedule()) {
         let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
         run(async {
             let writer = Store::open(dirs[0].path()).unwrap().create_feed().await.unwrap();
             let a = Store::open(dirs[1].path()).unwrap().replica(writer.key()).await.unwrap();
+            let c = Store::open(dirs[2].path()).unwrap().replica(writer.key()).await.unwrap();
             let mut held = BTreeSet::new();
             for step in &steps {
                 match step {
@@ -67,7 +83,10 @@ proptest! {
                         let batch = writer.proof_sparse(&want, base_of(&a)).unwrap();
                         let fresh = want.iter().filter(|i| !held.contains(*i)).count() as u64;
                         assert_eq!(ingest(&a, batch).await.unwrap(), fresh);
-                        held.extend(want);
+                        held.extend(want.iter().copied());
+                        let batch = a.proof_sparse(&want, base_of(&c)).unwrap();
+                        ingest(&c, batch).await.unwrap();
+                        assert_eq!(base_of(&c), base_of(&a));
                     }
                 }
             }
@@ -76,6 +95,7 @@ proptest! {
             for i in 0..len {
                 assert_eq!(a.has(i).unwrap(), held.contains(&i), "entry {i}");
                 assert_eq!(a.get(i).unwrap(), held.contains(&i).then(|| entry(i)));
+                assert_eq!(c.get(i).unwrap(), held.contains(&i).then(|| entry(i)));
             }
             let runs: Vec<u64> = a.held().unwrap().into_iter().flatten().collect();
             assert_eq!(runs, held.iter().copied().collect::<Vec<_>>());
@@ -85,26 +105,65 @@ proptest! {
                 return;
             }
             // A fresh replica verifies everything A holds, proven by A alone.
-            let c = Store::open(dirs[2].path()).unwrap().replica(writer.key()).await.unwrap();
-            let batch = a.proof_sparse(&all, 0).unwrap();
-            assert_eq!(ingest(&c, batch).await.unwrap(), all.len() as u64);
-            // A contiguous replica of the writer's first entries takes A's entries over its head.
             let d = Store::open(dirs[3].path()).unwrap().replica(writer.key()).await.unwrap();
-            let signed = base_of(&a);
-            d.ingest(writer.proof(0..signed / 2).unwrap()).await.unwrap();
-            let base = base_of(&d);
-            let batch = a.proof_sparse(&all, base).or_else(|_| a.proof_sparse(&all, 0)).unwrap();
-            ingest(&d, batch).await.unwrap();
-            for &i in &all {
-                assert_eq!(d.get(i).unwrap(), Some(entry(i)));
-            }
-            // And the sparse replica fills its holes from the writer, contiguously.
-            a.ingest(writer.proof(0..len).unwrap()).await.unwrap();
-            assert_eq!(a.length(), len);
+            let batch = a.proof_sparse(&all, 0).unwrap();
+            assert_eq!(ingest(&d, batch).await.unwrap(), all.len() as u64);
+            // A fills its holes from the writer; a contiguous batch is refused.
+            let holes: Vec<u64> = (0..len).filter(|i| !held.contains(i)).collect();
+            ingest(&a, writer.proof_sparse(&holes, base_of(&a)).unwrap()).await.unwrap();
             assert_eq!(a.held().unwrap(), vec![0..len]);
+            assert!(a.ingest(writer.proof(0..len).unwrap()).await.is_err());
             assert!(!a.status().forked);
         });
     }
+}
+
+/// A longer head is taken only over the head held, and a shorter one only if its roots are
+/// known: otherwise the batch is not taken (its entries could not be proven on).
+#[test]
+fn a_batch_that_does_not_join_the_head_held_is_not_taken() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    run(async {
+        let writer = Store::open(dirs[0].path())
+            .unwrap()
+            .create_feed()
+            .await
+            .unwrap();
+        writer
+            .append_batch((0..3).map(entry).collect())
+            .await
+            .unwrap();
+        let early = writer.proof_sparse(&[2], 0).unwrap();
+        writer
+            .append_batch((3..8).map(entry).collect())
+            .await
+            .unwrap();
+        let replica = Store::open(dirs[1].path())
+            .unwrap()
+            .replica(writer.key())
+            .await
+            .unwrap();
+        ingest(&replica, writer.proof_sparse(&[0], 0).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(base_of(&replica), 8);
+        // Over no base, a head of 9 would leave entry 0 unprovable: not taken.
+        writer.append(entry(8)).await.unwrap();
+        let done = offer(&replica, writer.proof_sparse(&[8], 0).unwrap()).await;
+        assert!(!done.stored);
+        assert!(!replica.has(8).unwrap());
+        // Over the head held, it is.
+        assert!(
+            offer(&replica, writer.proof_sparse(&[8], 8).unwrap())
+                .await
+                .stored
+        );
+        assert_eq!(base_of(&replica), 9);
+        replica.proof_sparse(&[0, 8], 0).unwrap();
+        // A head of 3 whose last root (entry 2) is not known here: not taken.
+        assert!(!offer(&replica, early).await.stored);
+        assert!(!replica.has(2).unwrap());
+    });
 }
 
 #[test]

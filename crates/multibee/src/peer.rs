@@ -637,10 +637,25 @@ impl MultiBee {
 
     /// Whether some writer's feed holds entries not read by the merge yet.
     fn merge_pending(&self) -> Result<bool> {
-        Ok(self
-            .writers()?
-            .iter()
-            .any(|w| w.state != WriterState::Forked && w.length > w.merged))
+        for w in self.writers()? {
+            if w.state == WriterState::Forked || w.key == self.diff_key() {
+                continue;
+            }
+            // A partial peer reads up to its coverage, not its contiguous length.
+            let readable = match self.wanted(&w.key)? {
+                Some(wants) => wants
+                    .iter()
+                    .filter(|(p, _)| self.view().is_some_and(|v| v.prefixes().contains(p)))
+                    .map(|(_, covered)| *covered)
+                    .min()
+                    .unwrap_or(0),
+                None => w.length,
+            };
+            if readable > w.merged {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Merges every stored, not yet merged diff of every active writer (freezing writers

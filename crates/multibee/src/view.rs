@@ -231,14 +231,19 @@ pub fn filtered_batch(
 ) -> multibee_feed::Result<Option<(SparseBatch, u64)>> {
     const SCAN_ROWS: usize = 4096;
     const MAX_ENTRIES: usize = 4096;
+    // The most rows one answer scans: a request that matches little still gets answers (empty
+    // ones, moving its claim on) at a bounded cost each.
+    const MAX_SCANNED: usize = 64 * SCAN_ROWS;
     if cursor >= claimed {
         return Ok(None);
     }
     let mut picked: Vec<u64> = Vec::new();
     let mut bytes = 0;
     let mut at = cursor;
-    'scan: while at < claimed {
+    let mut scanned = 0;
+    'scan: while at < claimed && scanned < MAX_SCANNED {
         let rows = feed.held_entries(at..claimed, SCAN_ROWS)?;
+        scanned += SCAN_ROWS;
         let last = rows.last().map(|(i, _)| *i);
         for (i, entry) in &rows {
             if entry_wanted(*i, entry, wants) {
@@ -257,16 +262,14 @@ pub fn filtered_batch(
             _ => at = claimed,
         }
     }
+    // Over the asker's head if ours reaches it (a sparse replica may not know every node that
+    // takes: it then fails, and the asker asks others). A shorter head is proven over no base;
+    // the asker takes it only if it knows its roots.
     let head = feed.status().signed_length;
     let base = if base <= head { base } else { 0 };
-    let batch = match feed.proof_sparse(&picked, base) {
-        Ok(batch) => batch,
-        // A node the proof over the base needs may be unknown to a sparse replica: over no
-        // base, only the paths of the entries sent are needed, which it holds.
-        Err(_) if base > 0 => feed.proof_sparse(&picked, 0)?,
-        Err(e) => return Err(e),
-    };
-    Ok(Some((batch, at)))
+    let batch = feed.proof_sparse(&picked, base)?;
+    let covered = at.min(batch.proof.length);
+    Ok(Some((batch, covered)))
 }
 
 impl Ctx<'_> {

@@ -125,10 +125,14 @@ async fn fetch(
         };
         let cursor = wants.iter().map(|(_, from)| *from).min().unwrap();
         let base = feed.status().signed_length;
-        let Some((batch, covered)) = server
-            .export_filtered(&writer, &wants, cursor, base, bytes)
-            .unwrap()
-        else {
+        let answer = match server.export_filtered(&writer, &wants, cursor, base, bytes) {
+            Ok(answer) => answer,
+            // A partial server may not reach the asker's head (it cannot prove over it): the
+            // asker asks others. A full one always can.
+            Err(_) if server.view().is_some() => None,
+            Err(e) => panic!("{e}"),
+        };
+        let Some((batch, covered)) = answer else {
             return (received, again);
         };
         received += postcard::to_stdvec(&batch).unwrap().len();
@@ -138,7 +142,11 @@ async fn fetch(
             .filter(|(i, _)| feed.has(*i).unwrap())
             .count();
         let prefixes = wants.into_iter().map(|(p, _)| p).collect();
-        to.ingest_sparse(batch, prefixes, covered).await.unwrap();
+        let done = to.ingest_sparse(batch, prefixes, covered).await.unwrap();
+        if !done.stored {
+            // Proven over a head that does not join ours: the peer asks others.
+            return (received, again);
+        }
     }
     (received, again)
 }

@@ -63,7 +63,18 @@ where
     loop {
         status.borrow_and_update();
         loop {
-            let Some((batch, covered)) = filter.next(feed, &wants, cursor, base, max_bytes)? else {
+            // The filter reads and decodes entries: off the runtime's threads.
+            let next = {
+                let (filter, feed, wants) = (filter.clone(), feed.clone(), wants.clone());
+                tokio::task::spawn_blocking(move || {
+                    filter.next(&feed, &wants, cursor, base, max_bytes)
+                })
+            };
+            let next = tokio::select! {
+                next = next => next.map_err(|e| SessionEnd::Closed(format!("the filter failed: {e}")))?,
+                end = &mut *ended => return crate::session::client_end(end),
+            };
+            let Some((batch, covered)) = next? else {
                 break;
             };
             let (count, length) = (batch.entries.len() as u64, batch.proof.length);
@@ -173,6 +184,7 @@ where
     let store = async {
         while let Some((batch, covered)) = to_store.recv().await {
             // Verified here, in order: the proof leaves out roots the previous batch brought.
+            let proven = batch.proof.length;
             let verified = feed.verify_sparse(batch)?;
             let ingested = match &cx.config.sink {
                 Some(sink) => {
@@ -186,10 +198,16 @@ where
                 }
             };
             feed.check_not_forked()?;
+            if !ingested.stored {
+                // Proven over a head we no longer hold (another peer moved it on): ask again.
+                return Err(SessionEnd::Closed(
+                    "an answer that does not join the head held".into(),
+                ));
+            }
             Counters::add(&cx.counters.stored, ingested.added);
             let _ = cx.events.send(Event::FeedProgressed {
                 key: feed.key(),
-                length: covered,
+                length: covered.min(proven),
                 peer,
             });
         }

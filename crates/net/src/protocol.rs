@@ -79,7 +79,7 @@ pub enum ClientAction<V> {
     StoreSparse {
         /// The entries and their proof.
         batch: SparseBatch,
-        /// The server's claim (never below an earlier one on the stream).
+        /// The server's claim (above the previous one on the stream).
         covered: u64,
     },
 }
@@ -240,7 +240,9 @@ impl Client {
 
     fn sparse<V>(&mut self, sparse: Sparse) -> Result<ClientAction<V>, ReceiveError> {
         self.check_feed(sparse.discovery_key)?;
-        if sparse.covered < self.covered {
+        // Every answer moves the claim on: a server cannot make the client verify and store
+        // the same nothing forever.
+        if sparse.covered <= self.covered {
             return Err(Violation::OutOfOrder {
                 expected: self.covered,
                 got: sparse.covered,
@@ -898,7 +900,10 @@ mod tests {
         match client.receive::<()>(&first, |_| unreachable!()) {
             Ok(ClientAction::StoreSparse { batch, covered }) => {
                 assert_eq!(covered, 6);
-                assert_eq!(batch.entries.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [3, 5]);
+                assert_eq!(
+                    batch.entries.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+                    [3, 5]
+                );
                 f.replica.verify_sparse(batch).unwrap();
             }
             other => panic!("{other:?}"),
@@ -911,7 +916,9 @@ mod tests {
         let mut client = Client::new(key, CLIENT, SERVER);
         client.want_filtered(&wants, 0);
         let have = server.have(8).unwrap();
-        client.receive_message::<()>(have, |_| unreachable!()).unwrap();
+        client
+            .receive_message::<()>(have, |_| unreachable!())
+            .unwrap();
         let mut lopsided = f.writer.proof_sparse(&[1, 2], 0).unwrap();
         lopsided.entries.truncate(1);
         let Message::Sparse(mut message) = wire::decode(&sparse(3, lopsided)).unwrap() else {

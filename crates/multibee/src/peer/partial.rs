@@ -122,7 +122,8 @@ impl MultiBee {
                 let done = txn.ingest_sparse(&verified)?;
                 let mut events = Vec::new();
                 let ctx = this.ctx();
-                let Some(view) = ctx.view else {
+                // Not taken (a fork, or a head that does not join ours): nothing changes.
+                let Some(view) = ctx.view.filter(|_| done.stored) else {
                     return Ok((done, events, 0));
                 };
                 let row = writer_row(txn.raw(), &writer.0)?;

@@ -358,7 +358,15 @@ pub fn scenarios(m: &Material) -> Vec<Scenario> {
             Attack::Request(Request::Raw(pushed)),
             // A request frame may hold a filtered request's prefixes: a small Data frame fits,
             // and is refused as out of turn.
-            rejected(|v| matches!(v, Violation::Unexpected { message: "Data", .. })),
+            rejected(|v| {
+                matches!(
+                    v,
+                    Violation::Unexpected {
+                        message: "Data",
+                        ..
+                    }
+                )
+            }),
         ),
         scenario(
             "garbage request",
