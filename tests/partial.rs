@@ -52,6 +52,15 @@ async fn a_partial_peer_fetches_only_its_prefix_and_serves_it_on() {
     wait_change(&b.mb, "u1/doc291", &last).await;
     assert_eq!(slice(&b.mb, ""), slice(&a.mb, "u1/"));
     assert_eq!(slice(&b.mb, "").len(), 30);
+    // What B reports holding of A: everything under its view, up to A's length.
+    let a_length = a.mb.feed_store().feed(&db).unwrap().length();
+    let held =
+        b.mb.writers()
+            .unwrap()
+            .into_iter()
+            .find(|w| w.key == db)
+            .unwrap();
+    assert_eq!((held.length, held.merged), (a_length, a_length));
     let stats = b.served.node().stats();
     eprintln!(
         "partial peer: {} entries, {} bytes received for 30 of 300 keys",

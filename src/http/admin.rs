@@ -256,11 +256,18 @@ pub(super) async fn status(State(api): State<HttpApi>) -> ApiResult {
         }
         None => (Json::Null, Json::Null),
     };
+    let only = mb.view().map(|v| {
+        v.prefixes()
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect::<Vec<_>>()
+    });
     ok(json!({
         "version": mb.version()?,
         "writers": writers,
         "peers": peers,
         "replication": replication,
+        "only": only,
     }))
 }
 

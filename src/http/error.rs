@@ -40,6 +40,7 @@ impl From<crate::db::Error> for ApiError {
         let (status, kind) = match &e {
             E::InvalidArgument(_) | E::TooDeep { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             E::Removed { .. } | E::NotAMember(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            E::OutsideView(_) => (StatusCode::FORBIDDEN, "outside_view"),
             E::ClockExhausted { .. } => (StatusCode::CONFLICT, "conflict"),
             E::PreconditionFailed { .. } => {
                 (StatusCode::PRECONDITION_FAILED, "precondition_failed")

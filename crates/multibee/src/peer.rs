@@ -71,7 +71,8 @@ pub struct WriterInfo {
     pub state: WriterState,
     /// Entries of its diff feed read (merged, or held back past its cut).
     pub merged: u64,
-    /// Entries of its diff feed held.
+    /// Entries of its diff feed held: its contiguous length, or on a peer with a partial view,
+    /// the entry below which it holds every entry under its view (if further).
     pub length: u64,
     /// For a writer that is not active: its entries from this one on do not count (held, not
     /// merged; 0 for a frozen writer or one expelled).
@@ -544,10 +545,32 @@ impl MultiBee {
             key,
             state: row.state,
             merged: row.merged,
-            length: self.inner.store.feed(&key).map_or(0, |f| f.length()),
+            length: self.held_length(&key)?,
             cut: (row.state != WriterState::Active).then_some(row.limit),
             removed_by: row.removed_by.map(FeedKey),
         })
+    }
+
+    /// How much of `key`'s diff feed is held: its contiguous length, or for a partial peer,
+    /// the entry below which every entry under its view is held, if that is further.
+    fn held_length(&self, key: &FeedKey) -> Result<u64> {
+        let length = self.inner.store.feed(key).map_or(0, |f| f.length());
+        let Some(view) = &self.inner.view else {
+            return Ok(length);
+        };
+        if *key == self.diff_key() {
+            return Ok(length);
+        }
+        let txn = self.read()?;
+        let Ok(table) = txn.open_table(crate::view::COVERAGE) else {
+            return Ok(length);
+        };
+        let mut covered = u64::MAX;
+        for p in view.prefixes() {
+            let row = table.get((key.0, p.as_slice()))?;
+            covered = covered.min(row.map_or(0, |v| v.value()));
+        }
+        Ok(length.max(covered))
     }
 
     /// The state of one writer, if this peer knows it (a point read, for the ingest path).
@@ -637,25 +660,10 @@ impl MultiBee {
 
     /// Whether some writer's feed holds entries not read by the merge yet.
     fn merge_pending(&self) -> Result<bool> {
-        for w in self.writers()? {
-            if w.state == WriterState::Forked || w.key == self.diff_key() {
-                continue;
-            }
-            // A partial peer reads up to its coverage, not its contiguous length.
-            let readable = match self.wanted(&w.key)? {
-                Some(wants) => wants
-                    .iter()
-                    .filter(|(p, _)| self.view().is_some_and(|v| v.prefixes().contains(p)))
-                    .map(|(_, covered)| *covered)
-                    .min()
-                    .unwrap_or(0),
-                None => w.length,
-            };
-            if readable > w.merged {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        // A partial peer's `length` is its coverage: what its merge reads up to.
+        Ok(self.writers()?.iter().any(|w| {
+            w.state != WriterState::Forked && w.key != self.diff_key() && w.length > w.merged
+        }))
     }
 
     /// Merges every stored, not yet merged diff of every active writer (freezing writers
