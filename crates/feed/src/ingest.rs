@@ -30,14 +30,7 @@ impl WriteTxn<'_> {
     pub fn ingest(&mut self, verified: &VerifiedBatch) -> Result<Ingested> {
         let (batch, leaves, verified) = (&verified.batch, &verified.leaves, &verified.verified);
         let key = batch.feed;
-        let state = self.state(&key)?;
-        if state.secret.is_some() {
-            return Err(Error::NotReplica(key));
-        }
-        if state.record.fork.is_some() {
-            return Err(Error::rejected(key, VerifyError::Forked));
-        }
-        let record = state.record.clone();
+        let record = self.replica_record(&key)?;
         // A sparse replica's nodes and head are not a contiguous replica's frontier: it takes
         // sparse batches only (a contiguous batch is one, with base 0: see `crate::sparse`).
         if self.holds_sparse(record.id)? {
@@ -90,6 +83,18 @@ impl WriteTxn<'_> {
             length: state.record.length,
             signed_length: verified.head.length,
         })
+    }
+
+    /// The record of a replica that may take entries from peers: not an own feed, not forked.
+    pub(crate) fn replica_record(&mut self, key: &FeedKey) -> Result<FeedRecord> {
+        let state = self.state(key)?;
+        if state.secret.is_some() {
+            return Err(Error::NotReplica(*key));
+        }
+        if state.record.fork.is_some() {
+            return Err(Error::rejected(*key, VerifyError::Forked));
+        }
+        Ok(state.record.clone())
     }
 
     /// Where the verified batch contradicts what is stored, if anywhere.

@@ -398,14 +398,7 @@ impl WriteTxn<'_> {
     /// not join the head held is not taken either ([`SparseIngested::stored`]).
     pub fn ingest_sparse(&mut self, verified: &VerifiedSparse) -> Result<SparseIngested> {
         let key = verified.batch.feed;
-        let state = self.state(&key)?;
-        if state.secret.is_some() {
-            return Err(Error::NotReplica(key));
-        }
-        if state.record.fork.is_some() {
-            return Err(Error::rejected(key, VerifyError::Forked));
-        }
-        let record = state.record.clone();
+        let record = self.replica_record(&key)?;
         let signed = record.head.as_ref().map_or(0, |h| h.length);
         let not_taken = SparseIngested {
             added: 0,

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use multibee_feed::{Error, Feed, SparseBatch, Store};
 use proptest::prelude::*;
 
-use crate::common::{entry, run};
+use crate::common::{entry, run, writer_with};
 
 /// Verifies and stores a sparse batch in `replica`.
 async fn ingest(replica: &Feed, batch: SparseBatch) -> multibee_feed::Result<u64> {
@@ -124,15 +124,7 @@ proptest! {
 fn a_batch_that_does_not_join_the_head_held_is_not_taken() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     run(async {
-        let writer = Store::open(dirs[0].path())
-            .unwrap()
-            .create_feed()
-            .await
-            .unwrap();
-        writer
-            .append_batch((0..3).map(entry).collect())
-            .await
-            .unwrap();
+        let (_store, writer) = writer_with(dirs[0].path(), 3, 3).await;
         let early = writer.proof_sparse(&[2], 0).unwrap();
         writer
             .append_batch((3..8).map(entry).collect())
@@ -170,15 +162,7 @@ fn a_batch_that_does_not_join_the_head_held_is_not_taken() {
 fn forged_sparse_batches_are_rejected_and_store_nothing() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     run(async {
-        let writer = Store::open(dirs[0].path())
-            .unwrap()
-            .create_feed()
-            .await
-            .unwrap();
-        writer
-            .append_batch((0..100).map(entry).collect())
-            .await
-            .unwrap();
+        let (_store, writer) = writer_with(dirs[0].path(), 100, 100).await;
         let replica = Store::open(dirs[1].path())
             .unwrap()
             .replica(writer.key())

@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::error::{ReceiveError, Violation};
 use crate::event::{Counters, Event};
-use crate::io::{StreamError, read_frame, write_frame, write_message};
+use crate::io::{StreamError, write_frame, write_message};
 use crate::protocol::{Client, ClientAction, Server};
 use crate::session::{Context, SessionEnd};
 
@@ -139,17 +139,7 @@ where
     let receive = async {
         let mut buf = Vec::new();
         loop {
-            let read = read_frame(&mut reader, cx.max_frame(), &mut buf, cx.frame_timeout());
-            let read = match permit.is_some() {
-                true => tokio::time::timeout(cx.frame_timeout(), read)
-                    .await
-                    .map_err(|_| SessionEnd::Closed("no answer in time".into()))?,
-                false => read.await,
-            };
-            if !read? {
-                return Err(SessionEnd::Closed("closed by the peer".into()));
-            }
-            Counters::add(&cx.counters.bytes_received, buf.len() as u64);
+            crate::session::read_answer(&mut reader, &mut buf, permit.is_some(), cx).await?;
             let action = client.receive(&buf, |_| {
                 Err::<(), _>(multibee_feed::Error::InvalidArgument(
                     "contiguous data on a filtered stream".into(),

@@ -466,19 +466,7 @@ async fn fetch_stream(
     let receive = async {
         let mut buf = Vec::new();
         loop {
-            let read = read_frame(&mut reader, cx.max_frame(), &mut buf, cx.frame_timeout());
-            // The first answer must come in time: until it does, this stream holds the permit
-            // that every other stream to the peer waits for.
-            let read = match permit.is_some() {
-                true => tokio::time::timeout(cx.frame_timeout(), read)
-                    .await
-                    .map_err(|_| SessionEnd::Closed("no answer in time".into()))?,
-                false => read.await,
-            };
-            if !read? {
-                return Err(SessionEnd::Closed("closed by the peer".into()));
-            }
-            Counters::add(&cx.counters.bytes_received, buf.len() as u64);
+            read_answer(&mut reader, &mut buf, permit.is_some(), cx).await?;
             let action = client.receive(&buf, |batch| {
                 Counters::add(&cx.counters.received, batch.entries.len() as u64);
                 feed.verify(batch)
@@ -532,6 +520,29 @@ async fn fetch_stream(
     };
     drop(writer);
     end
+}
+
+/// Reads the server's next frame on a fetching stream into `buf`. The `first` answer must come
+/// in time: until it does, the stream holds the permit that every other stream to the peer
+/// waits for.
+pub(crate) async fn read_answer<R: futures::AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    first: bool,
+    cx: &Context,
+) -> Result<(), SessionEnd> {
+    let read = read_frame(reader, cx.max_frame(), buf, cx.frame_timeout());
+    let read = match first {
+        true => tokio::time::timeout(cx.frame_timeout(), read)
+            .await
+            .map_err(|_| SessionEnd::Closed("no answer in time".into()))?,
+        false => read.await,
+    };
+    if !read? {
+        return Err(SessionEnd::Closed("closed by the peer".into()));
+    }
+    Counters::add(&cx.counters.bytes_received, buf.len() as u64);
+    Ok(())
 }
 
 /// Tells `peer` which feeds this node holds (opening the stream in turn with the replicate
