@@ -1131,5 +1131,10 @@ fn a_node_with_only_holds_the_keys_under_its_prefixes_and_widens_and_narrows_on_
     assert_eq!(b.ok("get u2/y")["value"], json!({"n": 2}));
     assert_eq!(b.ok("status")["only"], json!(["u2/"]));
     b.stop();
+    // Without --only, the folder keeps its view.
+    let mut b = Node::start(dir_b.path(), &[]);
+    assert_eq!(b.ok("status")["only"], json!(["u2/"]));
+    assert!(b.ok("get u1/x")["value"].is_null());
+    b.stop();
     a.stop();
 }

@@ -105,7 +105,8 @@ struct Args {
     /// Hold only the keys under this prefix (repeatable): a partial view. Only the diff-feed
     /// entries of those keys are fetched from peers, and writes outside them are refused.
     /// Restarting with other prefixes widens the view (what is new is fetched) or narrows it
-    /// (keys outside are dropped). A folder that had a view keeps it until given another.
+    /// (keys outside are dropped). Without `--only`, a folder keeps the view it has;
+    /// `--only ""` holds every key again.
     #[arg(long, value_name = "PREFIX")]
     only: Vec<String>,
     /// A Kademlia bootstrap peer's multiaddr (repeatable).

@@ -41,7 +41,8 @@ pub struct Options {
     /// Hold only the keys under these prefixes: a partial view (see [`crate::View`]). `None`
     /// (the default): the view the folder has (every key, for a folder that never had one).
     /// Opening with other prefixes than the folder's changes the view: keys outside the new
-    /// one are dropped; new prefixes are fetched from peers.
+    /// one are dropped; new prefixes are fetched from peers. A folder that had a view goes on
+    /// fetching filtered, even with the prefix `""` (every key).
     pub only: Option<crate::View>,
 }
 

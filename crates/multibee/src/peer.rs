@@ -132,12 +132,8 @@ impl MultiBee {
             }
         };
         let hlc = read_hlc(&store)?;
-        let view = match (options.only.clone(), read_view(&store)?) {
-            (Some(view), _) => Some(view),
-            // A folder that was partial stays so: opened without prefixes, it holds every key.
-            (None, Some(_)) => Some(crate::View::new([Vec::new()])?),
-            (None, None) => None,
-        };
+        // Opened without prefixes, a folder keeps the view it has (if any).
+        let view = options.only.clone().or(read_view(&store)?);
         let (events, _) = broadcast::channel(1024);
         let mb = MultiBee {
             inner: Arc::new(Inner {

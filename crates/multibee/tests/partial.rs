@@ -388,3 +388,46 @@ fn a_partial_peer_receives_a_small_part_of_the_bytes() {
         );
     });
 }
+
+/// A server that sends more than was asked (entries outside the view) or claims more than it
+/// proves: the extra entries are stored in the feed (they verify) but never merged, and the
+/// claim is capped at the signed length.
+#[test]
+fn entries_outside_the_view_are_never_merged_and_claims_are_capped() {
+    run(async {
+        let writers = cluster(1).await;
+        let db = writers[0].key();
+        let part = partial_peer(db, &["a/"]).await;
+        for k in ["a/1", "b/1", "a/2", "b/2"] {
+            writers[0]
+                .mb
+                .put(k, Value::Bytes(k.as_bytes().to_vec()))
+                .await
+                .unwrap();
+        }
+        let feed = part.mb.feed_store().feed(&db).unwrap();
+        let length = writers[0].mb.feed_store().feed(&db).unwrap().length();
+        // Asked for everything, but handed to the partial peer as the answer for `a/`, with a
+        // claim far past the feed's end.
+        let everything = vec![(Vec::new(), 0)];
+        let (batch, _) = writers[0]
+            .mb
+            .export_filtered(&db, &everything, 0, feed.status().signed_length, usize::MAX)
+            .unwrap()
+            .unwrap();
+        let done = part
+            .mb
+            .ingest_sparse(batch, vec![b"a/".to_vec()], u64::MAX)
+            .await
+            .unwrap();
+        assert!(done.stored);
+        assert_eq!(
+            slice(&part.mb, None).keys().cloned().collect::<Vec<_>>(),
+            vec![b"a/1".to_vec(), b"a/2".to_vec()]
+        );
+        assert_eq!(
+            part.mb.wanted(&db).unwrap().unwrap(),
+            vec![(b"a/".to_vec(), length)]
+        );
+    });
+}
