@@ -929,6 +929,21 @@ fn a_configuration_file_is_read_and_a_bad_key_stops_the_node() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    // A bad flag is named as a flag, not blamed on a file that does not exist.
+    let fresh = dir.path().join("fresh");
+    let out = output_within(
+        Command::new(node_binary())
+            .args(["--dir", &fresh.display().to_string(), "--only"])
+            .arg("x".repeat(1100)),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`--only`") && stderr.contains("1024"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("multibee.toml"), "{stderr}");
+    assert!(!fresh.exists());
 }
 
 #[test]

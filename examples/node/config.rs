@@ -99,7 +99,12 @@ pub fn settings(args: &Args) -> Result<Settings, String> {
         None => (args.dir.join(FILE_NAME), false),
     };
     let file = read(&path, named)?;
-    merge(args, file).map_err(|e| format!("{}: {e}", path.display()))
+    // A bad flag is not the file's fault: name the file only when there is one.
+    let exists = path.exists();
+    merge(args, file).map_err(|e| match exists {
+        true => format!("{}: {e}", path.display()),
+        false => e,
+    })
 }
 
 /// The file at `path`; none is the same as an empty one unless it was `named`.
@@ -165,7 +170,7 @@ fn merge(args: &Args, file: File) -> Result<Settings, String> {
         true => None,
         false => Some(
             multibee::db::View::new(only.into_iter().map(String::into_bytes))
-                .map_err(|e| format!("`only`: {e}"))?,
+                .map_err(|e| format!("`--only` / `only`: {e}"))?,
         ),
     };
     Ok(Settings {
