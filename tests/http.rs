@@ -1188,4 +1188,7 @@ async fn indexes_and_queries_over_http() {
         error_kind(&api.get(q).await),
         (StatusCode::BAD_REQUEST, "no_index")
     );
+    // An index that does not exist (any more) is not found.
+    let gone = api.call(Method::DELETE, &format!("/_index/{id}"), "").await;
+    assert_eq!(gone.0, StatusCode::NOT_FOUND, "{gone:?}");
 }

@@ -46,6 +46,7 @@ impl From<crate::db::Error> for ApiError {
                 (StatusCode::PRECONDITION_FAILED, "precondition_failed")
             }
             E::NoIndex(_) => (StatusCode::BAD_REQUEST, "no_index"),
+            E::UnknownIndex(_) => (StatusCode::NOT_FOUND, "not_found"),
             E::IndexBuilding { .. } => (StatusCode::SERVICE_UNAVAILABLE, "index_building"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
         };

@@ -24,6 +24,9 @@ pub enum Error {
     /// A wrong argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// No index with this id is declared.
+    #[error("no index {0}")]
+    UnknownIndex(u32),
     /// A write of a key outside this peer's partial view ([`crate::Options::only`]).
     #[error("the key {0:?} is outside this peer's partial view")]
     OutsideView(String),

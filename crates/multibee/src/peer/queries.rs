@@ -55,7 +55,7 @@ impl MultiBee {
         loop {
             let step = self.build_step(id).await?;
             match step {
-                None => return Err(Error::InvalidArgument(format!("no index {id}"))),
+                None => return Err(Error::UnknownIndex(id)),
                 Some(info) if info.state == IndexState::Ready => return Ok(info),
                 Some(_) => {}
             }
@@ -73,7 +73,7 @@ impl MultiBee {
                 .map_err(storage)?
                 .is_some();
             if !removed {
-                return Err(Error::InvalidArgument(format!("no index {id}")));
+                return Err(Error::UnknownIndex(id));
             }
             index::rows::clear(raw, id)?;
             Ok(())
@@ -89,7 +89,7 @@ impl MultiBee {
                 let raw = txn.raw();
                 let Some(mut info) = index::rows::load(raw)?.into_iter().find(|i| i.id == id)
                 else {
-                    return Err(Error::InvalidArgument(format!("no index {id}")));
+                    return Err(Error::UnknownIndex(id));
                 };
                 index::rows::clear(raw, id)?;
                 info.state = IndexState::Building {
