@@ -9,11 +9,10 @@ use libp2p::PeerId;
 use multibee_feed::{Feed, FeedKey, SparseBatch};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::error::{ReceiveError, Violation};
 use crate::event::{Counters, Event};
 use crate::io::{StreamError, write_frame, write_message};
 use crate::protocol::{Client, ClientAction, Server};
-use crate::session::{Context, SessionEnd};
+use crate::session::{Context, SessionEnd, receive_answers};
 
 /// What filtered replication needs from the layer above: which entries this node wants of a
 /// feed, and which entries of a feed answer another node's filtered request.
@@ -115,9 +114,9 @@ where
 /// every answer through the sink, until the stream ends. Always returns how it ended.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn fetch<R, W>(
-    mut reader: R,
+    reader: R,
     mut writer: W,
-    mut permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
     peer: PeerId,
     feed: Feed,
     wants: Vec<(Vec<u8>, u64)>,
@@ -136,41 +135,29 @@ where
     let prefixes: Vec<Vec<u8>> = wants.into_iter().map(|(p, _)| p).collect();
     let (batches, mut to_store) =
         mpsc::channel::<(SparseBatch, u64)>(cx.config.pipeline_depth.max(1));
-    let receive = async {
-        let mut buf = Vec::new();
-        loop {
-            crate::session::read_answer(&mut reader, &mut buf, permit.is_some(), cx).await?;
-            let action = client.receive(&buf, |_| {
-                Err::<(), _>(multibee_feed::Error::InvalidArgument(
-                    "contiguous data on a filtered stream".into(),
-                ))
-            });
-            permit.take();
-            match action {
-                Ok(ClientAction::StoreSparse { batch, covered }) => {
-                    Counters::add(&cx.counters.received, batch.entries.len() as u64);
-                    if batches.send((batch, covered)).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                Ok(ClientAction::RemoteLength(length)) => {
-                    let _ = cx.events.send(Event::PeerHas {
-                        key: feed.key(),
-                        peer,
-                        length,
-                    });
-                }
-                Ok(ClientAction::Refused(refusal)) => return Err(SessionEnd::Refused(refusal)),
-                Ok(ClientAction::Store(())) | Err(ReceiveError::Local(_)) => {
-                    return Err(SessionEnd::Violation(Violation::Unexpected {
-                        message: "Data",
-                        detail: "a filtered stream carries Sparse messages",
-                    }));
-                }
-                Err(ReceiveError::Peer(v)) => return Err(SessionEnd::violation(v)),
-            }
-        }
+    // The client refuses `Data` on a filtered stream: `verify` is never called.
+    let verify = |_| {
+        Err::<(), _>(multibee_feed::Error::InvalidArgument(
+            "contiguous data on a filtered stream".into(),
+        ))
     };
+    let sparse = |action| match action {
+        ClientAction::StoreSparse { batch, covered } => {
+            Counters::add(&cx.counters.received, batch.entries.len() as u64);
+            Some((batch, covered))
+        }
+        _ => None,
+    };
+    let receive = receive_answers(
+        reader,
+        &mut client,
+        permit,
+        cx,
+        peer,
+        verify,
+        batches,
+        sparse,
+    );
     let store = async {
         while let Some((batch, covered)) = to_store.recv().await {
             // Verified here, in order: the proof leaves out roots the previous batch brought.

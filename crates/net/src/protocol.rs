@@ -102,6 +102,8 @@ pub struct Client {
     next: u64,
     /// The last claim of a filtered stream.
     covered: u64,
+    /// Whether the request was a [`WantFiltered`]: its answers are `Sparse`, not `Data`.
+    filtered: bool,
 }
 
 impl Client {
@@ -115,6 +117,7 @@ impl Client {
             state: ClientState::New,
             next: 0,
             covered: 0,
+            filtered: false,
         }
     }
 
@@ -122,6 +125,7 @@ impl Client {
     /// index on, proven over `base` (the signed length held).
     pub fn want_filtered(&mut self, wants: &[(Vec<u8>, u64)], base: u64) -> Message {
         self.state = ClientState::Wanting;
+        self.filtered = true;
         self.covered = wants.iter().map(|(_, from)| *from).min().unwrap_or(0);
         Message::WantFiltered(WantFiltered {
             discovery_key: self.discovery_key,
@@ -143,6 +147,11 @@ impl Client {
             capability: self.capability,
             from,
         })
+    }
+
+    /// The feed asked for.
+    pub fn key(&self) -> FeedKey {
+        self.key
     }
 
     /// The index the next data message must start at.
@@ -189,8 +198,12 @@ impl Client {
                 self.state = ClientState::Closed;
                 Ok(ClientAction::Refused(refusal))
             }
-            (ClientState::Streaming, Message::Data(data)) => self.data(data, verify),
-            (ClientState::Streaming, Message::Sparse(sparse)) => self.sparse(sparse),
+            (ClientState::Streaming, Message::Data(data)) if !self.filtered => {
+                self.data(data, verify)
+            }
+            (ClientState::Streaming, Message::Sparse(sparse)) if self.filtered => {
+                self.sparse(sparse)
+            }
             (ClientState::New | ClientState::Closed, message) => Err(unexpected(
                 &message,
                 "nothing is expected before a request or after the end",
@@ -198,7 +211,13 @@ impl Client {
             (ClientState::Wanting, message) => {
                 Err(unexpected(&message, "expected Have or Refused"))
             }
-            (ClientState::Streaming, message) => Err(unexpected(&message, "expected Data")),
+            (ClientState::Streaming, message) => Err(unexpected(
+                &message,
+                match self.filtered {
+                    true => "expected Sparse",
+                    false => "expected Data",
+                },
+            )),
         }
     }
 
@@ -908,6 +927,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A plain stream takes no Sparse message (nor a filtered one Data).
+        let mut plain = Client::new(key, CLIENT, SERVER);
+        plain.want(0);
+        plain
+            .receive_message::<()>(server.have(8).unwrap(), |_| unreachable!())
+            .unwrap();
+        assert!(matches!(
+            plain.receive::<()>(&first, |_| unreachable!()),
+            Err(ReceiveError::Peer(Violation::Unexpected { .. }))
+        ));
+        let data = body(&Message::Data(data(&f, 0..1)));
+        assert!(matches!(
+            client.receive::<()>(&data, |_| unreachable!()),
+            Err(ReceiveError::Peer(Violation::Unexpected { .. }))
+        ));
+        let mut client = Client::new(key, CLIENT, SERVER);
+        client.want_filtered(&wants, 0);
+        client
+            .receive_message::<()>(server.have(8).unwrap(), |_| unreachable!())
+            .unwrap();
+        client.receive::<()>(&first, |_| unreachable!()).unwrap();
         let back = sparse(4, f.writer.proof_sparse(&[], 0).unwrap());
         assert!(matches!(
             client.receive::<()>(&back, |_| unreachable!()),

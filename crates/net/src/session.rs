@@ -11,7 +11,7 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams};
 use multibee_feed::{DiscoveryKey, Feed, Store, VerifiedBatch, VerifyError};
-use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
@@ -437,12 +437,12 @@ async fn fetch_stream(
     let Ok(permit) = opener.acquire_owned().await else {
         return SessionEnd::Closed("the peer disconnected".into());
     };
-    let mut permit = Some(permit);
+    let permit = Some(permit);
     let stream = match control.open_stream(peer, replicate_protocol()).await {
         Ok(stream) => stream,
         Err(e) => return SessionEnd::Closed(e.to_string()),
     };
-    let (mut reader, mut writer) = stream.split();
+    let (reader, mut writer) = stream.split();
     let mut client = Client::new(feed.key(), &cx.local.to_bytes(), &peer.to_bytes());
     if let Some(wants) = cx
         .config
@@ -463,41 +463,24 @@ async fn fetch_stream(
         return e.into();
     }
     let (batches, mut to_store) = mpsc::channel::<VerifiedBatch>(cx.config.pipeline_depth.max(1));
-    let receive = async {
-        let mut buf = Vec::new();
-        loop {
-            read_answer(&mut reader, &mut buf, permit.is_some(), cx).await?;
-            let action = client.receive(&buf, |batch| {
-                Counters::add(&cx.counters.received, batch.entries.len() as u64);
-                feed.verify(batch)
-            });
-            // The server took the request: the next stream to this peer may be opened.
-            permit.take();
-            match action {
-                Ok(ClientAction::Store(verified)) => {
-                    if batches.send(verified).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                Ok(ClientAction::RemoteLength(length)) => {
-                    let _ = cx.events.send(Event::PeerHas {
-                        key: feed.key(),
-                        peer,
-                        length,
-                    });
-                }
-                Ok(ClientAction::Refused(refusal)) => return Err(SessionEnd::Refused(refusal)),
-                Ok(_) => {
-                    return Err(SessionEnd::Violation(Violation::Unexpected {
-                        message: "Sparse",
-                        detail: "a plain stream carries Data messages",
-                    }));
-                }
-                Err(ReceiveError::Peer(v)) => return Err(SessionEnd::violation(v)),
-                Err(ReceiveError::Local(e)) => return Err(SessionEnd::Local(e)),
-            }
-        }
+    let verify = |batch: multibee_feed::Batch| {
+        Counters::add(&cx.counters.received, batch.entries.len() as u64);
+        feed.verify(batch)
     };
+    let stored = |action| match action {
+        ClientAction::Store(verified) => Some(verified),
+        _ => None,
+    };
+    let receive = receive_answers(
+        reader,
+        &mut client,
+        permit,
+        cx,
+        peer,
+        verify,
+        batches,
+        stored,
+    );
     let store = async {
         while let Some(verified) = to_store.recv().await {
             let ingested = match &cx.config.sink {
@@ -522,27 +505,61 @@ async fn fetch_stream(
     end
 }
 
-/// Reads the server's next frame on a fetching stream into `buf`. The `first` answer must come
-/// in time: until it does, the stream holds the permit that every other stream to the peer
+/// Reads the server's answers on a fetching stream (plain or filtered) until it ends: each
+/// message goes through `client` (`verify` checks a `Data` batch), and what `entries` makes of
+/// an entries action goes to `out`, for the task that stores it. The first answer must come
+/// in time: until it does, the stream holds `permit`, which every other stream to the peer
 /// waits for.
-pub(crate) async fn read_answer<R: futures::AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut Vec<u8>,
-    first: bool,
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn receive_answers<R, V, T>(
+    mut reader: R,
+    client: &mut Client,
+    mut permit: Option<OwnedSemaphorePermit>,
     cx: &Context,
-) -> Result<(), SessionEnd> {
-    let read = read_frame(reader, cx.max_frame(), buf, cx.frame_timeout());
-    let read = match first {
-        true => tokio::time::timeout(cx.frame_timeout(), read)
-            .await
-            .map_err(|_| SessionEnd::Closed("no answer in time".into()))?,
-        false => read.await,
-    };
-    if !read? {
-        return Err(SessionEnd::Closed("closed by the peer".into()));
+    peer: PeerId,
+    verify: impl Fn(multibee_feed::Batch) -> multibee_feed::Result<V>,
+    out: mpsc::Sender<T>,
+    entries: impl Fn(ClientAction<V>) -> Option<T>,
+) -> Result<(), SessionEnd>
+where
+    R: futures::AsyncRead + Unpin,
+{
+    let mut buf = Vec::new();
+    loop {
+        let read = read_frame(&mut reader, cx.max_frame(), &mut buf, cx.frame_timeout());
+        let read = match permit.is_some() {
+            true => tokio::time::timeout(cx.frame_timeout(), read)
+                .await
+                .map_err(|_| SessionEnd::Closed("no answer in time".into()))?,
+            false => read.await,
+        };
+        if !read? {
+            return Err(SessionEnd::Closed("closed by the peer".into()));
+        }
+        Counters::add(&cx.counters.bytes_received, buf.len() as u64);
+        let action = client.receive(&buf, &verify);
+        // The server took the request: the next stream to this peer may be opened.
+        permit.take();
+        match action {
+            Ok(ClientAction::RemoteLength(length)) => {
+                let _ = cx.events.send(Event::PeerHas {
+                    key: client.key(),
+                    peer,
+                    length,
+                });
+            }
+            Ok(ClientAction::Refused(refusal)) => return Err(SessionEnd::Refused(refusal)),
+            Ok(action) => {
+                if let Some(item) = entries(action)
+                    && out.send(item).await.is_err()
+                {
+                    return Ok(());
+                }
+            }
+            Err(ReceiveError::Peer(v)) => return Err(SessionEnd::violation(v)),
+            Err(ReceiveError::Local(e)) => return Err(SessionEnd::Local(e)),
+        }
     }
-    Counters::add(&cx.counters.bytes_received, buf.len() as u64);
-    Ok(())
 }
 
 /// Tells `peer` which feeds this node holds (opening the stream in turn with the replicate
