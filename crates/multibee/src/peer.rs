@@ -558,15 +558,8 @@ impl MultiBee {
             return Ok(length);
         }
         let txn = self.read()?;
-        let Ok(table) = txn.open_table(crate::view::COVERAGE) else {
-            return Ok(length);
-        };
-        let mut covered = u64::MAX;
-        for p in view.prefixes() {
-            let row = table.get((key.0, p.as_slice()))?;
-            covered = covered.min(row.map_or(0, |v| v.value()));
-        }
-        Ok(length.max(covered))
+        let table = txn.open_table(crate::view::COVERAGE)?;
+        Ok(length.max(crate::view::frontier(&table, view, &key.0)?))
     }
 
     /// The state of one writer, if this peer knows it (a point read, for the ingest path).

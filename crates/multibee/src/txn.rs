@@ -286,7 +286,13 @@ impl Ctx<'_> {
             let key = FeedKey(w);
             // A partial peer reads up to where it holds every entry under its view.
             let frontier = match self.view {
-                Some(view) => crate::view::frontier(txn.raw(), view, &w)?,
+                Some(view) => {
+                    let table = txn
+                        .raw()
+                        .open_table(crate::view::COVERAGE)
+                        .map_err(storage)?;
+                    crate::view::frontier(&table, view, &w)?
+                }
                 None => txn.length(&key)?,
             };
             if frontier <= row.merged {

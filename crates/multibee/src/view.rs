@@ -129,23 +129,17 @@ pub(crate) fn stored_view(raw: &WriteTransaction) -> FeedResult<Option<View>> {
     row.map(|v| View::decode(v.value())).transpose()
 }
 
-/// The coverage of `writer` under `prefix`.
-pub(crate) fn coverage(
-    raw: &WriteTransaction,
-    writer: &[u8; 32],
-    prefix: &[u8],
-) -> FeedResult<u64> {
-    let table = raw.open_table(COVERAGE).map_err(storage)?;
-    let row = table.get((*writer, prefix)).map_err(storage)?;
-    Ok(row.map_or(0, |v| v.value()))
-}
-
 /// The entry of `writer`'s feed before which every entry under every prefix of `view` is
-/// held: where its merge may read up to.
-pub(crate) fn frontier(raw: &WriteTransaction, view: &View, writer: &[u8; 32]) -> FeedResult<u64> {
+/// held (by the coverage rows of `table`): where its merge may read up to.
+pub(crate) fn frontier(
+    table: &impl ReadableTable<([u8; 32], &'static [u8]), u64>,
+    view: &View,
+    writer: &[u8; 32],
+) -> FeedResult<u64> {
     let mut min = u64::MAX;
     for p in view.prefixes() {
-        min = min.min(coverage(raw, writer, p)?);
+        let row = table.get((*writer, p.as_slice())).map_err(storage)?;
+        min = min.min(row.map_or(0, |v| v.value()));
     }
     Ok(min)
 }
@@ -276,12 +270,8 @@ impl Ctx<'_> {
     /// Applies a change of view at open: stores `view` and sets each of its prefixes' coverage (a
     /// prefix under an old one inherits its coverage; a full peer's coverage is what it holds;
     /// a new prefix starts from nothing). Keys outside the new view are dropped, with their merge
-    /// rows. Returns the keys dropped.
-    pub(crate) fn change_view(
-        &self,
-        txn: &mut WriteTxn<'_>,
-        view: &View,
-    ) -> FeedResult<Vec<Vec<u8>>> {
+    /// rows.
+    pub(crate) fn change_view(&self, txn: &mut WriteTxn<'_>, view: &View) -> FeedResult<()> {
         let writers: Vec<[u8; 32]> = writer_rows(txn.raw())?
             .into_iter()
             .map(|(w, _)| w)
@@ -289,7 +279,7 @@ impl Ctx<'_> {
             .collect();
         let old = stored_view(txn.raw())?;
         if old.as_ref() == Some(view) {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let mut rows = Vec::new();
         for w in &writers {
@@ -300,11 +290,12 @@ impl Ctx<'_> {
                     self::rows(&table, w)?
                 }
             };
+            let held = |p: &[u8]| before.iter().find(|(q, _)| q == p).map_or(0, |(_, c)| *c);
             for p in view.prefixes() {
                 let covered = match &old {
                     None => txn.length(&FeedKey(*w))?,
                     Some(old) => match old.holder(p) {
-                        Some(holder) => coverage(txn.raw(), w, holder)?,
+                        Some(holder) => held(holder),
                         None => {
                             // A new prefix: what was held under it (narrower prefixes of the old
                             // view) keeps its rows, so that it is not fetched again.
@@ -337,7 +328,7 @@ impl Ctx<'_> {
     }
 
     /// Drops every key outside `view`: its merged value (and index rows) and its merge rows.
-    fn drop_outside(&self, txn: &mut WriteTxn<'_>, view: &View) -> FeedResult<Vec<Vec<u8>>> {
+    fn drop_outside(&self, txn: &mut WriteTxn<'_>, view: &View) -> FeedResult<()> {
         let raw = txn.raw();
         let mut dropped: Vec<Vec<u8>> = Vec::new();
         {
@@ -375,6 +366,6 @@ impl Ctx<'_> {
             }
         }
         self.write_store(txn, folded)?;
-        Ok(dropped)
+        Ok(())
     }
 }

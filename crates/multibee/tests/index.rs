@@ -12,7 +12,7 @@ use multibee_multibee::{
 use proptest::prelude::*;
 use serde_json::{Value as Json, json};
 
-use crate::support::{Peer, cluster, deliver, run};
+use crate::support::{Peer, cluster, deliver, run, written};
 
 /// Results the reference found, over every case (to show the queries are not vacuous).
 static FOUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -267,14 +267,6 @@ proptest! {
             }
         });
         eprintln!("results found by the reference so far: {}", FOUND.load(std::sync::atomic::Ordering::Relaxed));
-    }
-}
-
-/// A write succeeded, or was refused because its writer learned it was removed.
-fn written(result: Result<u64, Error>) {
-    match result {
-        Ok(_) | Err(Error::Removed { .. }) => {}
-        Err(e) => panic!("{e}"),
     }
 }
 

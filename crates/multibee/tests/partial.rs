@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 
 use multibee_feed::FeedKey;
-use multibee_multibee::{Error, MultiBee, Value, View};
+use multibee_multibee::{MultiBee, Value, View};
 use proptest::prelude::*;
 
-use crate::support::{Peer, cluster, deliver, options, run};
+use crate::support::{Peer, cluster, deliver, options, run, written};
 
 const KEYS: [&str; 9] = ["a", "a/1", "a/2", "ab/1", "b/1", "b/2", "ba/1", "c", "d/1"];
 const PREFIXES: [&str; 6] = ["a/", "ab", "b", "c", "a", "d/"];
@@ -149,14 +149,6 @@ async fn fetch(
         }
     }
     (received, again)
-}
-
-/// Writes refused because the writer learned it was removed are fine.
-fn written(result: Result<u64, Error>) {
-    match result {
-        Ok(_) | Err(Error::Removed { .. }) => {}
-        Err(e) => panic!("{e}"),
-    }
 }
 
 impl World {

@@ -176,3 +176,11 @@ pub async fn try_deliver(
     to.mb.ingest(feed.proof(start..end).unwrap()).await?;
     Ok(end - start)
 }
+
+/// A write succeeded, or was refused because its writer learned it was removed.
+pub fn written(result: multibee_multibee::Result<u64>) {
+    match result {
+        Ok(_) | Err(multibee_multibee::Error::Removed { .. }) => {}
+        Err(e) => panic!("{e}"),
+    }
+}
