@@ -423,6 +423,14 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
+    /// Each value is below the next, both by `cmp_json` and by its encoding.
+    fn assert_ascending(ascending: &[Value]) {
+        for pair in ascending.windows(2) {
+            assert_eq!(cmp_json(&pair[0], &pair[1]), Ordering::Less, "{pair:?}");
+            assert!(enc(&pair[0]) < enc(&pair[1]), "{pair:?}");
+        }
+    }
+
     fn enc(v: &Value) -> Vec<u8> {
         let mut out = Vec::new();
         encode(v, &mut out);
@@ -529,10 +537,7 @@ mod tests {
             json!({}),
             json!({"": null}),
         ];
-        for pair in ascending.windows(2) {
-            assert_eq!(cmp_json(&pair[0], &pair[1]), Ordering::Less, "{pair:?}");
-            assert!(enc(&pair[0]) < enc(&pair[1]), "{pair:?}");
-        }
+        assert_ascending(&ascending);
     }
 
     #[test]
@@ -547,10 +552,7 @@ mod tests {
             json!("ab"),
             json!("é"),
         ];
-        for pair in ascending.windows(2) {
-            assert_eq!(cmp_json(&pair[0], &pair[1]), Ordering::Less, "{pair:?}");
-            assert!(enc(&pair[0]) < enc(&pair[1]), "{pair:?}");
-        }
+        assert_ascending(&ascending);
     }
 
     #[test]
@@ -566,10 +568,7 @@ mod tests {
             json!({"a": 2}),
             json!({"b": 0}),
         ];
-        for pair in ascending.windows(2) {
-            assert_eq!(cmp_json(&pair[0], &pair[1]), Ordering::Less, "{pair:?}");
-            assert!(enc(&pair[0]) < enc(&pair[1]), "{pair:?}");
-        }
+        assert_ascending(&ascending);
     }
 
     #[test]
